@@ -1,0 +1,33 @@
+//! citadel-common: the plumbing every Citadel helper shares.
+//!
+//! One crate, used by all five binaries, so that a path, an exit code or the way we talk to
+//! systemd is written exactly once:
+//! - [`config`]: the one TOML file that describes the box, and its validation;
+//! - [`plan`]: the per-model and per-GPU view of a validated config (`citadel-service check`);
+//! - [`exit`]: the exit-code contract shared with the unit files;
+//! - [`logging`]: journal-friendly logging (priority prefixes, no timestamps);
+//! - [`paths`]: install paths, system tools and unit names;
+//! - [`cli`]: the flags every binary takes (`--config`, `-v`, `-q`);
+//! - [`notify`]: sd_notify without libsystemd;
+//! - [`systemctl`]: the one wrapper around `systemctl`;
+//! - [`probe`]: bounded HTTP probes of a model server;
+//! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
+//!   service account", shared by storage-setup and start-model;
+//! - [`fsutil`]: atomic writes;
+//! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
+
+pub mod access;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod fsutil;
+pub mod logging;
+pub mod modelfiles;
+pub mod notify;
+pub mod paths;
+pub mod plan;
+pub mod probe;
+pub mod systemctl;
+pub mod vllm;
+
+pub use exit::{Exit, Failure};

@@ -1,0 +1,97 @@
+//! Logging for the journal and for a terminal.
+//!
+//! - stderr only; stdout is reserved for data (`--json`, `--dry-run`).
+//! - When stderr is the journal (`JOURNAL_STREAM` names our stderr), each line starts with a
+//!   syslog priority prefix (`<3>` for errors ...) so `journalctl -p err` works, and there is no
+//!   timestamp (the journal adds its own).
+//! - On a terminal: `level: message`, still without timestamps.
+//! - `-v` / `-q` move the level; `RUST_LOG` overrides it entirely.
+
+use log::{Level, LevelFilter};
+use std::io::Write;
+
+/// The level for a `-v` count minus a `-q` count (default info).
+pub fn level_for(verbose: u8, quiet: u8) -> LevelFilter {
+    match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => LevelFilter::Error,
+        -1 => LevelFilter::Warn,
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// The syslog priority (sd-daemon(3) prefix) for a log level.
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// True when stderr is connected to the journal: `JOURNAL_STREAM=dev:ino` matches fd 2.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(js) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = js.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
+}
+
+/// Set up logging once, at the start of `main`.
+pub fn init(verbose: u8, quiet: u8) {
+    let journal = stderr_is_journal();
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level_for(verbose, quiet));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.target(env_logger::Target::Stderr);
+    b.format(move |buf, record| {
+        if journal {
+            writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+        } else {
+            let tag = match record.level() {
+                Level::Error => "error",
+                Level::Warn => "warning",
+                Level::Info => "info",
+                Level::Debug => "debug",
+                Level::Trace => "trace",
+            };
+            writeln!(buf, "{tag}: {}", record.args())
+        }
+    });
+    // A second init (tests) is harmless.
+    let _ = b.try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_moves_the_level() {
+        assert_eq!(level_for(0, 0), LevelFilter::Info);
+        assert_eq!(level_for(1, 0), LevelFilter::Debug);
+        assert_eq!(level_for(3, 0), LevelFilter::Trace);
+        assert_eq!(level_for(0, 1), LevelFilter::Warn);
+        assert_eq!(level_for(0, 5), LevelFilter::Error);
+        assert_eq!(level_for(1, 1), LevelFilter::Info);
+    }
+
+    #[test]
+    fn priorities_are_syslog_levels() {
+        assert_eq!(priority(Level::Error), 3);
+        assert_eq!(priority(Level::Warn), 4);
+        assert_eq!(priority(Level::Info), 6);
+        assert_eq!(priority(Level::Debug), 7);
+    }
+}

@@ -1,0 +1,55 @@
+//! Install paths, system tools and unit names. No other file spells these out.
+
+use std::path::Path;
+
+/// The config file every binary reads unless `--config` / `CITADEL_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/citadel/citadel.toml";
+/// Where the package installs the helper binaries.
+pub const LIBEXEC_DIR: &str = "/usr/lib/citadel";
+
+/// System tools, by absolute path (never looked up in `$PATH`).
+pub const SYSTEMCTL: &str = "/usr/bin/systemctl";
+pub const JOURNALCTL: &str = "/usr/bin/journalctl";
+
+/// Units.
+pub const TARGET_AI: &str = "citadel-ai.target";
+pub const TARGET_MODELS: &str = "citadel-models.target";
+pub const UNIT_STORAGE: &str = "citadel-storage.service";
+pub const UNIT_GPU: &str = "citadel-gpu.service";
+pub const UNIT_MONITOR: &str = "citadel-monitor.service";
+
+/// The template instance that runs one model.
+pub fn model_unit(name: &str) -> String {
+    format!("citadel-model@{name}.service")
+}
+
+/// The model name of a `citadel-model@NAME.service` unit, if it is one.
+pub fn model_of_unit(unit: &str) -> Option<&str> {
+    unit.strip_prefix("citadel-model@")?
+        .strip_suffix(".service")
+}
+
+/// Files under the runtime dir.
+pub fn health_state_file(runtime_dir: &Path) -> std::path::PathBuf {
+    runtime_dir.join("health.json")
+}
+
+/// The lock taken while a model initialises on a GPU (see start-model).
+pub fn gpu_lock_file(runtime_dir: &Path, gpu: u32) -> std::path::PathBuf {
+    runtime_dir.join("locks").join(format!("gpu{gpu}.lock"))
+}
+
+/// Name of the systemd credential (`LoadCredential=`) that holds the API key.
+pub const API_KEY_CREDENTIAL: &str = "api-key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_units_round_trip() {
+        assert_eq!(model_unit("phi3"), "citadel-model@phi3.service");
+        assert_eq!(model_of_unit("citadel-model@phi3.service"), Some("phi3"));
+        assert_eq!(model_of_unit("citadel-gpu.service"), None);
+    }
+}

@@ -1,0 +1,215 @@
+//! The plan of a validated config: one row per model and one per GPU. Printed by
+//! `citadel-service check`, and used by validation for the per-GPU memory rule.
+
+use crate::config::Config;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One model as it will run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRow {
+    pub name: String,
+    pub enabled: bool,
+    pub unit: String,
+    pub port: u16,
+    pub gpus: Vec<u32>,
+    pub gpu_memory_utilization: f64,
+    pub tensor_parallel_size: u32,
+    pub max_model_len: Option<u32>,
+    pub served_model_name: String,
+    pub path: String,
+}
+
+/// One GPU and the enabled models placed on it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuRow {
+    pub index: u32,
+    /// (model, its share of this GPU)
+    pub models: Vec<(String, f64)>,
+    /// Sum of the shares: must not exceed 1.0.
+    pub share: f64,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub config: String,
+    pub models: Vec<ModelRow>,
+    pub gpus: Vec<GpuRow>,
+}
+
+/// Per-GPU sums of the enabled models' memory shares, by GPU index.
+pub fn gpu_shares(cfg: &Config) -> Vec<GpuRow> {
+    let mut by_gpu: BTreeMap<u32, Vec<(String, f64)>> = BTreeMap::new();
+    for m in cfg.enabled_models() {
+        for g in &m.gpus {
+            by_gpu
+                .entry(*g)
+                .or_default()
+                .push((m.name.clone(), m.gpu_memory_utilization));
+        }
+    }
+    by_gpu
+        .into_iter()
+        .map(|(index, models)| {
+            let share = models.iter().map(|(_, s)| s).sum::<f64>();
+            GpuRow {
+                index,
+                share: (share * 1000.0).round() / 1000.0,
+                models,
+            }
+        })
+        .collect()
+}
+
+impl Plan {
+    pub fn of(cfg: &Config) -> Plan {
+        Plan {
+            config: cfg.file.display().to_string(),
+            models: cfg
+                .models
+                .iter()
+                .map(|m| ModelRow {
+                    name: m.name.clone(),
+                    enabled: m.enabled,
+                    unit: m.unit(),
+                    port: m.port,
+                    gpus: m.gpus.clone(),
+                    gpu_memory_utilization: m.gpu_memory_utilization,
+                    tensor_parallel_size: m.tensor_parallel_size,
+                    max_model_len: m.max_model_len,
+                    served_model_name: m.served_model_name.clone(),
+                    path: m.resolved_path(&cfg.paths).display().to_string(),
+                })
+                .collect(),
+            gpus: gpu_shares(cfg),
+        }
+    }
+
+    /// Human-readable tables.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("config: {}\n\n", self.config));
+        let mut rows = vec![vec![
+            "MODEL".to_string(),
+            "ENABLED".into(),
+            "PORT".into(),
+            "GPUS".into(),
+            "MEM".into(),
+            "TP".into(),
+            "MAX_LEN".into(),
+            "PATH".into(),
+        ]];
+        for m in &self.models {
+            rows.push(vec![
+                m.name.clone(),
+                if m.enabled { "yes" } else { "no" }.into(),
+                m.port.to_string(),
+                join(&m.gpus),
+                format!("{:.2}", m.gpu_memory_utilization),
+                m.tensor_parallel_size.to_string(),
+                m.max_model_len.map_or("auto".into(), |l| l.to_string()),
+                m.path.clone(),
+            ]);
+        }
+        s.push_str(&table(&rows));
+        s.push('\n');
+        let mut rows = vec![vec!["GPU".to_string(), "SHARE".into(), "MODELS".into()]];
+        for g in &self.gpus {
+            rows.push(vec![
+                g.index.to_string(),
+                format!("{:.2}", g.share),
+                g.models
+                    .iter()
+                    .map(|(n, v)| format!("{n} ({v:.2})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        s.push_str(&table(&rows));
+        s
+    }
+}
+
+fn join(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |x| x.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Limits};
+    use std::path::Path;
+
+    #[test]
+    fn shares_are_summed_per_gpu_over_enabled_models() {
+        let c = Config::parse_with(
+            r#"
+[models.a]
+path = "a"
+port = 11400
+gpus = [0, 1]
+tensor_parallel_size = 2
+gpu_memory_utilization = 0.4
+[models.b]
+path = "b"
+port = 11401
+gpus = [1]
+gpu_memory_utilization = 0.5
+[models.c]
+path = "c"
+port = 11402
+gpus = [1]
+gpu_memory_utilization = 0.9
+enabled = false
+"#,
+            Path::new("x.toml"),
+            &Limits::default(),
+        )
+        .unwrap();
+        let p = Plan::of(&c);
+        assert_eq!(p.gpus.len(), 2);
+        assert_eq!(p.gpus[0].share, 0.4);
+        assert_eq!(p.gpus[1].share, 0.9);
+        assert_eq!(p.gpus[1].models.len(), 2);
+        let text = p.render();
+        assert!(text.contains("a (0.40), b (0.50)"), "{text}");
+        assert!(text.contains("c      no"), "{text}");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[
+            vec!["A".into(), "BB".into()],
+            vec!["CCC".into(), "D".into()],
+        ]);
+        assert_eq!(t, "A    BB\nCCC  D\n");
+    }
+}

@@ -1,0 +1,154 @@
+//! What `vllm serve` 0.33 accepts, from the project's own copy of vLLM's flag list
+//! (`common/data/vllm-0.33.0-serve-flags.tsv`, generated from shared/fixtures/vllm).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// How many values an option takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arity {
+    /// `--enforce-eager`
+    Switch,
+    /// `--dtype bfloat16`
+    Value,
+    /// `--served-model-name a b` (argparse `nargs='+'`)
+    Values,
+}
+
+const FLAGS_TSV: &str = include_str!("../data/vllm-0.33.0-serve-flags.tsv");
+
+/// Every option `vllm serve` 0.33.0 accepts, with its arity.
+pub fn flags() -> &'static BTreeMap<&'static str, Arity> {
+    static FLAGS: OnceLock<BTreeMap<&'static str, Arity>> = OnceLock::new();
+    FLAGS.get_or_init(|| {
+        FLAGS_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (f, a) = l.split_once('\t')?;
+                let arity = match a {
+                    "switch" => Arity::Switch,
+                    "values" => Arity::Values,
+                    _ => Arity::Value,
+                };
+                Some((f, arity))
+            })
+            .collect()
+    })
+}
+
+/// Flags start-model sets from the config; `extra_args` may not repeat them.
+pub const MANAGED_FLAGS: &[&str] = &[
+    "--model",
+    "--host",
+    "--port",
+    "--served-model-name",
+    "--tensor-parallel-size",
+    "-tp",
+    "--gpu-memory-utilization",
+    "--device-memory-utilization",
+    "--max-model-len",
+    "--api-key",
+    "--device-ids",
+    "--uds",
+];
+
+/// Flags vLLM removed, with what to do instead (they would make vLLM exit 2 at start).
+pub const REMOVED_FLAGS: &[(&str, &str)] = &[
+    ("--swap-space", "removed in vLLM 0.18; drop it"),
+    (
+        "--disable-log-requests",
+        "renamed; requests are not logged by default",
+    ),
+];
+
+/// The option name of an argv token: `--max_model_len=4` -> `--max-model-len`,
+/// `--limit-mm-per-prompt.image` -> `--limit-mm-per-prompt`. None for values.
+pub fn option_name(token: &str) -> Option<String> {
+    if token.starts_with("--") && token.len() > 2 {
+        let name = token.split('=').next().unwrap_or(token);
+        let name = name.split('.').next().unwrap_or(name);
+        Some(format!("--{}", name[2..].replace('_', "-")))
+    } else if token.starts_with('-')
+        && token.len() > 1
+        && !token[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    {
+        Some(token.split('=').next().unwrap_or(token).to_string())
+    } else {
+        None
+    }
+}
+
+/// Problems with a model's `extra_args`, one message each.
+pub fn check_extra_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let known = flags();
+    for a in args {
+        let Some(name) = option_name(a) else { continue };
+        if MANAGED_FLAGS.contains(&name.as_str()) {
+            out.push(format!(
+                "{a:?} repeats a flag start-model sets from the model's own keys (port, gpus, tensor_parallel_size, gpu_memory_utilization, max_model_len, served_model_name, engine.api_key_file)"
+            ));
+        } else if let Some((_, why)) = REMOVED_FLAGS.iter().find(|(f, _)| *f == name) {
+            out.push(format!("{a:?} is not accepted by vLLM 0.33 ({why})"));
+        } else if !known.contains_key(name.as_str()) {
+            out.push(format!(
+                "{a:?} is not a flag vLLM 0.33 accepts (vllm serve would exit 2)"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_list_is_complete() {
+        let f = flags();
+        // 461 long options (with --help and --model) + 24 short options.
+        assert_eq!(f.len(), 485);
+        assert_eq!(f["--enforce-eager"], Arity::Switch);
+        assert_eq!(f["--max-model-len"], Arity::Value);
+        assert_eq!(f["--served-model-name"], Arity::Values);
+        assert!(!f.contains_key("--swap-space"));
+    }
+
+    #[test]
+    fn option_names_are_normalised() {
+        assert_eq!(
+            option_name("--max_model_len=4").as_deref(),
+            Some("--max-model-len")
+        );
+        assert_eq!(
+            option_name("--limit-mm-per-prompt.image").as_deref(),
+            Some("--limit-mm-per-prompt")
+        );
+        assert_eq!(option_name("-tp").as_deref(), Some("-tp"));
+        assert_eq!(option_name("-1"), None);
+        assert_eq!(option_name("bfloat16"), None);
+    }
+
+    #[test]
+    fn extra_args_are_checked() {
+        let ok: Vec<String> = [
+            "--enforce-eager",
+            "--dtype",
+            "bfloat16",
+            "--max-num-seqs=8",
+            "-1",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(check_extra_args(&ok).is_empty());
+        let bad: Vec<String> = ["--swap-space", "4", "--port", "1", "--bogus"]
+            .map(String::from)
+            .to_vec();
+        let p = check_extra_args(&bad);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("--swap-space"));
+        assert!(p[1].contains("repeats"));
+        assert!(p[2].contains("--bogus"));
+    }
+}

@@ -1,0 +1,1 @@
+//! gpu-optimize (being written).

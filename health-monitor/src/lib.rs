@@ -1,0 +1,1 @@
+//! health-monitor (being written).

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("health-monitor: being written");
+    std::process::exit(1);
+}

@@ -1,0 +1,1 @@
+//! storage-setup (being written).

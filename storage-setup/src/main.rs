@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("storage-setup: being written");
+    std::process::exit(1);
+}
