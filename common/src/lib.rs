@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod fsutil;
+pub mod health;
 pub mod logging;
 pub mod modelfiles;
 pub mod notify;

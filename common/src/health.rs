@@ -1,0 +1,150 @@
+//! The health monitor's view of the box, written atomically to the state file
+//! (`[monitor] state_file`, default `/run/citadel/health.json`) after every sweep, and read by
+//! `citadel-service status` and `health`. The schema is versioned; readers ignore unknown fields.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Current schema version.
+pub const SCHEMA: u32 = 1;
+
+/// What the monitor concluded about one model in its last sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// `/health` 200 (and the deep probe, when due, answered).
+    Healthy,
+    /// The unit is activating: weights loading. Never restarted by the monitor.
+    Starting,
+    /// Failing, fewer than `failure_threshold` times in a row so far.
+    Failing,
+    /// The monitor queued a restart and is following it.
+    Restarting,
+    /// The restart budget is spent; waiting for an operator or for the model to recover.
+    GaveUp,
+    /// The unit is inactive (stopped on purpose). Left alone.
+    Stopped,
+    /// The unit is failed (systemd gave up, or a config error). Reported, not restarted.
+    Failed,
+    /// `enabled = false` in the config.
+    Disabled,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Healthy => "healthy",
+            ModelState::Starting => "starting",
+            ModelState::Failing => "failing",
+            ModelState::Restarting => "restarting",
+            ModelState::GaveUp => "gave_up",
+            ModelState::Stopped => "stopped",
+            ModelState::Failed => "failed",
+            ModelState::Disabled => "disabled",
+        }
+    }
+}
+
+/// One model's line in the state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelHealth {
+    pub name: String,
+    pub unit: String,
+    pub port: u16,
+    pub state: ModelState,
+    /// systemd ActiveState at the sweep (active, activating, inactive, failed ...).
+    pub unit_state: String,
+    pub main_pid: u32,
+    /// systemd's own automatic restarts (NRestarts).
+    pub systemd_restarts: u32,
+    /// Restarts the monitor issued (since it started).
+    pub monitor_restarts: u32,
+    pub consecutive_failures: u32,
+    /// Latency of the last `/health` probe, when it answered.
+    pub latency_ms: Option<u64>,
+    /// Why it is not healthy, one line.
+    pub reason: Option<String>,
+    /// Unix time of the last change of `state`.
+    pub since_unix: u64,
+}
+
+/// One GPU's reading, when NVML is there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuHealth {
+    pub index: u32,
+    pub temperature_c: Option<u32>,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+}
+
+/// The whole state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthState {
+    pub schema: u32,
+    /// Unix time the sweep finished.
+    pub updated_unix: u64,
+    /// How long the sweep took.
+    pub sweep_ms: u64,
+    pub models: Vec<ModelHealth>,
+    #[serde(default)]
+    pub gpus: Vec<GpuHealth>,
+}
+
+impl HealthState {
+    /// Read the state file; `Ok(None)` when there is none (monitor not running yet).
+    pub fn read(path: &Path) -> Result<Option<HealthState>, String> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Write it atomically (mode 0644: status is readable by any local user).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::fsutil::write_atomic(path, &text, 0o644)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelHealth> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("health.json");
+        assert_eq!(HealthState::read(&p).unwrap(), None);
+        let s = HealthState {
+            schema: SCHEMA,
+            updated_unix: 1,
+            sweep_ms: 2,
+            models: vec![ModelHealth {
+                name: "phi3".into(),
+                unit: "citadel-model@phi3.service".into(),
+                port: 11403,
+                state: ModelState::Starting,
+                unit_state: "activating".into(),
+                main_pid: 7,
+                systemd_restarts: 0,
+                monitor_restarts: 0,
+                consecutive_failures: 0,
+                latency_ms: None,
+                reason: Some("loading".into()),
+                since_unix: 1,
+            }],
+            gpus: vec![],
+        };
+        s.write(&p).unwrap();
+        assert_eq!(HealthState::read(&p).unwrap(), Some(s));
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"state\": \"starting\""), "{text}");
+    }
+}
