@@ -307,7 +307,7 @@ fn syntax_issue(text: &str, e: &toml::de::Error) -> Issue {
     Issue {
         key: String::new(),
         value: None,
-        message: format!("syntax error: {}", e.message()),
+        message: format!("syntax error: {}", e.message().trim().replace('\n', "; ")),
         line,
         column,
     }
@@ -1072,17 +1072,22 @@ impl Reader {
         // Per GPU: the enabled models' memory shares must fit in one GPU.
         for g in crate::plan::gpu_shares(cfg) {
             if g.share > 1.0 + 1e-9 {
-                let parts: Vec<String> = g.models.iter().map(|(n, s)| format!("{n} {s}")).collect();
-                self.issue(
-                    format!("gpu {}", g.index),
-                    None,
-                    format!(
-                        "enabled models ask for {:.2} of GPU {} ({}), more than 1.0: vLLM takes each fraction of the GPU's total memory and the last one to start fails",
-                        g.share,
-                        g.index,
-                        parts.join(" + ")
+                let keys: Vec<String> = g
+                    .models
+                    .iter()
+                    .map(|(n, _)| format!("models.{n}.gpu_memory_utilization"))
+                    .collect();
+                let values: Vec<String> = g.models.iter().map(|(_, s)| s.to_string()).collect();
+                self.issues.push(Issue {
+                    key: keys.join(" + "),
+                    value: Some(format!("{} = {:.2}", values.join(" + "), g.share)),
+                    message: format!(
+                        "GPU {} is over-committed: the enabled models on it ask for more than 1.0 of its memory (vLLM takes each fraction of the GPU's total memory; the last one to start fails)",
+                        g.index
                     ),
-                );
+                    line: None,
+                    column: None,
+                });
             }
         }
         // Exposed beyond loopback without a key: anyone on the network can use the GPUs.
@@ -1159,8 +1164,8 @@ extra_args = ["--enforce-eager", "--dtype", "bfloat16"]
         let text = e.to_string();
         assert!(text.contains("models.b.port = 80"), "{text}");
         assert!(text.contains("paths.bogus = 1: unknown key"), "{text}");
-        assert!(text.contains("gpu 0"), "{text}");
-        assert!(text.contains("a 0.5 + b 0.7"), "{text}");
+        assert!(text.contains("GPU 0 is over-committed"), "{text}");
+        assert!(text.contains("0.5 + 0.7 = 1.20"), "{text}");
         assert_eq!(e.issues.len(), 3, "{text}");
         for l in e.lines() {
             assert!(l.starts_with("/etc/citadel/citadel.toml"), "{l}");
