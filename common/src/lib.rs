@@ -14,9 +14,11 @@
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
 //!   service account", shared by storage-setup and start-model;
 //! - [`fsutil`]: atomic writes;
+//! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
 
 pub mod access;
+pub mod apikey;
 pub mod cli;
 pub mod config;
 pub mod exit;
