@@ -15,6 +15,7 @@
 //!   service account", shared by storage-setup and start-model;
 //! - [`fsutil`]: atomic writes;
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
+//! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
 //! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod fsutil;
+pub mod gpu;
 pub mod health;
 pub mod logging;
 pub mod modelfiles;
