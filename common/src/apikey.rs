@@ -4,12 +4,17 @@
 //! Under systemd the key arrives as the credential [`crate::paths::API_KEY_CREDENTIAL`]
 //! (`LoadCredential=api-key:/etc/citadel/api-key`), so `$CREDENTIALS_DIRECTORY/api-key` is read
 //! first; otherwise `engine.api_key_file`. No key configured anywhere is `Ok(None)`.
+//!
+//! A blank credential counts as absent: the units also say `SetCredential=api-key:\n`, because
+//! systemd 252 fails a unit (243/CREDENTIALS) whose `LoadCredential=` file is missing, and
+//! `SetCredential=` is the fallback it uses instead. A box without a key then gets a blank
+//! credential, which must mean "no key", not "empty key".
 
 use crate::config::Config;
 use crate::Failure;
 use std::path::{Path, PathBuf};
 
-/// Read the API key: `$CREDENTIALS_DIRECTORY/api-key` when that file exists, else
+/// Read the API key: `$CREDENTIALS_DIRECTORY/api-key` when that file exists and is not blank, else
 /// `engine.api_key_file` when set, else `None`. The key is the first line, trimmed; an empty key
 /// or an unreadable file is an error naming the file (exit 78: configuration).
 pub fn read(cfg: &Config) -> Result<Option<String>, Failure> {
@@ -25,13 +30,22 @@ pub fn read_from(
     if let Some(dir) = credentials_dir {
         let p = dir.join(crate::paths::API_KEY_CREDENTIAL);
         if p.exists() {
-            return read_file(&p).map(Some);
+            match read_file(&p) {
+                Ok(key) => return Ok(Some(key)),
+                // Blank: the unit's `SetCredential=` fallback, i.e. no key file was installed.
+                Err(_) if is_blank(&p) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     match api_key_file {
         Some(p) => read_file(p).map(Some),
         None => Ok(None),
     }
+}
+
+fn is_blank(p: &Path) -> bool {
+    std::fs::read_to_string(p).is_ok_and(|t| t.trim().is_empty())
 }
 
 fn read_file(p: &Path) -> Result<String, Failure> {
@@ -79,6 +93,23 @@ mod tests {
         assert_eq!(e.exit, crate::Exit::Config);
         assert!(e.message.contains("empty"), "{e}");
         let e = read_from(None, Some(&d.path().join("nope"))).unwrap_err();
+        assert!(e.message.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_blank_credential_is_the_units_fallback_and_means_absent() {
+        let d = tempfile::tempdir().unwrap();
+        let creds = d.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("api-key"), "\n").unwrap();
+        assert_eq!(read_from(Some(&creds), None).unwrap(), None);
+        let file = d.path().join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        assert_eq!(
+            read_from(Some(&creds), Some(&file)).unwrap().as_deref(),
+            Some("from-file")
+        );
+        let e = read_from(Some(&creds), Some(&d.path().join("nope"))).unwrap_err();
         assert!(e.message.contains("nope"), "{e}");
     }
 }
