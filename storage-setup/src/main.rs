@@ -1,4 +1,11 @@
-fn main() {
-    eprintln!("storage-setup: being written");
-    std::process::exit(1);
+//! storage-setup: verify and prepare Citadel's storage (mounts, models link, directories, model
+//! files) before any model starts. Run by citadel-storage.service; see `storage-setup --help`
+//! and the crate docs (lib.rs) for checks, modes and exit codes.
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = storage_setup::Args::parse();
+    args.common.init_logging();
+    citadel_common::exit::report(storage_setup::run(&args))
 }
