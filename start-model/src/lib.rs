@@ -1,1 +1,352 @@
-//! start-model (being written).
+//! start-model: run one model server (vLLM) and tell systemd the truth about it.
+//!
+//! `ExecStart=` of `citadel-model@.service` (`Type=notify`) runs `start-model NAME`. It reads
+//! the config (`--config`, default `/etc/citadel/citadel.toml`), checks that the model can
+//! start, spawns `engine.command MODEL_PATH --host .. --port .. --served-model-name ..
+//! --tensor-parallel-size .. --gpu-memory-utilization .. [--max-model-len ..] EXTRA_ARGS..`
+//! (an argv vector, no shell), sends `READY=1` when `GET /health` answers 200, and supervises
+//! the engine until it exits or a stop is asked. systemd owns restarts.
+//!
+//! # Steps
+//! 1. Config, model (unknown or disabled: 78). `--dry-run` prints
+//!    `{"model", "argv", "env", "port", "gpus"}` (API key redacted) and exits 0 here.
+//! 2. API key: `$CREDENTIALS_DIRECTORY/api-key` (`LoadCredential=api-key:...`), else
+//!    `engine.api_key_file`, else none. Configured file missing: 69; empty: 78. It goes to the
+//!    engine as `VLLM_API_KEY`, never on its command line.
+//! 3. Preflight: model directory complete (69) and, when we run as root, readable by
+//!    `service.user` (69); the per-GPU locks (`RUNTIME_DIR/locks/gpuN.lock`, ascending order;
+//!    `STATUS=waiting for GPU N lock held by ...`); the model's GPUs exist (69) and no leftover
+//!    process holds their memory (wait `engine.gpu_release_wait_secs`, naming PIDs; then 75;
+//!    skipped without NVML; `CITADEL_FAKE_GPU` serves a readings file instead, see
+//!    `citadel_common::gpu`); the port is free on `engine.host` (wait `engine.port_wait_secs`,
+//!    then 75).
+//! 4. Spawn in a new process group; stdout goes to the journal untouched, stderr is echoed
+//!    line by line and its last 20 lines kept for the exit message.
+//! 5. Loading: `GET /health` twice a second (connection refused = still loading),
+//!    `STATUS=loading NAME ...: N s of T s` every 5 s; past `models.NAME.load_timeout_secs` the
+//!    group is killed and start-model exits 1. On the first 200: GPU locks released,
+//!    `READY=1`, `STATUS=serving NAME on PORT`.
+//! 6. The engine exiting while no stop was asked is a failure (exit 1), even with status 0
+//!    (vLLM issue 48966), logged with the status or signal and the last stderr lines.
+//! 7. SIGTERM / SIGINT: `STOPPING=1`, SIGTERM to the engine's process group, up to
+//!    `engine.stop_grace_secs`, then SIGKILL of the group; exit 0 once no process of the
+//!    group remains (start-model is the subreaper of the engine's orphans). Every other way out
+//!    also kills the group.
+//!
+//! # The engine's environment
+//! Empty, then exactly (see [`spec::env`]):
+//!
+//! | variable | value | why |
+//! |---|---|---|
+//! | `PATH` | the engine program's directory, then `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` | venv helpers (ninja) first; never the caller's PATH |
+//! | `HOME` | `paths.cache_dir` | a writable home for the service account (caches under `~`) |
+//! | `LANG` | `C.UTF-8` | UTF-8 I/O whatever the box's locale |
+//! | `CUDA_DEVICE_ORDER` | `PCI_BUS_ID` | GPU N means the same card to CUDA as to NVML/nvidia-smi |
+//! | `CUDA_VISIBLE_DEVICES` | the model's `gpus`, e.g. `0,1` | |
+//! | `VLLM_NO_USAGE_STATS`, `DO_NOT_TRACK` | `1` | no usage reports to stats.vllm.ai |
+//! | `VLLM_CACHE_ROOT` | `paths.cache_dir/vllm` | torch.compile cache survives restarts |
+//! | `HF_HOME` | `paths.cache_dir/huggingface` | |
+//! | `engine.env` | as configured (e.g. `HF_HUB_OFFLINE=1`) | may override the rows above except the managed ones the config refuses |
+//! | `VLLM_API_KEY` | the key, when one is configured | not visible in `ps` / `/proc/*/cmdline` |
+//!
+//! `VLLM_RPC_BASE_PATH` is left at vLLM's default `/tmp` (the unit gives the engine a private
+//! `/tmp`); `NOTIFY_SOCKET` and `CREDENTIALS_DIRECTORY` are not passed on.
+//!
+//! # Exit codes
+//! 0 stopped on request (or `--dry-run`); 1 engine exited or failed to load in time; 2 usage;
+//! 69 model files, engine program or GPU missing; 75 port or GPU memory still busy (retry);
+//! 78 invalid config, unknown or disabled model, empty API key.
+
+pub mod lock;
+pub mod preflight;
+pub mod spec;
+pub mod supervise;
+
+use citadel_common::cli::CommonArgs;
+use citadel_common::config::{Config, Model};
+use citadel_common::gpu::GpuSource;
+use citadel_common::probe::{base_url, ProbeError, Prober};
+use citadel_common::{notify, Exit, Failure};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use supervise::{stop_requested, Engine};
+
+/// Start one model server, report readiness to systemd, and stop it cleanly.
+#[derive(Debug, Parser)]
+#[command(name = "start-model", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print what would run, as one JSON document ({"model", "argv", "env", "port", "gpus"};
+    /// the API key redacted), and exit without touching anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The model to run: the NAME of a [models.NAME] table in the config.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// How often `/health` is asked while the engine loads.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(500);
+/// How long one `/health` probe may take.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the loading `STATUS=` is refreshed.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// A stop asked before anything was spawned: exit 0 with this line.
+pub(crate) fn stopped(what: &str) -> Failure {
+    Failure::new(
+        Exit::Ok,
+        format!("stop requested while {what}; nothing was started"),
+    )
+}
+
+/// Run start-model.
+pub fn run(cli: &Cli) -> Result<Exit, Failure> {
+    let cfg = cli.common.load_config()?;
+    let model = spec::find_model(&cfg, &cli.name)?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    if cli.dry_run {
+        let has_key = cfg.engine.api_key_file.is_some()
+            || creds
+                .as_ref()
+                .is_some_and(|d| d.join(citadel_common::paths::API_KEY_CREDENTIAL).exists());
+        println!("{}", spec::dry_run_json(&cfg, model, has_key));
+        return Ok(Exit::Ok);
+    }
+    let gpus = citadel_common::gpu::open();
+    match launch(&cfg, model, creds.as_deref(), gpus.as_ref()) {
+        Err(f) if f.exit == Exit::Ok => {
+            log::info!("{f}");
+            Ok(Exit::Ok)
+        }
+        other => other,
+    }
+}
+
+fn gpu_list(m: &Model) -> String {
+    spec::visible_devices(&m.gpus)
+}
+
+/// Everything after the config: preflight, spawn, readiness, supervision, stop.
+pub fn launch(
+    cfg: &Config,
+    model: &Model,
+    credentials_dir: Option<&std::path::Path>,
+    gpu_source: &dyn GpuSource,
+) -> Result<Exit, Failure> {
+    supervise::install_stop_handlers()?;
+    supervise::become_subreaper();
+    let stop = || stop_requested().is_some();
+    let name = &model.name;
+
+    let key = spec::read_key(cfg, credentials_dir)?;
+    let dir = model.resolved_path(&cfg.paths);
+    preflight::model_files(&dir)?;
+    preflight::model_readable(&dir, &cfg.service.user)?;
+
+    let locks = lock::acquire(
+        &cfg.paths.runtime_dir,
+        &model.gpus,
+        name,
+        preflight::RETRY,
+        &stop,
+        &mut |gpu, holder| {
+            let msg = format!(
+                "waiting for GPU {gpu} lock held by {}",
+                holder.unwrap_or("another model")
+            );
+            log::info!("{msg}");
+            notify::status(&msg);
+        },
+    )
+    .map_err(|e| match e {
+        lock::LockError::Stopped => stopped("waiting for a GPU lock"),
+        lock::LockError::Io(m) => Failure::unavailable(m),
+    })?;
+    preflight::gpus(
+        gpu_source,
+        model,
+        Duration::from_secs(cfg.engine.gpu_release_wait_secs),
+        &stop,
+    )?;
+    preflight::port(
+        &cfg.engine.host,
+        model.port,
+        Duration::from_secs(cfg.engine.port_wait_secs),
+        &stop,
+    )?;
+
+    let spec = spec::build(cfg, model, key.as_deref());
+    log::info!("starting {name}: {}", spec.argv.join(" "));
+    let mut engine = Engine::spawn(&spec)?;
+    let t0 = Instant::now();
+    let load_timeout = Duration::from_secs(model.load_timeout_secs);
+    let grace = Duration::from_secs(cfg.engine.stop_grace_secs);
+    let url = format!("{}/health", base_url(&cfg.engine.host, model.port));
+    let prober = Prober::new(HEALTH_TIMEOUT);
+    let status_loading = |pid: u32, elapsed: Duration| {
+        notify::status(&format!(
+            "loading {name} on GPU {} (PID {pid}): {} s of {} s",
+            gpu_list(model),
+            elapsed.as_secs(),
+            load_timeout.as_secs()
+        ));
+    };
+    status_loading(engine.pid(), Duration::ZERO);
+    let mut next_status = t0 + STATUS_EVERY;
+    let mut next_probe = t0;
+    loop {
+        if let Some(sig) = stop_requested() {
+            return Ok(stop_engine(
+                &mut engine,
+                name,
+                sig,
+                grace,
+                "while it was loading",
+            ));
+        }
+        if let Some(end) = engine.poll() {
+            return Err(died(&mut engine, name, end, "while loading"));
+        }
+        let now = Instant::now();
+        if now.duration_since(t0) >= load_timeout {
+            engine.kill();
+            return Err(Failure::other(format!(
+                "{name} did not answer {url} with 200 within {} s (models.{name}.load_timeout_secs); killed its process group",
+                load_timeout.as_secs()
+            ))
+            .with_tail(&engine));
+        }
+        if now >= next_probe {
+            match prober.get(&url, None) {
+                Ok(r) if r.status == 200 => break,
+                Ok(r) => log::debug!("{url}: {} while loading", r.status),
+                Err(ProbeError::Refused) => {}
+                Err(e) => log::debug!("{url}: {e} while loading"),
+            }
+            next_probe = Instant::now() + HEALTH_EVERY;
+        }
+        if now >= next_status {
+            status_loading(engine.pid(), now.duration_since(t0));
+            next_status = now + STATUS_EVERY;
+        }
+        std::thread::sleep(supervise::TICK);
+    }
+    locks.release();
+    let serving = format!("serving {name} on {}", model.port);
+    notify::ready(&serving);
+    log::info!(
+        "{name} is ready after {:.1} s: {serving} (PID {})",
+        t0.elapsed().as_secs_f64(),
+        engine.pid()
+    );
+    loop {
+        if let Some(sig) = stop_requested() {
+            return Ok(stop_engine(&mut engine, name, sig, grace, ""));
+        }
+        if let Some(end) = engine.poll() {
+            return Err(died(&mut engine, name, end, "while serving"));
+        }
+        std::thread::sleep(supervise::TICK);
+    }
+}
+
+trait WithTail {
+    fn with_tail(self, engine: &Engine) -> Self;
+}
+
+impl WithTail for Failure {
+    /// Append the engine's last stderr lines to the message.
+    fn with_tail(mut self, engine: &Engine) -> Failure {
+        let lines = engine.last_lines();
+        if !lines.is_empty() {
+            self.message.push_str(&format!(
+                "\nlast {} stderr lines of the engine:",
+                lines.len()
+            ));
+            for l in lines {
+                self.message.push_str(&format!("\n  | {l}"));
+            }
+        }
+        self
+    }
+}
+
+/// The engine ended without being asked to: always a failure (exit 1), whatever its status.
+fn died(engine: &mut Engine, name: &str, end: supervise::Ended, when: &str) -> Failure {
+    let pid = engine.pid();
+    // Its orphans (EngineCore, workers) must not keep the GPU.
+    engine.kill();
+    let why = match end {
+        supervise::Ended::Exited(0) => {
+            " (status 0 is still a failure: vLLM exits 0 when its engine core dies, vLLM issue 48966)"
+        }
+        _ => "",
+    };
+    Failure::other(format!(
+        "engine of {name} (PID {pid}) {end} {when}, without a stop being asked{why}"
+    ))
+    .with_tail(engine)
+}
+
+/// Stop on request: STOPPING=1, TERM the group, grace, KILL. Always exit 0.
+fn stop_engine(
+    engine: &mut Engine,
+    name: &str,
+    sig: nix::sys::signal::Signal,
+    grace: Duration,
+    when: &str,
+) -> Exit {
+    let msg = format!("stopping {name} on {sig} {when}")
+        .trim_end()
+        .to_string();
+    log::info!("{msg}");
+    notify::stopping(&msg);
+    let t0 = Instant::now();
+    let (end, killed) = engine.stop(grace);
+    let end = end.map_or("ended".to_string(), |e| e.to_string());
+    if killed {
+        log::warn!(
+            "engine of {name} (PID {}) {end}; its process group did not stop within {} s (engine.stop_grace_secs) and was killed",
+            engine.pid(),
+            grace.as_secs()
+        );
+    } else {
+        log::info!(
+            "engine of {name} (PID {}) {end} after {:.1} s",
+            engine.pid(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Exit::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_parses_the_documented_forms() {
+        let c = Cli::try_parse_from([
+            "start-model",
+            "--config",
+            "/x.toml",
+            "-v",
+            "--dry-run",
+            "phi3",
+        ])
+        .unwrap();
+        assert!(c.dry_run);
+        assert_eq!(c.name, "phi3");
+        assert_eq!(c.common.config, PathBuf::from("/x.toml"));
+        assert!(Cli::try_parse_from(["start-model"]).is_err());
+    }
+}

@@ -1,4 +1,10 @@
-fn main() {
-    eprintln!("start-model: being written");
-    std::process::exit(1);
+//! start-model: run one model server for `citadel-model@NAME.service`. See `start-model --help`
+//! and the crate documentation (lib.rs) for the steps, the engine's environment and exit codes.
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = start_model::Cli::parse();
+    cli.common.init_logging();
+    citadel_common::exit::report(start_model::run(&cli))
 }
