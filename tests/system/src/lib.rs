@@ -1,0 +1,1 @@
+//! Citadel system-test harness (being written).
