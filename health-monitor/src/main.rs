@@ -1,4 +1,9 @@
-fn main() {
-    eprintln!("health-monitor: being written");
-    std::process::exit(1);
+//! health-monitor: watch every enabled model, restart only what is really broken.
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = health_monitor::Args::parse();
+    args.common.init_logging();
+    citadel_common::exit::report(health_monitor::run(&args))
 }

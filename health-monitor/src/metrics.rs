@@ -1,0 +1,134 @@
+//! The two vLLM metrics the hang detector needs, read from `/metrics` (Prometheus text format,
+//! vLLM 0.33 names, see docs/VLLM.md section 3):
+//! - `vllm:num_requests_running` (gauge): requests being generated right now;
+//! - `vllm:generation_tokens_total` (counter): tokens generated since the server started.
+//!
+//! Both carry `model_name` and `engine` labels; with several engines the samples are summed.
+
+/// Gauge: requests in the running batch.
+pub const RUNNING: &str = "vllm:num_requests_running";
+/// Counter: generated tokens (prometheus_client appends `_total`).
+pub const GENERATION_TOKENS: &str = "vllm:generation_tokens_total";
+
+/// One reading of the two metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metrics {
+    pub running: f64,
+    pub generation_tokens: f64,
+}
+
+/// Parse a `/metrics` page. `None` when either metric is missing (not vLLM, or cut off).
+pub fn parse(text: &str) -> Option<Metrics> {
+    let mut running = None;
+    let mut tokens = None;
+    for line in text.lines() {
+        let Some((name, value)) = sample(line) else {
+            continue;
+        };
+        let slot = match name {
+            RUNNING => &mut running,
+            GENERATION_TOKENS => &mut tokens,
+            _ => continue,
+        };
+        *slot = Some(slot.unwrap_or(0.0) + value);
+    }
+    Some(Metrics {
+        running: running?,
+        generation_tokens: tokens?,
+    })
+}
+
+/// One sample line: `name{labels} value [timestamp]` -> (name, value). Comments, blank lines
+/// and anything malformed are `None`.
+fn sample(line: &str) -> Option<(&str, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    if rest.starts_with('{') {
+        rest = &rest[labels_end(rest)?..];
+    }
+    let value = rest.split_whitespace().next()?;
+    let v = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse::<f64>().ok()?,
+    };
+    (!name.is_empty() && v.is_finite()).then_some((name, v))
+}
+
+/// Byte offset just past the `}` that closes the label set at the start of `s` (label values are
+/// quoted and may contain `}`, `"` escaped as `\"`).
+fn labels_end(s: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match (in_quotes, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => in_quotes = false,
+            (false, _, '"') => in_quotes = true,
+            (false, _, '}') => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VLLM: &str = r#"# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="phi3"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="phi3"} 5.0
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="phi3"} 12345.0
+# HELP vllm:generation_tokens_created Number of generation tokens processed.
+# TYPE vllm:generation_tokens_created gauge
+vllm:generation_tokens_created{engine="0",model_name="phi3"} 1.7e+09
+"#;
+
+    #[test]
+    fn reads_the_vllm_names() {
+        let m = parse(VLLM).unwrap();
+        assert_eq!(m.running, 2.0);
+        assert_eq!(m.generation_tokens, 12345.0);
+    }
+
+    #[test]
+    fn sums_engines_and_takes_timestamps_and_odd_labels() {
+        let text =
+            "vllm:num_requests_running{engine=\"0\",model_name=\"a } b\\\"\"} 1 1700000000000\n\
+                    vllm:num_requests_running{engine=\"1\",model_name=\"x\"} 3\n\
+                    vllm:generation_tokens_total 7e2\n";
+        let m = parse(text).unwrap();
+        assert_eq!(m.running, 4.0);
+        assert_eq!(m.generation_tokens, 700.0);
+    }
+
+    #[test]
+    fn missing_or_malformed_is_none() {
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("<html>not metrics</html>"), None);
+        assert_eq!(parse("vllm:num_requests_running{engine=\"0\"} 1\n"), None);
+        // The old (removed) name does not count, nor does a prefix of the right one.
+        assert_eq!(
+            parse("vllm:num_requests_running_x 1\nvllm:generation_tokens 3\n"),
+            None
+        );
+        assert_eq!(
+            parse("vllm:num_requests_running{engine=\"0\" 1\nvllm:generation_tokens_total NaN\n"),
+            None
+        );
+    }
+}

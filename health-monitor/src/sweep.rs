@@ -1,0 +1,242 @@
+//! The probes of one sweep. Every model is probed in its own thread (`/health` and `/metrics`
+//! side by side, each with the probe timeout, bodies bounded); the sweep collects the answers
+//! until a deadline of one probe timeout plus a small margin, so a hung server never delays the
+//! others, and stops waiting at once when asked to stop (SIGTERM).
+//!
+//! The threads are detached rather than scoped: a scope would have to join them, which is what
+//! an abandoned sweep must not wait for. Each thread ends on its own within its timeout.
+//!
+//! Deep probes (one-token completions) run in their own threads too, one per model at most,
+//! and their outcome is picked up by a later sweep.
+
+use crate::decide::{Answer, DeepOutcome};
+use crate::metrics::{self, Metrics};
+use citadel_common::probe::{ProbeError, Prober};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// `/health` answers are empty; anything bigger is cut here.
+pub const HEALTH_MAX_BODY: u64 = 4 * 1024;
+/// vLLM's `/metrics` page is tens of KiB (histograms); read up to this much.
+pub const METRICS_MAX_BODY: u64 = 1024 * 1024;
+/// Completion answers are small JSON.
+pub const DEEP_MAX_BODY: u64 = 64 * 1024;
+/// How long past the probe timeout the sweep waits for a probe thread's answer.
+pub const MARGIN: Duration = Duration::from_millis(500);
+/// How often a waiting sweep looks at the stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// What one model's probe thread got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub health: Result<Answer, ProbeError>,
+    pub metrics: Option<Metrics>,
+}
+
+/// Read `/metrics` and parse the two metrics the hang detector needs.
+pub fn read_metrics(base_url: &str, timeout: Duration) -> Option<Metrics> {
+    let r = Prober::with_max_body(timeout, METRICS_MAX_BODY)
+        .get(&format!("{base_url}/metrics"), None)
+        .ok()?;
+    (r.status == 200).then(|| metrics::parse(&r.body)).flatten()
+}
+
+/// `GET /health` and `GET /metrics` at the same time, each bounded by `timeout`.
+pub fn probe_model(base_url: &str, timeout: Duration) -> ProbeResult {
+    let (tx, rx) = mpsc::channel();
+    let base = base_url.to_string();
+    let metrics_thread = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let _ = tx.send(read_metrics(&base, timeout));
+        });
+    let health = Prober::with_max_body(timeout, HEALTH_MAX_BODY)
+        .get(&format!("{base_url}/health"), None)
+        .map(|r| Answer {
+            status: r.status,
+            latency: r.latency,
+        });
+    let metrics = match metrics_thread {
+        Ok(_) => rx.recv_timeout(timeout + MARGIN).ok().flatten(),
+        Err(_) => None,
+    };
+    ProbeResult { health, metrics }
+}
+
+/// Probe every `(index, base_url)` in parallel; answers by index. Waits at most
+/// `timeout + MARGIN`; a probe that has not answered by then counts as timed out. `None` when
+/// `stop` was raised while waiting (the sweep is abandoned).
+pub fn probe_all(
+    targets: &[(usize, String)],
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Option<Vec<(usize, ProbeResult)>> {
+    let (tx, rx) = mpsc::channel();
+    let mut pending = 0usize;
+    let mut out = Vec::with_capacity(targets.len());
+    for (i, base) in targets {
+        let (i, base, tx) = (*i, base.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("probe-{i}"))
+            .spawn(move || {
+                let _ = tx.send((i, probe_model(&base, timeout)));
+            });
+        match spawned {
+            Ok(_) => pending += 1,
+            Err(e) => out.push((
+                i,
+                ProbeResult {
+                    health: Err(ProbeError::Other(format!("cannot start probe thread: {e}"))),
+                    metrics: None,
+                },
+            )),
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout + MARGIN;
+    while pending > 0 {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left.min(STOP_POLL)) {
+            Ok(r) => {
+                pending -= 1;
+                out.push(r);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for (i, _) in targets {
+        if !out.iter().any(|(j, _)| j == i) {
+            out.push((
+                *i,
+                ProbeResult {
+                    health: Err(ProbeError::Timeout),
+                    metrics: None,
+                },
+            ));
+        }
+    }
+    Some(out)
+}
+
+/// Start a deep probe in its own thread: `/metrics`, then `POST /v1/completions`
+/// `{"model": served_name, "prompt": "ping", "max_tokens": 1}` with the API key and the deep
+/// timeout, then `/metrics` again. The outcome arrives on the returned channel.
+pub fn spawn_deep(
+    base_url: &str,
+    served_name: &str,
+    api_key: Option<&str>,
+    deep_timeout: Duration,
+    probe_timeout: Duration,
+) -> Receiver<DeepOutcome> {
+    let (tx, rx) = mpsc::channel();
+    let base = base_url.to_string();
+    let body =
+        serde_json::json!({"model": served_name, "prompt": "ping", "max_tokens": 1}).to_string();
+    let key = api_key.map(str::to_string);
+    let spawned = std::thread::Builder::new()
+        .name("deep-probe".into())
+        .spawn({
+            let tx = tx.clone();
+            move || {
+                let before = read_metrics(&base, probe_timeout);
+                let result = Prober::with_max_body(deep_timeout, DEEP_MAX_BODY)
+                    .post_json(&format!("{base}/v1/completions"), &body, key.as_deref())
+                    .map(|r| Answer {
+                        status: r.status,
+                        latency: r.latency,
+                    });
+                let after = read_metrics(&base, probe_timeout);
+                let _ = tx.send(DeepOutcome {
+                    result,
+                    before,
+                    after,
+                    timeout: deep_timeout,
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = tx.send(DeepOutcome {
+            result: Err(ProbeError::Other(format!(
+                "cannot start deep probe thread: {e}"
+            ))),
+            before: None,
+            after: None,
+            timeout: deep_timeout,
+        });
+    }
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A server that answers every connection with `reply` after `delay`.
+    fn server(reply: &'static [u8], delay: Duration) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf);
+                    std::thread::sleep(delay);
+                    let _ = s.write_all(reply);
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[test]
+    fn probes_run_in_parallel_and_a_hung_one_costs_one_timeout() {
+        let ok = server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
+        let hung = server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Duration::from_secs(30),
+        );
+        let targets: Vec<(usize, String)> = (0..6)
+            .map(|i| (i, if i % 3 == 0 { hung.clone() } else { ok.clone() }))
+            .collect();
+        let t0 = Instant::now();
+        let stop = AtomicBool::new(false);
+        let mut r = probe_all(&targets, Duration::from_millis(500), &stop).unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(500) + MARGIN + Duration::from_millis(300),
+            "{took:?}"
+        );
+        r.sort_by_key(|(i, _)| *i);
+        assert_eq!(r.len(), 6);
+        for (i, p) in r {
+            if i % 3 == 0 {
+                assert_eq!(p.health, Err(ProbeError::Timeout), "{i}");
+            } else {
+                assert_eq!(p.health.unwrap().status, 200, "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_raised_stop_flag_abandons_the_wait() {
+        let hung = server(b"", Duration::from_secs(30));
+        let stop = AtomicBool::new(true);
+        let t0 = Instant::now();
+        assert!(probe_all(&[(0, hung)], Duration::from_secs(5), &stop).is_none());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+}
