@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's one test command (README Quick start, and .ci/run):
+#   bash tests/run.sh
+# On a fresh Debian 12 machine with the Rust toolchain and root, it installs what the tests need
+# (systemd-container and mmdebstrap for the real-systemd container tests, lintian, cargo-deb),
+# then runs every test of the workspace: unit tests, black-box tests of each binary, the
+# broken-config corpus and the system tests in a real systemd (tests/system).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '== %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in systemd-container mmdebstrap lintian debootstrap; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
+done
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    log "installing ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    log "not root: cannot install ${need_pkgs[*]}; the system tests will skip"
+  fi
+fi
+if ! command -v cargo-deb >/dev/null 2>&1 && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb ]]; then
+  log "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb
+fi
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+log "cargo test --workspace"
+cargo test --workspace --no-fail-fast -- --test-threads="${CITADEL_TEST_THREADS:-2}"
