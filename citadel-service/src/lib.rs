@@ -1,16 +1,43 @@
 //! citadel-service: start, stop, inspect and check the whole Citadel box through systemd.
 //!
 //! Reads the config (`--config`, default `/etc/citadel/citadel.toml`) and the health monitor's
-//! state file; talks to systemd only through `systemctl`/`journalctl` argv vectors.
+//! state file (`[monitor] state_file`); talks to systemd only through `systemctl`/`journalctl`
+//! argv vectors (absolute paths), behind the [`systemd::Host`] trait so that tests use fakes.
 //!
-//! Exit codes: 0 ok; 1 failure; 2 usage (unknown service name); 69 systemd unavailable;
-//! 78 invalid config.
+//! Service names: `all` (`citadel-ai.target`), `storage`, `gpu`, `models`
+//! (`citadel-models.target`), `monitor`, or a model name (`citadel-model@NAME.service`).
+//!
+//! Output: human tables on stdout (colour only on a terminal and never with `NO_COLOR`), JSON
+//! on stdout with `--json`, logs and errors on stderr.
+//!
+//! Exit codes: 0 ok (`status`: every enabled unit shown is active; `health`: every enabled
+//! model is healthy); 1 failure (a unit failed or timed out, something is down or unhealthy,
+//! not run as root); 2 usage (unknown service name, bad option); 69 a unit is not installed or
+//! systemd/journalctl cannot be run; 78 invalid config.
 
 pub mod check;
+pub mod control;
+pub mod deploy;
+pub mod gpu;
+pub mod health;
+pub mod logs;
+pub mod output;
+pub mod probes;
+pub mod services;
+pub mod status;
+pub mod systemd;
+pub mod wait;
 
 use citadel_common::cli::CommonArgs;
+use citadel_common::config::Config;
+use citadel_common::health::HealthState;
 use citadel_common::{Exit, Failure};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use services::Service;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use systemd::{Host, RealHost, Verb};
 
 /// Run the Citadel LLM box: start, stop, status, logs, health, check and deploy.
 #[derive(Debug, Parser)]
@@ -22,6 +49,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The service a command acts on.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArg {
+    /// all, storage, gpu, models, monitor, or a model name from the config.
+    #[arg(value_name = "SERVICE", default_value = "all")]
+    pub service: String,
+}
+
+/// How `start`/`restart` wait.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Queue the jobs and return without waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (weights can take long to load).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub timeout: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config and print the plan: one row per model and one per GPU.
@@ -30,13 +78,347 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start the service(s) and wait until they are up or have failed (root).
+    Start(StartArgs),
+    /// Stop the service(s) gracefully, wait, and report anything left running (root).
+    Stop {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Queue the stop jobs and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Restart the service(s) and wait until they are up or have failed (root).
+    Restart(StartArgs),
+    /// One table: state, PID, uptime, restarts, port, health and GPU memory per unit.
+    Status {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Probe each model's /health now instead of reading the monitor's state file.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Show the journal of the service(s).
+    Logs {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Follow new lines (journalctl -f).
+        #[arg(short, long)]
+        follow: bool,
+        /// Show the last N lines (journalctl -n).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u32>,
+        /// Only lines since this time (journalctl --since, e.g. "-1h", "today").
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
+    /// Start the target, infrastructure, monitor and enabled models at boot (root).
+    Enable,
+    /// Do not start any Citadel unit at boot (root).
+    Disable,
+    /// Probe every enabled model now and check CPU, memory, disk and GPU use.
+    Health {
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Seconds each /health probe may take (default: [monitor] probe_timeout_secs).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+target (root).
+    Deploy {
+        /// Run only this phase (1-4).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+        phase: Option<u8>,
+        /// The model phase 2 starts and checks.
+        #[arg(long, value_name = "NAME", default_value = "phi3")]
+        test_model: String,
+        /// Give up waiting for a phase's units after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 1800)]
+        timeout: u64,
+    },
+}
+
+/// Seconds between polls of systemd while waiting.
+pub const POLL: Duration = Duration::from_secs(1);
+
+fn wait_options(timeout: u64) -> wait::WaitOptions {
+    wait::WaitOptions {
+        timeout: Duration::from_secs(timeout),
+        poll: POLL,
+        tty: std::io::stdout().is_terminal(),
+        color: output::use_color(),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Run one command.
 pub fn run(cli: &Cli) -> Result<Exit, Failure> {
+    if let Command::Check { json } = &cli.command {
+        return check::run(&cli.common.config, *json);
+    }
+    let cfg = cli.common.load_config()?;
+    let host = RealHost::default();
+    run_with(cli, &cfg, &host)
+}
+
+/// Run a command against a loaded config and a host.
+pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failure> {
+    let mut out = std::io::stdout();
+    let service = |s: &ServiceArg| Service::parse(&s.service, cfg);
     match &cli.command {
         Command::Check { json } => check::run(&cli.common.config, *json),
+        Command::Start(a) | Command::Restart(a) => {
+            let (verb, name) = match &cli.command {
+                Command::Start(_) => (Verb::Start, "start"),
+                _ => (Verb::Restart, "restart"),
+            };
+            let s = service(&a.service)?;
+            control::require_root(name)?;
+            let opts = wait_options(a.timeout);
+            control::start(host, cfg, &s, verb, (!a.no_wait).then_some(&opts), &mut out)
+        }
+        Command::Stop {
+            service: sa,
+            no_wait,
+            timeout,
+        } => {
+            let s = service(sa)?;
+            control::require_root("stop")?;
+            let opts = wait_options(*timeout);
+            control::stop(host, cfg, &s, (!no_wait).then_some(&opts), &mut out)
+        }
+        Command::Status {
+            service: sa,
+            json,
+            probe,
+        } => {
+            let s = service(sa)?;
+            status_command(host, cfg, &s, *json, *probe)
+        }
+        Command::Logs {
+            service: sa,
+            follow,
+            lines,
+            since,
+        } => {
+            let s = service(sa)?;
+            let units: Vec<String> = s.members(cfg).into_iter().map(|m| m.unit).collect();
+            logs::exec(
+                &units,
+                &logs::LogOptions {
+                    follow: *follow,
+                    lines: *lines,
+                    since: since.clone(),
+                },
+            )
+        }
+        Command::Enable => {
+            control::require_root("enable")?;
+            control::set_enabled(host, cfg, true, &mut out)
+        }
+        Command::Disable => {
+            control::require_root("disable")?;
+            control::set_enabled(host, cfg, false, &mut out)
+        }
+        Command::Health { json, timeout } => health_command(host, cfg, *json, *timeout),
+        Command::Deploy {
+            phase,
+            test_model,
+            timeout,
+        } => {
+            control::require_root("deploy")?;
+            let opts = deploy::DeployOptions {
+                phase: *phase,
+                test_model: test_model.clone(),
+                wait: wait_options(*timeout),
+            };
+            let timeout = Duration::from_secs(cfg.monitor.probe_timeout_secs.max(1));
+            let probe = |m: &[(String, u16)]| probes::probe_all(&cfg.engine.host, m, timeout);
+            deploy::run(host, cfg, &opts, &probe, &mut out)
+        }
     }
+}
+
+/// The monitor's health, read from its state file, as status cells and a source line.
+pub fn monitor_health(
+    cfg: &Config,
+) -> (BTreeMap<String, status::HealthCell>, status::HealthSource) {
+    let file = &cfg.monitor.state_file;
+    let mut src = status::HealthSource {
+        kind: "none".into(),
+        state_file: Some(file.display().to_string()),
+        updated_unix: None,
+        stale: false,
+        note: None,
+    };
+    match HealthState::read(file) {
+        Ok(Some(st)) => {
+            src.kind = "monitor".into();
+            src.updated_unix = Some(st.updated_unix);
+            src.stale =
+                now_unix().saturating_sub(st.updated_unix) > 3 * cfg.monitor.interval_secs.max(1);
+            (status::cells_from_state(&st), src)
+        }
+        Ok(None) => {
+            src.note = Some(format!(
+                "no monitor state file at {} (is citadel-monitor running?)",
+                file.display()
+            ));
+            (BTreeMap::new(), src)
+        }
+        Err(e) => {
+            src.note = Some(format!("cannot read the monitor state file: {e}"));
+            (BTreeMap::new(), src)
+        }
+    }
+}
+
+fn status_command(
+    host: &dyn Host,
+    cfg: &Config,
+    s: &Service,
+    json: bool,
+    probe: bool,
+) -> Result<Exit, Failure> {
+    let members = s.members(cfg);
+    let names: Vec<String> = members.iter().map(|m| m.unit.clone()).collect();
+    let units = host.units(&names)?;
+    let (cells, src) = if probe {
+        let models: Vec<(String, u16)> = members
+            .iter()
+            .filter_map(|m| m.port.map(|p| (m.service.clone(), p)))
+            .collect();
+        let timeout = Duration::from_secs(cfg.monitor.probe_timeout_secs.max(1));
+        let r = probes::probe_all(&cfg.engine.host, &models, timeout);
+        (
+            status::cells_from_probes(&r),
+            status::HealthSource {
+                kind: "probe".into(),
+                state_file: None,
+                updated_unix: None,
+                stale: false,
+                note: None,
+            },
+        )
+    } else {
+        monitor_health(cfg)
+    };
+    let gpu_mem = match gpu::snapshot() {
+        Ok(snap) => Some(gpu::memory_by_model(&snap)),
+        Err(e) => {
+            log::debug!("no GPU memory per model: {e}");
+            None
+        }
+    };
+    let report = status::build(
+        &cfg.file.display().to_string(),
+        &members,
+        &units,
+        host.monotonic(),
+        &cells,
+        src,
+        gpu_mem.as_ref(),
+    );
+    if json {
+        println!("{}", status::to_json(&report));
+    } else {
+        print!(
+            "{}",
+            status::render_table(&report, now_unix(), output::use_color())
+        );
+    }
+    Ok(if report.all_up {
+        Exit::Ok
+    } else {
+        Exit::Failure
+    })
+}
+
+fn health_command(
+    host: &dyn Host,
+    cfg: &Config,
+    json: bool,
+    timeout: Option<u64>,
+) -> Result<Exit, Failure> {
+    let models: Vec<(String, u16)> = cfg
+        .enabled_models()
+        .map(|m| (m.name.clone(), m.port))
+        .collect();
+    let units: Vec<String> = cfg.enabled_models().map(|m| m.unit()).collect();
+    let timeout = Duration::from_secs(timeout.unwrap_or(cfg.monitor.probe_timeout_secs).max(1));
+    // Probes, systemd and the resource readings run at the same time.
+    let (probes, states, resources) = std::thread::scope(|sc| {
+        let p = sc.spawn(|| probes::probe_all(&cfg.engine.host, &models, timeout));
+        let r = sc.spawn(|| health::read_resources(&[cfg.paths.models_mount.clone(), "/".into()]));
+        let states = host.units(&units);
+        (p.join(), states, r.join())
+    });
+    let probes = probes.map_err(|_| Failure::other("the probe thread panicked"))?;
+    let resources = resources.map_err(|_| Failure::other("reading resources panicked"))?;
+    let mut warnings = vec![];
+    let states = match states {
+        Ok(v) => Some(
+            v.into_iter()
+                .map(|u| (u.status.unit, u.status.active_state))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        Err(e) => {
+            warnings.push(format!("unit states unknown: {e}"));
+            None
+        }
+    };
+    let (gpus, source) = match gpu::snapshot() {
+        Ok(s) => (gpu::readings(&s), "nvml"),
+        Err(e) => match HealthState::read(&cfg.monitor.state_file) {
+            Ok(Some(st)) if !st.gpus.is_empty() => (
+                st.gpus
+                    .iter()
+                    .map(|g| health::GpuReading {
+                        index: g.index,
+                        temperature_c: g.temperature_c,
+                        memory_used_bytes: g.memory_used_bytes,
+                        memory_total_bytes: g.memory_total_bytes,
+                    })
+                    .collect(),
+                "monitor",
+            ),
+            _ => {
+                log::debug!("no GPU readings: {e}");
+                (vec![], "none")
+            }
+        },
+    };
+    let report = health::assemble(
+        cfg,
+        &probes,
+        states.as_ref(),
+        resources,
+        gpus,
+        source,
+        warnings,
+    );
+    if json {
+        println!("{}", health::to_json(&report));
+    } else {
+        print!("{}", health::render_table(&report, output::use_color()));
+    }
+    Ok(if report.healthy {
+        Exit::Ok
+    } else {
+        Exit::Failure
+    })
 }
 
 #[cfg(test)]

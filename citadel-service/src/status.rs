@@ -1,0 +1,324 @@
+//! `status`: one row per unit (service, unit, state, PID, uptime, restarts, port, health, GPU
+//! memory), as a table or as JSON. Building the report and rendering it are pure functions.
+
+use crate::output::{self, paint, tone_of};
+use crate::probes::ProbeResult;
+use crate::services::{Kind, Member};
+use crate::systemd::Unit;
+use citadel_common::health::HealthState;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One model's health, from the monitor or from a live probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCell {
+    /// Monitor: healthy, starting, failing, restarting, gave_up, stopped, failed, disabled.
+    /// Probe: healthy, http NNN, refused, timeout, error.
+    pub health: String,
+    pub reason: Option<String>,
+    pub latency_ms: Option<u64>,
+}
+
+/// Where the HEALTH column came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthSource {
+    /// `monitor`, `probe` or `none`.
+    pub kind: String,
+    /// The monitor's state file.
+    pub state_file: Option<String>,
+    /// Unix time of the monitor's last sweep.
+    pub updated_unix: Option<u64>,
+    /// The last sweep is older than three monitor intervals.
+    pub stale: bool,
+    /// Why there is no health (no state file yet, unreadable ...).
+    pub note: Option<String>,
+}
+
+/// One row of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    pub service: String,
+    pub kind: Kind,
+    pub unit: String,
+    /// Models: `enabled` in the config; everything else true.
+    pub enabled: bool,
+    pub load_state: String,
+    /// systemd ActiveState.
+    pub state: String,
+    pub sub_state: String,
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    pub port: Option<u16>,
+    pub health: Option<String>,
+    pub health_reason: Option<String>,
+    pub latency_ms: Option<u64>,
+    /// Sum of the GPU memory of the unit's processes, when known.
+    pub gpu_memory_bytes: Option<u64>,
+    /// The service's `STATUS=` text.
+    pub status_text: String,
+    /// ActiveState is `active`.
+    pub up: bool,
+}
+
+/// The whole `status` report (`status --json` prints exactly this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    pub config: String,
+    /// Every enabled unit shown is active.
+    pub all_up: bool,
+    pub health_source: HealthSource,
+    /// GPU memory per process could be read (NVML).
+    pub gpu_memory_known: bool,
+    pub services: Vec<Row>,
+}
+
+/// Health cells from the monitor's state file.
+pub fn cells_from_state(state: &HealthState) -> BTreeMap<String, HealthCell> {
+    state
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                HealthCell {
+                    health: m.state.as_str().to_string(),
+                    reason: m.reason.clone(),
+                    latency_ms: m.latency_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Health cells from live probes.
+pub fn cells_from_probes(probes: &[ProbeResult]) -> BTreeMap<String, HealthCell> {
+    probes
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                HealthCell {
+                    health: p.word(),
+                    reason: if p.healthy() { None } else { p.error.clone() },
+                    latency_ms: p.latency_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Put the report together. `now` is CLOCK_MONOTONIC (for uptimes).
+pub fn build(
+    config: &str,
+    members: &[Member],
+    units: &[Unit],
+    now: Duration,
+    health: &BTreeMap<String, HealthCell>,
+    health_source: HealthSource,
+    gpu_memory: Option<&BTreeMap<String, u64>>,
+) -> StatusReport {
+    let now_us = now.as_micros() as u64;
+    let services: Vec<Row> = members
+        .iter()
+        .zip(units)
+        .map(|(m, u)| {
+            let s = &u.status;
+            let up = s.active_state == "active";
+            let cell = (m.kind == Kind::Model)
+                .then(|| health.get(&m.service))
+                .flatten();
+            Row {
+                service: m.service.clone(),
+                kind: m.kind,
+                unit: m.unit.clone(),
+                enabled: m.enabled,
+                load_state: s.load_state.clone(),
+                state: s.active_state.clone(),
+                sub_state: s.sub_state.clone(),
+                pid: (s.main_pid != 0).then_some(s.main_pid),
+                uptime_secs: (up && s.active_enter_monotonic_usec > 0)
+                    .then(|| now_us.saturating_sub(s.active_enter_monotonic_usec) / 1_000_000),
+                restarts: s.n_restarts,
+                port: m.port,
+                health: cell.map(|c| c.health.clone()),
+                health_reason: cell.and_then(|c| c.reason.clone()),
+                latency_ms: cell.and_then(|c| c.latency_ms),
+                gpu_memory_bytes: (m.kind == Kind::Model)
+                    .then(|| gpu_memory.and_then(|g| g.get(&m.service).copied()))
+                    .flatten(),
+                status_text: s.status_text.clone(),
+                up,
+            }
+        })
+        .collect();
+    StatusReport {
+        config: config.to_string(),
+        all_up: services.iter().filter(|r| r.enabled).all(|r| r.up),
+        health_source,
+        gpu_memory_known: gpu_memory.is_some(),
+        services,
+    }
+}
+
+fn dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The table, with a footer saying where health came from and how many services are up.
+/// `now_unix` dates the monitor's sweep.
+pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
+    let mut rows = vec![[
+        "SERVICE", "UNIT", "STATE", "PID", "UPTIME", "RESTARTS", "PORT", "HEALTH", "GPU MEM",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in &r.services {
+        let mut state = paint(&s.state, tone_of(&s.state), color);
+        if s.load_state == "not-found" {
+            state = paint("not-installed", output::Tone::Bad, color);
+        } else if !s.enabled {
+            state.push_str(" (disabled)");
+        } else if s.sub_state == "auto-restart" {
+            state.push_str(" (auto-restart)");
+        }
+        let health = match &s.health {
+            Some(h) => {
+                let mut cell = paint(h, tone_of(h), color);
+                if let Some(l) = s.latency_ms.filter(|_| h == "healthy") {
+                    cell.push_str(&format!(" ({l} ms)"));
+                }
+                cell
+            }
+            None => "-".into(),
+        };
+        rows.push(vec![
+            s.service.clone(),
+            s.unit.clone(),
+            state,
+            dash(s.pid),
+            dash(s.uptime_secs.map(output::duration)),
+            s.restarts.to_string(),
+            dash(s.port),
+            health,
+            dash(s.gpu_memory_bytes.map(output::bytes)),
+        ]);
+    }
+    let mut out = output::table(&rows);
+    let reasons: Vec<String> = r
+        .services
+        .iter()
+        .filter_map(|s| {
+            s.health_reason
+                .as_ref()
+                .map(|x| format!("  {}: {x}", s.service))
+        })
+        .collect();
+    if !reasons.is_empty() {
+        out.push_str("\nwhy not healthy:\n");
+        out.push_str(&reasons.join("\n"));
+        out.push('\n');
+    }
+    out.push('\n');
+    let h = &r.health_source;
+    out.push_str(&match h.kind.as_str() {
+        "monitor" => format!(
+            "health: from the monitor ({}), last sweep {} ago{}\n",
+            h.state_file.as_deref().unwrap_or("?"),
+            output::duration(now_unix.saturating_sub(h.updated_unix.unwrap_or(now_unix))),
+            if h.stale {
+                paint(
+                    " (stale: is citadel-monitor running?)",
+                    output::Tone::Warn,
+                    color,
+                )
+            } else {
+                String::new()
+            }
+        ),
+        "probe" => "health: live /health probes\n".to_string(),
+        _ => format!(
+            "health: {}; use --probe for a live check\n",
+            h.note.as_deref().unwrap_or("unknown")
+        ),
+    });
+    if !r.gpu_memory_known {
+        out.push_str("GPU MEM: per-process GPU memory is not available\n");
+    }
+    let enabled: Vec<&Row> = r.services.iter().filter(|s| s.enabled).collect();
+    let up = enabled.iter().filter(|s| s.up).count();
+    let summary = format!("{up} of {} enabled units up", enabled.len());
+    out.push_str(&paint(
+        &summary,
+        if r.all_up {
+            output::Tone::Good
+        } else {
+            output::Tone::Bad
+        },
+        color,
+    ));
+    out.push('\n');
+    out
+}
+
+/// `status --json`.
+pub fn to_json(r: &StatusReport) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::{tests::cfg, Service};
+    use crate::systemd::fake::unit;
+
+    #[test]
+    fn uptime_restarts_and_all_up() {
+        let c = cfg();
+        let members = Service::Models.members(&c);
+        let mut units: Vec<Unit> = members
+            .iter()
+            .map(|m| unit(&m.unit, "active", false))
+            .collect();
+        units[1].status.active_enter_monotonic_usec = 5_000_000;
+        units[1].status.n_restarts = 2;
+        units[1].status.main_pid = 77;
+        units[3] = unit("citadel-model@vision.service", "inactive", false);
+        let src = HealthSource {
+            kind: "none".into(),
+            state_file: None,
+            updated_unix: None,
+            stale: false,
+            note: Some("no monitor state file".into()),
+        };
+        let r = build(
+            "c.toml",
+            &members,
+            &units,
+            Duration::from_secs(125),
+            &BTreeMap::new(),
+            src,
+            None,
+        );
+        assert_eq!(r.services[1].uptime_secs, Some(120));
+        assert_eq!(r.services[1].pid, Some(77));
+        assert_eq!(r.services[0].pid, None);
+        // vision is disabled: it being down does not count.
+        assert!(r.all_up);
+        let t = render_table(&r, 0, false);
+        assert!(t.contains("inactive (disabled)"), "{t}");
+        assert!(t.contains("3 of 3 enabled units up"), "{t}");
+        units[2] = unit("citadel-model@phi3.service", "failed", false);
+        let r = build(
+            "c.toml",
+            &members,
+            &units,
+            Duration::from_secs(125),
+            &BTreeMap::new(),
+            r.health_source.clone(),
+            None,
+        );
+        assert!(!r.all_up);
+    }
+}

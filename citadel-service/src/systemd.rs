@@ -1,0 +1,320 @@
+//! Everything citadel-service asks of the host, behind one trait ([`Host`]) so that the wait
+//! logic and the rendering are tested with [`fake::FakeHost`]. The real one, [`RealHost`],
+//! runs `systemctl`/`journalctl` (argv vectors, absolute paths) and reads `/sys/fs/cgroup`.
+
+use citadel_common::systemctl::{Systemctl, UnitStatus, STATUS_PROPERTIES};
+use citadel_common::{paths, Failure};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// One unit as systemd sees it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unit {
+    #[serde(flatten)]
+    pub status: UnitStatus,
+    /// A job (start, stop, restart) is queued or running for the unit.
+    #[serde(default)]
+    pub job_pending: bool,
+    /// The unit's cgroup (`/system.slice/...`), empty when it has none.
+    #[serde(default)]
+    pub control_group: String,
+}
+
+/// A state change to queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
+}
+
+/// What citadel-service needs from systemd and the clock.
+pub trait Host {
+    /// The state of each unit, in order.
+    fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure>;
+    /// `systemctl VERB --no-block UNITS...`: queue the jobs and return.
+    fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure>;
+    /// `systemctl enable|disable UNITS...`; returns what systemctl printed.
+    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure>;
+    /// The last `lines` journal lines of a unit.
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
+    /// PIDs still in a cgroup (empty when it is gone or unreadable).
+    fn cgroup_pids(&self, control_group: &str) -> Vec<u32>;
+    /// CLOCK_MONOTONIC (the clock systemd's `*TimestampMonotonic` use).
+    fn monotonic(&self) -> Duration;
+    /// Wait between polls.
+    fn sleep(&self, d: Duration);
+}
+
+/// The real host: systemctl, journalctl, /sys/fs/cgroup and the system clock.
+#[derive(Debug, Clone, Default)]
+pub struct RealHost {
+    pub systemctl: Systemctl,
+}
+
+impl Host for RealHost {
+    fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
+        let mut props = STATUS_PROPERTIES.to_vec();
+        props.extend(["Job", "ControlGroup"]);
+        let blocks = self.systemctl.show(names, &props)?;
+        Ok(names
+            .iter()
+            .zip(blocks.iter())
+            .map(|(u, p)| Unit {
+                status: UnitStatus::from_properties(u, p),
+                job_pending: p.get("Job").is_some_and(|j| !j.is_empty() && j != "0"),
+                control_group: p.get("ControlGroup").cloned().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![verb.as_str().to_string(), "--no-block".to_string()];
+        args.extend(names.iter().cloned());
+        self.systemctl.run_ok(&args).map(|_| ())
+    }
+
+    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
+        if names.is_empty() {
+            return Ok(String::new());
+        }
+        let mut args = vec![if enable { "enable" } else { "disable" }.to_string()];
+        args.extend(names.iter().cloned());
+        let out = self.systemctl.run_ok(&args)?;
+        Ok(format!("{}{}", out.stdout, out.stderr))
+    }
+
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+        let n = lines.to_string();
+        let out = Command::new(paths::JOURNALCTL)
+            .args(["-u", unit, "-n", &n, "--no-pager", "-o", "cat"])
+            .env("SYSTEMD_COLORS", "0")
+            .output()
+            .map_err(|e| Failure::unavailable(format!("cannot run {}: {e}", paths::JOURNALCTL)))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn cgroup_pids(&self, control_group: &str) -> Vec<u32> {
+        cgroup_pids_under(Path::new("/sys/fs/cgroup"), control_group)
+    }
+
+    fn monotonic(&self) -> Duration {
+        use nix::time::{clock_gettime, ClockId};
+        clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .map(Duration::from)
+            .unwrap_or_default()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// The PIDs in `control_group` and its children, looked up under a cgroup root: the unified
+/// (v2) hierarchy, or on hybrid hosts `unified/` and the v1 `systemd/` hierarchy.
+pub fn cgroup_pids_under(root: &Path, control_group: &str) -> Vec<u32> {
+    let rel = control_group.trim_start_matches('/');
+    if rel.is_empty() {
+        return vec![];
+    }
+    let mut pids = vec![];
+    for base in [
+        root.to_path_buf(),
+        root.join("unified"),
+        root.join("systemd"),
+    ] {
+        let dir = base.join(rel);
+        if dir.join("cgroup.procs").is_file() {
+            collect_pids(&dir, &mut pids, 0);
+            break;
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+fn collect_pids(dir: &PathBuf, pids: &mut Vec<u32>, depth: u32) {
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if depth > 8 {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), pids, depth + 1);
+            }
+        }
+    }
+}
+
+/// A process's name from `/proc/PID/comm`, for reports.
+pub fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// A scripted host for tests: each unit follows a list of states, one step per poll.
+pub mod fake {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A fake systemd: `script[unit]` is the sequence of states the unit shows, one per
+    /// [`Host::sleep`]; the last one stays. Queued jobs and enable calls are recorded.
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub script: BTreeMap<String, Vec<Unit>>,
+        pub journal: BTreeMap<String, String>,
+        pub leftover_pids: BTreeMap<String, Vec<u32>>,
+        pub calls: Mutex<Vec<String>>,
+        step: Mutex<usize>,
+        /// Start of the fake clock.
+        pub boot: Duration,
+        /// Advance per sleep (defaults to the requested duration).
+        pub tick: Option<Duration>,
+        clock: Mutex<Duration>,
+    }
+
+    /// A unit in a given state (`active`, `activating`, `failed`, `inactive` ...).
+    pub fn unit(name: &str, active_state: &str, job_pending: bool) -> Unit {
+        Unit {
+            status: UnitStatus {
+                unit: name.to_string(),
+                load_state: "loaded".into(),
+                active_state: active_state.into(),
+                sub_state: match active_state {
+                    "active" => "running",
+                    "activating" => "start",
+                    "failed" => "failed",
+                    _ => "dead",
+                }
+                .into(),
+                result: if active_state == "failed" {
+                    "exit-code"
+                } else {
+                    "success"
+                }
+                .into(),
+                ..UnitStatus::default()
+            },
+            job_pending,
+            control_group: format!("/system.slice/{name}"),
+        }
+    }
+
+    impl FakeHost {
+        pub fn new() -> FakeHost {
+            FakeHost::default()
+        }
+        /// Script a unit's states.
+        pub fn with(mut self, unit_name: &str, states: Vec<Unit>) -> FakeHost {
+            self.script.insert(unit_name.to_string(), states);
+            self
+        }
+        /// Polls so far.
+        pub fn steps(&self) -> usize {
+            *self.step.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        pub fn recorded(&self) -> Vec<String> {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+        fn record(&self, s: String) {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        }
+    }
+
+    impl Host for FakeHost {
+        fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
+            let step = self.steps();
+            Ok(names
+                .iter()
+                .map(|n| match self.script.get(n) {
+                    Some(states) if !states.is_empty() => {
+                        let mut u = states[step.min(states.len() - 1)].clone();
+                        u.status.unit = n.clone();
+                        u
+                    }
+                    _ => {
+                        let mut u = unit(n, "inactive", false);
+                        u.status.load_state = "not-found".into();
+                        u
+                    }
+                })
+                .collect())
+        }
+        fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure> {
+            self.record(format!("{} --no-block {}", verb.as_str(), names.join(" ")));
+            Ok(())
+        }
+        fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
+            let v = if enable { "enable" } else { "disable" };
+            self.record(format!("{v} {}", names.join(" ")));
+            Ok(String::new())
+        }
+        fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+            self.record(format!("journal {unit} {lines}"));
+            Ok(self.journal.get(unit).cloned().unwrap_or_default())
+        }
+        fn cgroup_pids(&self, control_group: &str) -> Vec<u32> {
+            self.leftover_pids
+                .get(control_group)
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn monotonic(&self) -> Duration {
+            self.boot + *self.clock.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        fn sleep(&self, d: Duration) {
+            *self.clock.lock().unwrap_or_else(|e| e.into_inner()) += self.tick.unwrap_or(d);
+            *self.step.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_pids_are_read_recursively_from_the_unified_hierarchy() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = d
+            .path()
+            .join("unified/system.slice/citadel-model@phi3.service");
+        std::fs::create_dir_all(cg.join("payload")).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "12\n").unwrap();
+        std::fs::write(cg.join("payload/cgroup.procs"), "40\n41\n").unwrap();
+        assert_eq!(
+            cgroup_pids_under(d.path(), "/system.slice/citadel-model@phi3.service"),
+            [12, 40, 41]
+        );
+        assert!(cgroup_pids_under(d.path(), "/system.slice/gone.service").is_empty());
+        assert!(cgroup_pids_under(d.path(), "").is_empty());
+    }
+
+    #[test]
+    fn the_monotonic_clock_runs() {
+        let h = RealHost::default();
+        let a = h.monotonic();
+        assert!(a > Duration::ZERO);
+        assert!(h.monotonic() >= a);
+    }
+}
