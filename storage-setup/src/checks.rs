@@ -230,10 +230,15 @@ pub fn mount(
             } else {
                 format!("the filesystem mounted at {}", e.mount_point.display())
             };
+            let consequence = if required {
+                format!("refusing to let {what} fill {on}")
+            } else {
+                format!("{what} would fill {on}")
+            };
             return problem(
                 Exit::Unavailable,
                 format!(
-                    "{} is not a mount point (it is a directory on {}, {}): refusing to let {what} fill {on}",
+                    "{} is not a mount point (it is a directory on {}, {}): {consequence}",
                     path.display(),
                     e.mount_point.display(),
                     e.describe(),
@@ -324,7 +329,7 @@ pub fn models_active(cfg: &Config) -> Entry {
                     p.models_mount.display()
                 ),
             ),
-            _ => Entry::ok(name, path, "directory on the models mount"),
+            _ => Entry::ok(name, path, "directory inside paths.models_mount"),
         },
     }
 }

@@ -91,6 +91,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
             .mountinfo
             .clone()
             .unwrap_or_else(|| PathBuf::from(mounts::MOUNTINFO));
+        log::debug!("reading the mount table from {}", path.display());
         let table = mounts::MountTable::read(&path);
         let planned = checks::plan(&cfg, &table, checks::Runner::current());
         setup_report(planned, args.check)
@@ -111,7 +112,9 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
                 - 1;
             let mut line = format!("storage-setup: {}", entry.detail);
             if more > 0 {
-                line.push_str(&format!(" (and {more} more failed checks: see the report)"));
+                line.push_str(&format!(
+                    " (and {more} more failed check(s): see the report)"
+                ));
             }
             Err(Failure::new(exit, line))
         }
