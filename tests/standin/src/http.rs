@@ -1,0 +1,284 @@
+//! A small HTTP/1.1 server side: read one request (bounded in size and time), write one
+//! response, close. Every answer carries `connection: close`, so there is no keep-alive state.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Request line plus headers may not exceed this.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Request bodies may not exceed this.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// The whole request must arrive within this (each read also times out).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    pub query: String,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// A query parameter (no percent-decoding beyond `+`; the control endpoints need none).
+    pub fn query_param(&self, key: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == key).then(|| v.replace('+', " "))
+        })
+    }
+}
+
+/// Why no request was read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed before sending a request (or timed out idle): answer nothing.
+    Gone,
+    /// A malformed request: answer 400 with this reason.
+    Bad(String),
+    /// Head or body too large: answer 413.
+    TooLarge,
+}
+
+fn io_err(e: io::Error) -> ReadError {
+    match e.kind() {
+        io::ErrorKind::InvalidData => ReadError::Bad("request is not UTF-8".into()),
+        _ => ReadError::Gone,
+    }
+}
+
+/// Read one line (up to `limit` bytes, CRLF or LF), checking the deadline.
+fn read_line<R: BufRead>(
+    r: &mut R,
+    limit: &mut usize,
+    deadline: Instant,
+) -> Result<String, ReadError> {
+    if Instant::now() > deadline {
+        return Err(ReadError::Gone);
+    }
+    let mut buf = Vec::new();
+    let n = Read::take(&mut *r, *limit as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .map_err(io_err)?;
+    if n > *limit {
+        return Err(ReadError::TooLarge);
+    }
+    *limit -= n;
+    if n == 0 || !buf.ends_with(b"\n") {
+        return Err(ReadError::Gone);
+    }
+    buf.pop();
+    if buf.ends_with(b"\r") {
+        buf.pop();
+    }
+    String::from_utf8(buf).map_err(|_| ReadError::Bad("header is not UTF-8".into()))
+}
+
+/// Read one request from `stream` (whose read timeout the caller has set).
+pub fn read_request(stream: &TcpStream) -> Result<Request, ReadError> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut r = BufReader::new(stream);
+    let mut limit = MAX_HEAD;
+    let mut line = read_line(&mut r, &mut limit, deadline)?;
+    // Tolerate leading blank lines, as RFC 9112 allows.
+    while line.is_empty() {
+        line = read_line(&mut r, &mut limit, deadline)?;
+    }
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad(format!("malformed request line {line:?}")));
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Err(ReadError::Bad(format!("malformed request line {line:?}")));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut headers = Vec::new();
+    loop {
+        let h = read_line(&mut r, &mut limit, deadline)?;
+        if h.is_empty() {
+            break;
+        }
+        let Some((n, v)) = h.split_once(':') else {
+            return Err(ReadError::Bad(format!("malformed header {h:?}")));
+        };
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Vec::new(),
+    };
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let mut l = MAX_HEAD;
+            let size_line = read_line(&mut r, &mut l, deadline)?;
+            let size_hex = size_line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_hex, 16)
+                .map_err(|_| ReadError::Bad(format!("bad chunk size {size_line:?}")))?;
+            if size == 0 {
+                // Trailers, up to the blank line.
+                while !read_line(&mut r, &mut l, deadline)?.is_empty() {}
+                break;
+            }
+            if req.body.len() + size > MAX_BODY {
+                return Err(ReadError::TooLarge);
+            }
+            let start = req.body.len();
+            req.body.resize(start + size, 0);
+            r.read_exact(&mut req.body[start..]).map_err(io_err)?;
+            let mut crlf = MAX_HEAD;
+            if !read_line(&mut r, &mut crlf, deadline)?.is_empty() {
+                return Err(ReadError::Bad("chunk not followed by CRLF".into()));
+            }
+        }
+    } else if let Some(len) = req.header("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| ReadError::Bad(format!("bad content-length {len:?}")))?;
+        if len > MAX_BODY {
+            return Err(ReadError::TooLarge);
+        }
+        req.body.resize(len, 0);
+        r.read_exact(&mut req.body).map_err(io_err)?;
+    }
+    if Instant::now() > deadline {
+        return Err(ReadError::Gone);
+    }
+    Ok(req)
+}
+
+/// The reason phrase of the status codes the stand-in uses.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// The response head (status line and headers, blank line included).
+pub fn head(status: u16, content_type: Option<&str>, content_length: Option<usize>) -> String {
+    let mut h = format!(
+        "HTTP/1.1 {status} {}\r\nserver: uvicorn\r\nconnection: close\r\n",
+        reason(status)
+    );
+    if let Some(ct) = content_type {
+        h.push_str(&format!("content-type: {ct}\r\n"));
+    }
+    if let Some(n) = content_length {
+        h.push_str(&format!("content-length: {n}\r\n"));
+    }
+    h.push_str("\r\n");
+    h
+}
+
+/// Write a whole response and close our side.
+pub fn respond(
+    mut stream: &TcpStream,
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut out = head(status, content_type, Some(body.len())).into_bytes();
+    out.extend_from_slice(body);
+    stream.write_all(&out)?;
+    stream.flush()?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn roundtrip(raw: &[u8]) -> Result<Request, ReadError> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let raw = raw.to_vec();
+        let t = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            // The server may close early (too large): write errors are expected then.
+            let _ = c.write_all(&raw);
+            let _ = c.shutdown(std::net::Shutdown::Write);
+            let mut s = String::new();
+            let _ = c.read_to_string(&mut s);
+        });
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = read_request(&s);
+        drop(s);
+        t.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn parses_content_length_and_query() {
+        let r = roundtrip(b"POST /v1/completions?x=1&mode=503 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nAuthorization: Bearer k\r\n\r\nbody").unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/v1/completions");
+        assert_eq!(r.query_param("mode").as_deref(), Some("503"));
+        assert_eq!(r.header("AUTHORIZATION"), Some("Bearer k"));
+        assert_eq!(r.body, b"body");
+    }
+
+    #[test]
+    fn parses_chunked() {
+        let r = roundtrip(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!(r.body, b"abcde");
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert!(matches!(
+            roundtrip(b"hello\r\n\r\n"),
+            Err(ReadError::Bad(_))
+        ));
+        assert!(matches!(
+            roundtrip(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"),
+            Err(ReadError::Bad(_))
+        ));
+        assert!(matches!(
+            roundtrip(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Err(ReadError::Gone)
+        ));
+        assert!(matches!(
+            roundtrip(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"),
+            Err(ReadError::Gone)
+        ));
+        assert!(matches!(
+            roundtrip(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
+            Err(ReadError::TooLarge)
+        ));
+        assert!(matches!(roundtrip(b""), Err(ReadError::Gone)));
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat(b'a').take(MAX_HEAD + 10));
+        big.extend_from_slice(b"\r\n\r\n");
+        assert!(matches!(roundtrip(&big), Err(ReadError::TooLarge)));
+    }
+}
