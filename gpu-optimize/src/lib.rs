@@ -34,6 +34,8 @@
 //! All of these need root (`NVML_ERROR_NO_PERMISSION` otherwise) and, except persistence
 //! mode, are lost when the driver unloads or the box reboots, which is why the unit applies them
 //! at every boot. MIG mode and ECC mode are verified, never changed (both need a GPU reset).
+//! NVML's persistence mode is the legacy mechanism; where `nvidia-persistenced` runs (NVIDIA's
+//! recommendation), leave `persistence_mode` unset and let the daemon keep the driver loaded.
 //!
 //! # Checks
 //! driver loads (versions vs `min_driver_version` / `min_cuda_version`, compared numerically
