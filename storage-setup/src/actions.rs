@@ -10,7 +10,7 @@
 //! - Ownership and mode of an existing directory are fixed with `lchown` + `chmod`.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Start of every temporary name storage-setup uses; `--cleanup` removes leftovers.
@@ -133,8 +133,9 @@ fn create_dir(path: &Path, owner: &Owner, mode: u32) -> Result<(), String> {
         .create(&tmp)
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let result = (|| {
-        let own = nix::unistd::geteuid().as_raw();
-        if own == 0 {
+        // Root can give it to anyone; others can still set a group they belong to.
+        let meta = fs::symlink_metadata(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if meta.uid() != owner.uid || meta.gid() != owner.gid {
             std::os::unix::fs::lchown(&tmp, Some(owner.uid), Some(owner.gid))
                 .map_err(|e| format!("chown {owner} {}: {e}", tmp.display()))?;
         }
@@ -166,7 +167,6 @@ fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     fn me() -> Owner {
         Owner {

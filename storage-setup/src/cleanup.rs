@@ -153,3 +153,32 @@ fn listing(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citadel_common::config::Limits;
+
+    #[test]
+    fn temp_dirs_are_the_parents_setup_writes_in_once_each() {
+        let cfg = Config::parse_with(
+            "[engine]\ncommand = [\"/bin/true\"]\n",
+            Path::new("/etc/citadel/citadel.toml"),
+            &Limits::default(),
+        )
+        .unwrap();
+        let dirs = temp_dirs(&cfg);
+        let want: Vec<PathBuf> = [
+            "/mnt/citadel-models/staging",
+            "/mnt/citadel-models",
+            "/run",
+            "/var/lib",
+            "/opt/citadel",
+            "/run/citadel",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(dirs, want);
+    }
+}
