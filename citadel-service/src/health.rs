@@ -197,7 +197,7 @@ pub fn disk_of(path: &Path, mounts: &[(PathBuf, u64, u64)]) -> Option<DiskUsage>
 
 /// The human report.
 pub fn render_table(r: &HealthReport, color: bool) -> String {
-    let mut rows = vec![["MODEL", "UNIT", "PORT", "HEALTH", "LATENCY", "DETAIL"]
+    let mut rows = vec![["MODEL", "STATE", "PORT", "HEALTH", "LATENCY", "DETAIL"]
         .map(String::from)
         .to_vec()];
     for m in &r.models {

@@ -115,7 +115,7 @@ pub enum Command {
         #[arg(short = 'n', long, value_name = "N")]
         lines: Option<u32>,
         /// Only lines since this time (journalctl --since, e.g. "-1h", "today").
-        #[arg(long, value_name = "WHEN")]
+        #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
         since: Option<String>,
     },
     /// Start the target, infrastructure, monitor and enabled models at boot (root).

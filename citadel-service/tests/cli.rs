@@ -1,0 +1,206 @@
+//! The command line: every command and service name parses; unknown service names exit 2
+//! listing the valid ones; clap rejects bad options with 2; `health` runs end to end against
+//! local HTTP servers.
+
+use citadel_service::{Cli, Command};
+use clap::{CommandFactory, Parser};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Output;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_citadel-service"));
+    c.args(args)
+        .env_remove("CITADEL_CONFIG")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn parse(args: &[&str]) -> Cli {
+    let mut v = vec!["citadel-service"];
+    v.extend(args);
+    Cli::try_parse_from(v).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+const SERVICES: [&str; 9] = [
+    "all", "storage", "gpu", "models", "monitor", "phi3", "coder", "vision", "anything",
+];
+
+#[test]
+fn cli_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn every_command_and_service_name_parses() {
+    for cmd in ["start", "stop", "restart", "status", "logs"] {
+        // The default is all.
+        let cli = parse(&[cmd]);
+        let name = match &cli.command {
+            Command::Start(a) | Command::Restart(a) => a.service.service.clone(),
+            Command::Stop { service, .. }
+            | Command::Status { service, .. }
+            | Command::Logs { service, .. } => service.service.clone(),
+            c => panic!("{c:?}"),
+        };
+        assert_eq!(name, "all");
+        for s in SERVICES {
+            parse(&[cmd, s]);
+        }
+    }
+    parse(&["start", "phi3", "--no-wait", "--timeout", "60"]);
+    parse(&["restart", "models", "--timeout", "60"]);
+    parse(&["stop", "--no-wait", "--timeout", "10"]);
+    parse(&["status", "--json", "--probe"]);
+    let cli = parse(&["logs", "phi3", "-f", "-n", "50", "--since", "-1h"]);
+    assert!(matches!(
+        cli.command,
+        Command::Logs { follow: true, lines: Some(50), ref since, .. } if since.as_deref() == Some("-1h")
+    ));
+    parse(&["enable"]);
+    parse(&["disable"]);
+    parse(&["health", "--json", "--timeout", "3"]);
+    parse(&["check", "--json"]);
+    let cli = parse(&["deploy", "--phase", "2", "--test-model", "coder"]);
+    assert!(matches!(
+        cli.command,
+        Command::Deploy { phase: Some(2), ref test_model, timeout: 1800 } if test_model == "coder"
+    ));
+    let cli = parse(&["deploy", "--config", "/x.toml"]);
+    assert_eq!(cli.common.config, PathBuf::from("/x.toml"));
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    for args in [
+        vec!["frobnicate"],
+        vec!["deploy", "--phase", "5"],
+        vec!["deploy", "--phase", "0"],
+        vec!["start", "--timeout", "soon"],
+        vec!["logs", "-n", "many"],
+        vec!["enable", "phi3"],
+    ] {
+        let o = run(&args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn unknown_service_names_exit_2_listing_the_valid_ones() {
+    let cfg = fixture("citadel.toml");
+    let cfg = cfg.to_str().unwrap();
+    for cmd in ["start", "stop", "restart", "status", "logs"] {
+        let o = run(&["--config", cfg, cmd, "mixtral"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(
+                "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, coder, phi3, vision"
+            ),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_invalid_config_exits_78_before_touching_systemd() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.toml");
+    std::fs::write(&p, "[models.x]\nport = 80\n").unwrap();
+    let o = run(&["--config", p.to_str().unwrap(), "status"], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("models.x"));
+}
+
+/// A port outside the ephemeral range that nothing listens on (config validation refuses
+/// ephemeral ports), and a listener on another one.
+fn listener() -> (TcpListener, u16) {
+    for p in 11_700..12_700 {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
+            return (l, p);
+        }
+    }
+    panic!("no free port");
+}
+
+#[test]
+fn health_probes_every_enabled_model_and_exits_1_when_one_is_down() {
+    let (ok, ok_port) = listener();
+    let (closed, closed_port) = listener();
+    drop(closed);
+    std::thread::spawn(move || {
+        for s in ok.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("citadel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[monitor]\nstate_file = \"{}/health.json\"\n\
+             [models.up]\npath = \"a\"\nport = {ok_port}\ngpus = [0]\ngpu_memory_utilization = 0.3\n\
+             [models.down]\npath = \"b\"\nport = {closed_port}\ngpus = [1]\ngpu_memory_utilization = 0.3\n",
+            d.path().display()
+        ),
+    )
+    .unwrap();
+    let gpu = fixture("gpu-readings.json");
+    let o = run(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "health",
+            "--json",
+            "--timeout",
+            "2",
+        ],
+        &[("CITADEL_FAKE_GPU", gpu.to_str().unwrap())],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["healthy"], false);
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models[0]["name"], "down");
+    assert_eq!(models[0]["error"], "connection refused");
+    assert_eq!(models[1]["name"], "up");
+    assert_eq!(models[1]["http_status"], 200);
+    // Where systemd runs and the unit is not active, the model is not healthy either.
+    let unit_ok = models[1]["unit_state"].is_null() || models[1]["unit_state"] == "active";
+    assert_eq!(models[1]["healthy"], unit_ok);
+    assert_eq!(v["gpu_source"], "nvml");
+    assert_eq!(v["gpus"][1]["temperature_c"], 47);
+    assert!(v["resources"]["memory_total_bytes"].as_u64().unwrap() > 0);
+
+    // The table goes to stdout, without colour (NO_COLOR and not a terminal).
+    let o = run(
+        &["--config", cfg.to_str().unwrap(), "health"],
+        &[("CITADEL_FAKE_GPU", gpu.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("MODEL"), "{text}");
+    assert!(text.contains("unhealthy: 1 of 2 enabled models"), "{text}");
+    assert!(!text.contains('\x1b'));
+}
