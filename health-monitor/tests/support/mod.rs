@@ -1,0 +1,326 @@
+//! Shared helpers of health-monitor's integration tests: the stand-in engine (run directly, no
+//! systemd), a fake `Systemd` that records restarts, tiny misbehaving HTTP servers, settings.
+//!
+//! The stand-in (`citadel-standin`, crate tests/standin) is found like start-model's tests do:
+//! `$CITADEL_STANDIN`; else `citadel-standin` next to the binary under test when it is newer
+//! than its sources; else built with `cargo build -p citadel-standin` into a separate target
+//! dir under `CARGO_TARGET_TMPDIR` (the running `cargo test` holds the main one's lock).
+#![allow(dead_code)]
+
+use citadel_common::systemctl::{Systemd, UnitStatus};
+use citadel_common::Failure;
+use health_monitor::{Settings, Target};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const HEALTH_MONITOR: &str = env!("CARGO_BIN_EXE_health-monitor");
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let t = if p.is_dir() {
+                newest_mtime(&p)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            };
+            newest = newest.max(t);
+        }
+    }
+    newest
+}
+
+/// The stand-in engine binary.
+pub fn standin() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CITADEL_STANDIN") {
+            return PathBuf::from(p);
+        }
+        let ws = workspace();
+        let sibling = Path::new(HEALTH_MONITOR).with_file_name("citadel-standin");
+        let sources = newest_mtime(&ws.join("tests/standin"))
+            .max(newest_mtime(&ws.join("common/src")))
+            .max(newest_mtime(&ws.join("common/data")));
+        if let Ok(t) = sibling.metadata().and_then(|m| m.modified()) {
+            if t >= sources {
+                return sibling;
+            }
+        }
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin-target");
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let st = Command::new(cargo)
+            .args(["build", "-p", "citadel-standin", "--target-dir"])
+            .arg(&target)
+            .current_dir(&ws)
+            .status()
+            .expect("running cargo build -p citadel-standin");
+        assert!(st.success(), "cargo build -p citadel-standin failed");
+        target.join("debug/citadel-standin")
+    })
+    .clone()
+}
+
+/// A port outside the ephemeral range (the config refuses those) that is free right now.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 300) as u16 * 40,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = 20000 + (p - 20000) % 12000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// One stand-in engine, killed when dropped.
+pub struct Engine {
+    pub name: String,
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    /// Start `citadel-standin serve DIR --host 127.0.0.1 --port P --served-model-name NAME`
+    /// with the given knobs; waits until it serves unless it is told to load slowly.
+    pub fn start(name: &str, port: u16, knobs: &[(&str, &str)]) -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(standin());
+        cmd.arg("serve")
+            .arg(dir.path())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--served-model-name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in knobs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the stand-in");
+        let e = Engine {
+            name: name.into(),
+            port,
+            child,
+            _dir: dir,
+        };
+        if !knobs.iter().any(|(k, _)| *k == "STANDIN_LOAD_SECS") {
+            e.wait_listening(Duration::from_secs(20));
+        }
+        e
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Wait until the port accepts connections.
+    pub fn wait_listening(&self, limit: Duration) {
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < limit, "{} never listened", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A target for an engine on `port`.
+pub fn target(name: &str, port: u16) -> Target {
+    Target {
+        name: name.into(),
+        unit: citadel_common::paths::model_unit(name),
+        port,
+        base_url: format!("http://127.0.0.1:{port}"),
+        served_model_name: name.into(),
+        enabled: true,
+    }
+}
+
+/// Test settings: second-scale probe timeouts, nothing written.
+pub fn settings() -> Settings {
+    Settings {
+        interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_secs(1),
+        failure_threshold: 3,
+        deep_interval: None,
+        deep_timeout: Duration::from_secs(1),
+        stall: Duration::from_secs(3600),
+        restart_budget: 3,
+        restart_window: Duration::from_secs(3600),
+        restart_follow: Duration::from_secs(60),
+        state_file: None,
+        textfile: None,
+        webhook_url: None,
+        webhook_timeout: Duration::from_secs(1),
+    }
+}
+
+/// A fake systemd: unit states set by the test, restarts recorded (and optionally acted on).
+#[derive(Default)]
+pub struct FakeSystemd {
+    pub units: Mutex<BTreeMap<String, UnitStatus>>,
+    pub restarts: Mutex<Vec<String>>,
+    pub status_calls: AtomicUsize,
+    /// Called on each restart, with the unit (e.g. to make it "activating").
+    pub on_restart: Mutex<Option<Box<dyn FnMut(&FakeSystemd, &str) + Send>>>,
+}
+
+impl FakeSystemd {
+    pub fn new() -> Arc<FakeSystemd> {
+        Arc::new(FakeSystemd::default())
+    }
+
+    pub fn set(&self, model: &str, active_state: &str, pid: u32) {
+        let unit = citadel_common::paths::model_unit(model);
+        let mut units = self.units.lock().unwrap();
+        let n = units.get(&unit).map_or(0, |u| u.n_restarts);
+        units.insert(
+            unit.clone(),
+            UnitStatus {
+                unit,
+                load_state: "loaded".into(),
+                active_state: active_state.into(),
+                sub_state: "running".into(),
+                main_pid: pid,
+                n_restarts: n,
+                result: "success".into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    pub fn restarts(&self) -> Vec<String> {
+        self.restarts.lock().unwrap().clone()
+    }
+}
+
+impl Systemd for FakeSystemd {
+    fn status(&self, units: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.status_calls.fetch_add(1, Ordering::SeqCst);
+        let known = self.units.lock().unwrap();
+        Ok(units
+            .iter()
+            .map(|u| {
+                known.get(u).cloned().unwrap_or_else(|| UnitStatus {
+                    unit: u.clone(),
+                    load_state: "loaded".into(),
+                    active_state: "inactive".into(),
+                    ..Default::default()
+                })
+            })
+            .collect())
+    }
+
+    fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
+        self.restarts.lock().unwrap().push(unit.to_string());
+        let hook = self.on_restart.lock().unwrap().take();
+        if let Some(mut h) = hook {
+            h(self, unit);
+            *self.on_restart.lock().unwrap() = Some(h);
+        }
+        Ok(())
+    }
+}
+
+/// A tiny HTTP server: for each connection, read the request head, then run `answer` on the
+/// stream. Counts connections.
+pub struct TinyServer {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl TinyServer {
+    pub fn start<F>(answer: F) -> TinyServer
+    where
+        F: Fn(&mut std::net::TcpStream) + Send + Sync + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(vec![]));
+        let answer = Arc::new(answer);
+        let (c, r) = (connections.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (answer, r) = (answer.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = vec![0u8; 65536];
+                    let mut got = 0;
+                    while got < buf.len() {
+                        match s.read(&mut buf[got..]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got += n,
+                        }
+                        let text = String::from_utf8_lossy(&buf[..got]);
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let len = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .and_then(|v| v.trim().parse::<usize>().ok())
+                                })
+                                .unwrap_or(0);
+                            if got >= head_end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    r.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..got]).into_owned());
+                    answer(&mut s);
+                });
+            }
+        });
+        TinyServer {
+            port,
+            connections,
+            requests,
+        }
+    }
+
+    /// A server that writes `reply` and closes.
+    pub fn replying(reply: &'static [u8]) -> TinyServer {
+        Self::start(move |s| {
+            let _ = s.write_all(reply);
+        })
+    }
+}
