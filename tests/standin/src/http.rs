@@ -86,10 +86,37 @@ fn read_line<R: BufRead>(
     String::from_utf8(buf).map_err(|_| ReadError::Bad("header is not UTF-8".into()))
 }
 
-/// Read one request from `stream` (whose read timeout the caller has set).
+/// A reader that fails with `TimedOut` once `deadline` passes (each read waits at most the time
+/// left), so a client trickling bytes cannot hold a connection past the deadline.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request deadline passed",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
+/// Read one request from `stream` within [`REQUEST_DEADLINE`].
 pub fn read_request(stream: &TcpStream) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    let mut r = BufReader::new(stream);
+    read_request_within(stream, REQUEST_DEADLINE)
+}
+
+/// Read one request from `stream` within `limit`.
+pub fn read_request_within(stream: &TcpStream, limit: Duration) -> Result<Request, ReadError> {
+    let deadline = Instant::now() + limit;
+    let mut r = BufReader::new(DeadlineReader { stream, deadline });
     let mut limit = MAX_HEAD;
     let mut line = read_line(&mut r, &mut limit, deadline)?;
     // Tolerate leading blank lines, as RFC 9112 allows.
@@ -248,6 +275,28 @@ mod tests {
     }
 
     #[test]
+    fn a_trickling_client_meets_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for b in b"GET /health HTTP/1.1\r\nHost: somewhere\r\n" {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let (s, _) = l.accept().unwrap();
+        let t0 = Instant::now();
+        let r = read_request_within(&s, Duration::from_millis(300));
+        assert!(matches!(r, Err(ReadError::Gone)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        drop(s);
+        t.join().unwrap();
+    }
+
+    #[test]
     fn parses_chunked() {
         let r = roundtrip(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"abcde");
@@ -276,6 +325,7 @@ mod tests {
             Err(ReadError::TooLarge)
         ));
         assert!(matches!(roundtrip(b""), Err(ReadError::Gone)));
+        assert!(matches!(roundtrip(b"\r\n\r\n\r\n"), Err(ReadError::Gone)));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.extend(std::iter::repeat(b'a').take(MAX_HEAD + 10));
         big.extend_from_slice(b"\r\n\r\n");

@@ -93,6 +93,25 @@ impl Standin {
         );
     }
 
+    /// Wait until the port accepts connections (for `/health` modes other than ok).
+    pub fn wait_exit_or_listen(&mut self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "stand-in exited early ({st}):\n{}\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("never listened:\n{}\n{}", self.stdout(), self.stderr());
+    }
+
     /// Wait for the process to exit; panics after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let t0 = Instant::now();
