@@ -16,7 +16,7 @@ pub mod sweep;
 
 use budget::Budget;
 use citadel_common::config::Config;
-use citadel_common::health::{HealthState, ModelHealth, ModelState, SCHEMA};
+use citadel_common::health::{GpuHealth, HealthState, ModelHealth, ModelState, SCHEMA};
 use citadel_common::systemctl::{Systemctl, Systemd, UnitStatus};
 use citadel_common::{notify, Exit, Failure};
 use decide::{Action, DeepOutcome, Observation, Policy, Record};
@@ -178,8 +178,11 @@ pub struct Monitor {
     webhook: Option<output::Webhook>,
     systemd_error: Option<String>,
     output_error: Option<String>,
-    gpu: Option<Box<dyn Fn() -> Vec<citadel_common::health::GpuHealth> + Send>>,
+    gpu: Option<GpuReader>,
 }
+
+/// Reads the per-GPU part of the state (temperature, memory) at each sweep.
+pub type GpuReader = Box<dyn Fn() -> Vec<GpuHealth>>;
 
 impl Monitor {
     /// A monitor that restarts what is broken (the service).
@@ -251,10 +254,7 @@ impl Monitor {
     }
 
     /// Add per-GPU readings to the state file and textfile.
-    pub fn with_gpu(
-        mut self,
-        read: Box<dyn Fn() -> Vec<citadel_common::health::GpuHealth> + Send>,
-    ) -> Monitor {
+    pub fn with_gpu(mut self, read: GpuReader) -> Monitor {
         self.gpu = Some(read);
         self
     }
@@ -677,8 +677,30 @@ fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
     }
 }
 
-fn gpu_reader() -> Option<Box<dyn Fn() -> Vec<citadel_common::health::GpuHealth> + Send>> {
-    None
+/// Per-GPU readings through `citadel_common::gpu` (NVML, or `CITADEL_FAKE_GPU`); `None` when
+/// no GPU can be read at start (then the textfile has no GPU metrics).
+pub fn gpu_reader() -> Option<GpuReader> {
+    let source = citadel_common::gpu::open();
+    if let Err(e) = source.snapshot() {
+        log::info!("no GPU metrics: {e}");
+        return None;
+    }
+    Some(Box::new(move || match source.snapshot() {
+        Ok(s) => s
+            .gpus
+            .iter()
+            .map(|g| GpuHealth {
+                index: g.index,
+                temperature_c: g.temperature_c,
+                memory_used_bytes: g.memory_used_bytes,
+                memory_total_bytes: g.memory_total_bytes,
+            })
+            .collect(),
+        Err(e) => {
+            log::debug!("GPU readings: {e}");
+            vec![]
+        }
+    }))
 }
 
 /// The binary: `--once` or the service loop.

@@ -188,6 +188,9 @@ pub fn settings() -> Settings {
     }
 }
 
+/// What the fake does on a restart.
+pub type RestartHook = Box<dyn FnMut(&FakeSystemd, &str) + Send>;
+
 /// A fake systemd: unit states set by the test, restarts recorded (and optionally acted on).
 #[derive(Default)]
 pub struct FakeSystemd {
@@ -195,7 +198,7 @@ pub struct FakeSystemd {
     pub restarts: Mutex<Vec<String>>,
     pub status_calls: AtomicUsize,
     /// Called on each restart, with the unit (e.g. to make it "activating").
-    pub on_restart: Mutex<Option<Box<dyn FnMut(&FakeSystemd, &str) + Send>>>,
+    pub on_restart: Mutex<Option<RestartHook>>,
 }
 
 impl FakeSystemd {
@@ -268,7 +271,15 @@ impl TinyServer {
     where
         F: Fn(&mut std::net::TcpStream) + Send + Sync + 'static,
     {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, answer)
+    }
+
+    /// [`TinyServer::start`] on a given port (0: any).
+    pub fn start_on<F>(port: u16, answer: F) -> TinyServer
+    where
+        F: Fn(&mut std::net::TcpStream) + Send + Sync + 'static,
+    {
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = l.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(vec![]));
