@@ -296,9 +296,12 @@ fn status_command(
     let names: Vec<String> = members.iter().map(|m| m.unit.clone()).collect();
     let units = host.units(&names)?;
     let (cells, src) = if probe {
+        // Models disabled in the config are probed only while their unit runs.
         let models: Vec<(String, u16)> = members
             .iter()
-            .filter_map(|m| m.port.map(|p| (m.service.clone(), p)))
+            .zip(&units)
+            .filter(|(m, u)| m.enabled || u.status.active_state != "inactive")
+            .filter_map(|(m, _)| m.port.map(|p| (m.service.clone(), p)))
             .collect();
         let timeout = Duration::from_secs(cfg.monitor.probe_timeout_secs.max(1));
         let r = probes::probe_all(&cfg.engine.host, &models, timeout);
