@@ -120,19 +120,11 @@ fn path_str(p: &Path) -> String {
 /// resource (69); an empty or unreadable one is a config error (78).
 pub fn read_key(cfg: &Config, credentials_dir: Option<&Path>) -> Result<Option<String>, Failure> {
     citadel_common::apikey::read_from(credentials_dir, cfg.engine.api_key_file.as_deref()).map_err(
-        |f| {
-            let cred = credentials_dir.map(|d| d.join(citadel_common::paths::API_KEY_CREDENTIAL));
-            let missing = !cred.is_some_and(|c| c.exists())
-                && cfg
-                    .engine
-                    .api_key_file
-                    .as_deref()
-                    .is_some_and(|p| !p.exists());
-            if missing {
+        |f| match cfg.engine.api_key_file.as_deref() {
+            Some(p) if !p.exists() && f.message.contains(&p.display().to_string()) => {
                 Failure::unavailable(f.message)
-            } else {
-                f
             }
+            _ => f,
         },
     )
 }

@@ -174,7 +174,7 @@ impl Default for Setup {
             engine_env: BTreeMap::new(),
             engine_extra: "stop_grace_secs = 5\nport_wait_secs = 1\ngpu_release_wait_secs = 1\n"
                 .into(),
-            model_extra: String::new(),
+            model_extra: "load_timeout_secs = 60\n".into(),
             tail: String::new(),
             write_model: true,
         }
@@ -240,7 +240,6 @@ path = "m"
 port = {port}
 gpus = [0]
 gpu_memory_utilization = 0.4
-load_timeout_secs = 60
 {model_extra}
 {tail}
 "#,
@@ -359,6 +358,13 @@ pub fn engine_pid(start_model: u32) -> u32 {
         if let Some(p) = children(start_model).first() {
             return *p;
         }
+        let state =
+            std::fs::read_to_string(format!("/proc/{start_model}/stat")).unwrap_or_default();
+        let exited = match state.rsplit_once(')') {
+            Some((_, rest)) => rest.trim_start().starts_with('Z'),
+            None => true,
+        };
+        assert!(!exited, "start-model exited without spawning an engine");
         assert!(t0.elapsed() < Duration::from_secs(10), "no engine spawned");
         std::thread::sleep(Duration::from_millis(20));
     }
