@@ -18,11 +18,33 @@ pub struct Binary {
 
 /// Every binary the package installs.
 pub fn binaries() -> Vec<Binary> {
-    vec![Binary {
-        name: "citadel-service",
-        section: "1",
-        command: citadel_service::Cli::command,
-    }]
+    vec![
+        Binary {
+            name: "citadel-service",
+            section: "1",
+            command: citadel_service::Cli::command,
+        },
+        Binary {
+            name: "storage-setup",
+            section: "8",
+            command: storage_setup::Args::command,
+        },
+        Binary {
+            name: "gpu-optimize",
+            section: "8",
+            command: gpu_optimize::Args::command,
+        },
+        Binary {
+            name: "start-model",
+            section: "8",
+            command: start_model::Cli::command,
+        },
+        Binary {
+            name: "health-monitor",
+            section: "8",
+            command: health_monitor::Args::command,
+        },
+    ]
 }
 
 /// Render the man page of one binary (roff).
@@ -41,7 +63,12 @@ pub fn man_page(b: &Binary) -> io::Result<Vec<u8>> {
 pub fn bash_completion() -> Vec<u8> {
     let mut cmd = citadel_service::Cli::command();
     let mut out = Vec::new();
-    clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "citadel-service", &mut out);
+    clap_complete::generate(
+        clap_complete::Shell::Bash,
+        &mut cmd,
+        "citadel-service",
+        &mut out,
+    );
     out
 }
 
@@ -78,7 +105,11 @@ mod tests {
                 b.name,
                 &page[..page.len().min(300)]
             );
-            assert!(page.contains("\\-\\-config"), "{}: no --config in the page", b.name);
+            assert!(
+                page.contains("\\-\\-config"),
+                "{}: no --config in the page",
+                b.name
+            );
         }
     }
 
@@ -95,7 +126,11 @@ mod tests {
         let files = generate(d.path()).unwrap();
         assert_eq!(files.len(), binaries().len() + 1);
         for f in files {
-            assert!(std::fs::metadata(&f).unwrap().len() > 100, "{}", f.display());
+            assert!(
+                std::fs::metadata(&f).unwrap().len() > 100,
+                "{}",
+                f.display()
+            );
         }
     }
 }

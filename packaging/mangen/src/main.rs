@@ -14,7 +14,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("citadel-mangen: {}: {e}", std::path::Path::new(&out).display());
+            eprintln!(
+                "citadel-mangen: {}: {e}",
+                std::path::Path::new(&out).display()
+            );
             ExitCode::FAILURE
         }
     }

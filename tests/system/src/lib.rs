@@ -1,1 +1,19 @@
-//! Citadel system-test harness (being written).
+//! # citadel-system-tests: Citadel under a real systemd
+//!
+//! The harness of the system tests (`tests/system/tests/`) and of the demo (`demo.sh`, through
+//! the `citadel-sdbox` binary):
+//!
+//! - [`sdbox`]: a Debian 12 box booted by `systemd-nspawn --boot` from a cached rootfs (built
+//!   once by mmdebstrap under `/var/tmp/citadel-sdbox/base`, `CITADEL_SDBOX_DIR` overrides), one
+//!   overlayfs per box, commands through `nsenter`, each with a timeout, torn down on drop;
+//! - [`citadel`]: a box with the .deb installed (`packaging/build-deb.sh`, or `CITADEL_DEB`),
+//!   the stand-in engine, a three-model test config and fake models on a tmpfs;
+//! - [`run`]: host commands with a timeout.
+//!
+//! Without root or systemd-nspawn the tests skip with a message; under `CI=true` that is a
+//! failure. `CITADEL_SYSTEM_TEST_BOXES` (default 2) limits the boxes one test binary runs at once.
+
+pub mod citadel;
+pub mod cli;
+pub mod run;
+pub mod sdbox;
