@@ -166,9 +166,11 @@ impl Knobs {
             .collect();
         let mut faults_file = None;
         if let Some(dir) = env("STANDIN_FAULTS_DIR").filter(|d| !d.is_empty()) {
-            // A served name is not a path: refuse separators rather than read elsewhere.
-            if !model_name.contains('/') && model_name != ".." && model_name != "." {
-                let file = Path::new(&dir).join(model_name);
+            // A name that is a path (the default served name is the model path) is looked up
+            // by its last component; "." and ".." never leave the directory.
+            let key = model_name.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
+            if !key.is_empty() && key != ".." && key != "." {
+                let file = Path::new(&dir).join(key);
                 match std::fs::read_to_string(&file) {
                     Ok(text) => {
                         vals.extend(parse_faults_file(&text, &file)?);
@@ -302,6 +304,13 @@ mod tests {
             "env knobs the file does not name still apply"
         );
         assert_eq!(sick.faults_file, Some(dir.path().join("sick")));
+        let by_path = Knobs::resolve(&env, "/models/sick/").unwrap();
+        assert_eq!(
+            by_path.health,
+            HealthMode::Unavailable,
+            "a path name uses its last component"
+        );
+        assert_eq!(Knobs::resolve(&env, "..").unwrap().faults_file, None);
         let well = Knobs::resolve(&env, "well").unwrap();
         assert_eq!(well.health, HealthMode::Ok);
         assert_eq!(well.load, Duration::from_secs(5));

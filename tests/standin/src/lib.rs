@@ -81,7 +81,7 @@
 //! | `STANDIN_CONTROL=1` | serve the control endpoints below. |
 //! | `STANDIN_REQUIRE_MODEL_DIR=1` | exit 1 at start (after the load delay) when MODEL_PATH is not a directory. |
 //! | `STANDIN_ACCESS_LOG=1` | same as `--enable-uvicorn-access-log`. |
-//! | `STANDIN_FAULTS_DIR=DIR` | if `DIR/<first served name>` exists, its `KEY=VALUE` lines (`#` comments; the `STANDIN_` prefix optional) override the variables above for this instance only. An unknown key is an error. |
+//! | `STANDIN_FAULTS_DIR=DIR` | if `DIR/<first served name>` (for a name with `/`, such as the default = the model path: its last component) exists, its `KEY=VALUE` lines (`#` comments; the `STANDIN_` prefix optional) override the variables above for this instance only. An unknown key is an error. |
 //!
 //! A bad knob value (or faults file) prints `citadel-standin: KEY="value": ...` on stderr and
 //! exits **64** before doing anything.
@@ -348,6 +348,7 @@ fn after(delay: Duration, name: &str, f: impl FnOnce() + Send + 'static) {
 
 /// `serve`: the whole life of the stand-in server. Returns only on early failures.
 fn serve(args: &ServeArgs) -> u8 {
+    install_signal_thread();
     let name0 = args.served_model_names[0].clone();
     let knobs = match Knobs::resolve(&|k| std::env::var(k).ok(), &name0) {
         Ok(k) => k,
@@ -357,7 +358,6 @@ fn serve(args: &ServeArgs) -> u8 {
         }
     };
     LEAVE_CHILD.store(knobs.leave_child, SeqCst);
-    install_signal_thread();
     let mut api_keys = args.api_keys.clone();
     if api_keys.is_empty() {
         if let Some(k) = std::env::var("VLLM_API_KEY").ok().filter(|k| !k.is_empty()) {

@@ -541,17 +541,18 @@ impl Engine {
                 hold(stream);
                 return Outcome::Held;
             }
-            if !delay.is_zero() && client_gone(stream) {
-                self.finished[ABORT].fetch_add(1, SeqCst);
-                return Outcome::Dropped;
-            }
             let word = &ask.echo[i as usize % ask.echo.len()];
             let piece = if i == 0 {
                 word.clone()
             } else {
                 format!(" {word}")
             };
+            // The token was produced (and counted) even if its client has just left.
             self.generation_tokens.fetch_add(1, SeqCst);
+            if !delay.is_zero() && client_gone(stream) {
+                self.finished[ABORT].fetch_add(1, SeqCst);
+                return Outcome::Dropped;
+            }
             if ask.stream {
                 let ev = format!("data: {}\n\n", chunk(&piece, i == 0, None));
                 if out

@@ -285,3 +285,42 @@ fn faults_file_overrides_env_for_one_model() {
     assert_eq!(get(&well.url("/health"), None, T).unwrap().0, 200);
     assert!(sick.child.try_wait().unwrap().is_none());
 }
+
+#[test]
+fn port_0_and_access_log() {
+    let mut s = Standin::start("m", &["--enable-uvicorn-access-log"], &[]);
+    s.wait_ready(READY);
+    let _ = get(&s.url("/nope"), None, T);
+    let t0 = Instant::now();
+    while !s.stdout().contains("\"GET /nope HTTP/1.1\" 404 Not Found") {
+        assert!(t0.elapsed() < T, "no access log line:\n{}", s.stdout());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.stdout().contains("\"GET /health HTTP/1.1\" 200 OK"));
+
+    // --port 0: the log names the port it got.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("out");
+    let mut child = Command::new(BIN)
+        .args(["serve", "m", "--host", "127.0.0.1", "--port", "0"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let port: u16 = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(p) = text
+            .lines()
+            .find_map(|l| l.split("Starting vLLM server on http://127.0.0.1:").nth(1))
+        {
+            break p.trim().parse().unwrap();
+        }
+        assert!(t0.elapsed() < READY, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = get(&format!("http://127.0.0.1:{port}/health"), None, T);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.unwrap().0, 200);
+    assert_ne!(port, 0);
+}
