@@ -18,7 +18,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tokens generated when a request gives no `max_tokens` (the echo is short).
 pub const DEFAULT_ECHO_TOKENS: usize = 16;
 
-/// `finished_reason` label values, in the order of [`Engine::finished`].
+/// `finished_reason` label values of `vllm:request_success_total`, in counter order.
 pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
 const STOP: usize = 0;
 const LENGTH: usize = 1;
