@@ -585,7 +585,13 @@ fn log_change(t: &Target, prev: Option<&Record>, rec: &Record, action: Action, s
             return;
         }
         Action::Restart => {
-            log::error!("{name}: {reason}");
+            // systemctl refused (e.g. no permission): said once, tried again each sweep.
+            let said = prev
+                .and_then(|p| p.reason.as_deref())
+                .is_some_and(|r| r.starts_with("restart could not be issued"));
+            if !said {
+                log::error!("{name}: {reason}");
+            }
             return;
         }
         Action::GiveUp => {
