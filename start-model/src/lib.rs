@@ -179,60 +179,18 @@ pub fn launch(
     )?;
 
     let spec = spec::build(cfg, model, key.as_deref());
-    log::info!("starting {name}: {}", spec.argv.join(" "));
+    log::info!("starting {name}: {}", display_argv(&spec.argv));
     let mut engine = Engine::spawn(&spec)?;
-    let t0 = Instant::now();
-    let load_timeout = Duration::from_secs(model.load_timeout_secs);
     let grace = Duration::from_secs(cfg.engine.stop_grace_secs);
-    let url = format!("{}/health", base_url(&cfg.engine.host, model.port));
-    let prober = Prober::new(HEALTH_TIMEOUT);
-    let status_loading = |pid: u32, elapsed: Duration| {
-        notify::status(&format!(
-            "loading {name} on GPU {} (PID {pid}): {} s of {} s",
-            gpu_list(model),
-            elapsed.as_secs(),
-            load_timeout.as_secs()
+    let t0 = Instant::now();
+    if let Some(sig) = wait_ready(&mut engine, cfg, model)? {
+        return Ok(stop_engine(
+            &mut engine,
+            name,
+            sig,
+            grace,
+            "while it was loading",
         ));
-    };
-    status_loading(engine.pid(), Duration::ZERO);
-    let mut next_status = t0 + STATUS_EVERY;
-    let mut next_probe = t0;
-    loop {
-        if let Some(sig) = stop_requested() {
-            return Ok(stop_engine(
-                &mut engine,
-                name,
-                sig,
-                grace,
-                "while it was loading",
-            ));
-        }
-        if let Some(end) = engine.poll() {
-            return Err(died(&mut engine, name, end, "while loading"));
-        }
-        let now = Instant::now();
-        if now.duration_since(t0) >= load_timeout {
-            engine.kill();
-            return Err(Failure::other(format!(
-                "{name} did not answer {url} with 200 within {} s (models.{name}.load_timeout_secs); killed its process group",
-                load_timeout.as_secs()
-            ))
-            .with_tail(&engine));
-        }
-        if now >= next_probe {
-            match prober.get(&url, None) {
-                Ok(r) if r.status == 200 => break,
-                Ok(r) => log::debug!("{url}: {} while loading", r.status),
-                Err(ProbeError::Refused) => {}
-                Err(e) => log::debug!("{url}: {e} while loading"),
-            }
-            next_probe = Instant::now() + HEALTH_EVERY;
-        }
-        if now >= next_status {
-            status_loading(engine.pid(), now.duration_since(t0));
-            next_status = now + STATUS_EVERY;
-        }
-        std::thread::sleep(supervise::TICK);
     }
     locks.release();
     let serving = format!("serving {name} on {}", model.port);
@@ -251,6 +209,78 @@ pub fn launch(
         }
         std::thread::sleep(supervise::TICK);
     }
+}
+
+/// Poll `/health` until it answers 200 (`Ok(None)`), a stop signal arrives (`Ok(Some(sig))`),
+/// the engine ends (exit 1) or `load_timeout_secs` passes (group killed, exit 1).
+fn wait_ready(
+    engine: &mut Engine,
+    cfg: &Config,
+    model: &Model,
+) -> Result<Option<nix::sys::signal::Signal>, Failure> {
+    let name = &model.name;
+    let t0 = Instant::now();
+    let load_timeout = Duration::from_secs(model.load_timeout_secs);
+    let url = format!("{}/health", base_url(&cfg.engine.host, model.port));
+    let prober = Prober::new(HEALTH_TIMEOUT);
+    let pid = engine.pid();
+    let status = |elapsed: Duration| {
+        notify::status(&format!(
+            "loading {name} on GPU {} (PID {pid}): {} s of {} s",
+            gpu_list(model),
+            elapsed.as_secs(),
+            load_timeout.as_secs()
+        ));
+    };
+    status(Duration::ZERO);
+    let mut next_status = t0 + STATUS_EVERY;
+    let mut next_probe = t0;
+    loop {
+        if let Some(sig) = stop_requested() {
+            return Ok(Some(sig));
+        }
+        if let Some(end) = engine.poll() {
+            return Err(died(engine, name, end, "while loading"));
+        }
+        let now = Instant::now();
+        if now.duration_since(t0) >= load_timeout {
+            engine.kill();
+            return Err(Failure::other(format!(
+                "{name} did not answer {url} with 200 within {} s (models.{name}.load_timeout_secs); killed its process group",
+                load_timeout.as_secs()
+            ))
+            .with_tail(engine));
+        }
+        if now >= next_probe {
+            match prober.get(&url, None) {
+                Ok(r) if r.status == 200 => return Ok(None),
+                Ok(r) => log::debug!("{url}: {} while loading", r.status),
+                // Connection refused: vLLM does not listen until the model is loaded.
+                Err(ProbeError::Refused) => {}
+                Err(e) => log::debug!("{url}: {e} while loading"),
+            }
+            next_probe = Instant::now() + HEALTH_EVERY;
+        }
+        if now >= next_status {
+            status(now.duration_since(t0));
+            next_status = now + STATUS_EVERY;
+        }
+        std::thread::sleep(supervise::TICK);
+    }
+}
+
+/// An argv for a log line: words with spaces, quotes or nothing in them are single-quoted.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 trait WithTail {
@@ -331,6 +361,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn argv_is_logged_unambiguously() {
+        let a: Vec<String> = ["/v/vllm", "serve", "a b", "it's", "", "--x"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(display_argv(&a), r"/v/vllm serve 'a b' 'it'\''s' '' --x");
     }
 
     #[test]

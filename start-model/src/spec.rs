@@ -377,6 +377,15 @@ tensor_parallel_size = 2
         assert_eq!(read_key(&cfg, None).unwrap().as_deref(), Some("sk-1"));
         let creds = d.path().join("creds");
         std::fs::create_dir(&creds).unwrap();
+        // The unit's SetCredential= fallback (blank) means "use the file / no key".
+        std::fs::write(creds.join("api-key"), "\n").unwrap();
+        assert_eq!(
+            read_key(&cfg, Some(&creds)).unwrap().as_deref(),
+            Some("sk-1")
+        );
+        let mut no_file = cfg.clone();
+        no_file.engine.api_key_file = None;
+        assert_eq!(read_key(&no_file, Some(&creds)).unwrap(), None);
         std::fs::write(creds.join("api-key"), "sk-cred\n").unwrap();
         assert_eq!(
             read_key(&cfg, Some(&creds)).unwrap().as_deref(),
