@@ -37,7 +37,8 @@ pub struct Args {
     #[command(flatten)]
     pub common: citadel_common::cli::CommonArgs,
     /// Run one sweep, print the result and exit: 0 when every enabled model is healthy, 1
-    /// otherwise. Never restarts anything and writes no state file.
+    /// otherwise. Never restarts anything and writes no state file. The sweep waits for the
+    /// deep probe when one is configured (up to monitor.deep_probe_timeout_secs).
     #[arg(long)]
     pub once: bool,
     /// With --once: print the result as JSON (the state-file schema) instead of a table.

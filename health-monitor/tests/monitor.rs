@@ -508,3 +508,33 @@ fn state_file_and_textfile_are_written_each_sweep() {
         "{prom}"
     );
 }
+
+#[test]
+fn one_read_only_sweep_waits_for_the_deep_probe_and_finds_a_hang() {
+    let port = free_port();
+    let e = Engine::start("h", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
+    let ok_port = free_port();
+    let ok = Engine::start("ok", ok_port, &[]);
+    let sd = FakeSystemd::new();
+    sd.set("h", "active", e.pid());
+    sd.set("ok", "active", ok.pid());
+    let mut s = settings();
+    s.deep_interval = Some(Duration::from_secs(60));
+    s.deep_timeout = Duration::from_millis(800);
+    let mut m = Monitor::observer(
+        s,
+        vec![target("h", port), target("ok", ok_port)],
+        sd.clone(),
+        None,
+        stop(),
+    );
+    let t0 = Instant::now();
+    let r = m.sweep(Instant::now()).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    let h = r.state.model("h").unwrap();
+    assert_eq!(h.state, ModelState::Failing, "{h:?}");
+    assert!(h.reason.as_deref().unwrap().contains("deep probe"), "{h:?}");
+    assert_eq!(r.state.model("ok").unwrap().state, ModelState::Healthy);
+    assert!(!health_monitor::output::all_healthy(&r.state));
+    assert!(sd.restarts().is_empty());
+}
