@@ -180,6 +180,13 @@ impl Engine {
                 Some(WaitPidFlag::WNOHANG),
             ) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
+                // The leader died just now: keep its status.
+                Ok(WaitStatus::Exited(p, c)) if p == self.pid => {
+                    self.ended.get_or_insert(Ended::Exited(c));
+                }
+                Ok(WaitStatus::Signaled(p, s, _)) if p == self.pid => {
+                    self.ended.get_or_insert(Ended::Signaled(s));
+                }
                 Ok(_) => continue,
             }
         }
