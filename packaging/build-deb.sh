@@ -14,7 +14,7 @@ command -v cargo-deb >/dev/null || { echo "build-deb: cargo-deb not found (cargo
 echo "build-deb: cargo build --release --workspace" >&2
 cargo build --release --workspace --bins >&2
 
-gen=target/packaging
+gen=${CARGO_TARGET_DIR:-target}/release/citadel-packaging
 rm -rf "$gen"
 mkdir -p "$gen"
 echo "build-deb: man pages and completion -> $gen" >&2

@@ -229,8 +229,11 @@ fn demo(name: &str) -> Result<(), String> {
     let me = std::env::var("CITADEL_SDBOX_HINT").unwrap_or_else(|_| {
         std::env::current_exe().map_or("citadel-sdbox".into(), |p| p.display().to_string())
     });
-    println!(
-        "\nThe box {name} keeps running. Enter it: {me} sh {name}   Tear it down: {me} destroy {name}"
-    );
+    let hint = if std::env::var_os("CITADEL_SDBOX_HINT").is_some() {
+        format!("Enter it: {me} sh   Tear it down: {me} destroy")
+    } else {
+        format!("Enter it: {me} sh {name}   Tear it down: {me} destroy {name}")
+    };
+    println!("\nThe box {name} keeps running. {hint}");
     Ok(())
 }
