@@ -318,6 +318,19 @@ tensor_parallel_size = 2
     }
 
     #[test]
+    fn engine_env_values_pass_through_verbatim_and_may_override_defaults() {
+        let mut cfg = config(PHI3);
+        cfg.engine
+            .env
+            .insert("VLLM_LOGGING_PREFIX".into(), "[phi3 ☃] \"q\" 'x'".into());
+        cfg.engine.env.insert("LANG".into(), "de_DE.UTF-8".into());
+        let e = env(&cfg, cfg.model("phi3").unwrap(), None);
+        assert_eq!(e["VLLM_LOGGING_PREFIX"], "[phi3 ☃] \"q\" 'x'");
+        assert_eq!(e["LANG"], "de_DE.UTF-8");
+        assert_eq!(e["CUDA_VISIBLE_DEVICES"], "5");
+    }
+
+    #[test]
     fn the_api_key_goes_to_the_environment_never_to_argv() {
         let cfg = config(PHI3);
         let m = cfg.model("phi3").unwrap();

@@ -339,3 +339,17 @@ fn models_sharing_a_gpu_load_one_at_a_time() {
     assert_eq!(wait_exit(&mut first, LONG), Some(Some(0)));
     assert_eq!(wait_exit(&mut second, LONG), Some(Some(0)));
 }
+
+#[test]
+fn sigint_stops_like_sigterm() {
+    let b = TestBox::new(Setup::default());
+    let (mut sm, engine) = start_ready(&b);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sm.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(wait_exit(&mut sm, LONG), Some(Some(0)), "{}", b.stderr());
+    assert!(b.stderr().contains("SIGINT"), "{}", b.stderr());
+    assert_group_gone(engine);
+}
