@@ -306,7 +306,9 @@ impl Citadel {
             self.sb
                 .write("/etc/citadel/api-key", format!("{k}\n").as_bytes(), 0o600)?;
         }
-        self.sb.ok(&["mkdir", "-p", MODELS_MOUNT, FAULTS_DIR])?;
+        // install_root: where the vLLM venv would live (the operator's install, not the package's).
+        self.sb
+            .ok(&["mkdir", "-p", MODELS_MOUNT, FAULTS_DIR, "/opt/citadel"])?;
         if s.mount_models {
             self.sb.ok(&[
                 "mount",
