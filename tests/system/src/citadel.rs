@@ -381,6 +381,56 @@ impl Citadel {
             .map_err(|e| format!("{e}\n--- journal\n{}", self.journal_tail(80)))
     }
 
+    /// Every citadel unit (targets, infrastructure, monitor, the three models).
+    pub fn all_units() -> Vec<String> {
+        use citadel_common::paths::*;
+        [
+            TARGET_AI,
+            TARGET_MODELS,
+            UNIT_STORAGE,
+            UNIT_GPU,
+            UNIT_MONITOR,
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(MODELS.iter().map(|m| model_unit(m.name)))
+        .collect()
+    }
+
+    /// `systemctl stop citadel-ai.target`, then wait until every citadel unit is inactive or
+    /// failed. `systemctl stop` of the target returns once the target itself is stopped: it is
+    /// ordered After= its members, so it stops first and their stop jobs are still running.
+    pub fn stop_all(&self, limit: Duration) -> std::result::Result<Duration, String> {
+        let t0 = Instant::now();
+        self.sb
+            .exec_t(
+                &["systemctl", "stop", citadel_common::paths::TARGET_AI],
+                limit,
+            )
+            .ok()?;
+        let units = Self::all_units();
+        let mut busy = Vec::new();
+        wait_for(
+            limit.saturating_sub(t0.elapsed()),
+            Duration::from_millis(100),
+            || {
+                busy = units
+                    .iter()
+                    .filter(|u| !matches!(self.active_state(u).as_str(), "inactive" | "failed"))
+                    .cloned()
+                    .collect();
+                busy.is_empty().then_some(())
+            },
+        )
+        .ok_or_else(|| {
+            format!(
+                "still running after {limit:?}: {busy:?}\n{}",
+                self.journal_tail(60)
+            )
+        })?;
+        Ok(t0.elapsed())
+    }
+
     /// `systemctl show -p P1,P2 UNIT` as a map (the `LoadState` is checked: an unknown unit
     /// still exits 0).
     pub fn show(&self, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
