@@ -636,3 +636,28 @@ fn s15_units_verify_clean_and_security_scores() {
         assert!(score < 4.5, "{unit}: exposure {score}\n{}", o.stdout);
     }
 }
+
+#[test]
+fn s16_lintian_has_no_errors_and_no_warnings() {
+    let lintian = std::path::Path::new("/usr/bin/lintian");
+    if !lintian.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "lintian is missing under CI=true"
+        );
+        eprintln!("SKIPPED: lintian is not installed");
+        return;
+    }
+    let deb = citadel::deb().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = std::process::Command::new(lintian);
+    // Overridden tags (each justified in packaging/lintian-overrides) are not reported.
+    cmd.args(["--fail-on", "error,warning", "--pedantic"])
+        .arg(&deb);
+    let o = citadel_system_tests::run::run(cmd, None, Duration::from_secs(300));
+    let tags: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(o.success() && tags.is_empty(), "{}", o.describe());
+}
