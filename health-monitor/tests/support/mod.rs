@@ -1,10 +1,7 @@
 //! Shared helpers of health-monitor's integration tests: the stand-in engine (run directly, no
 //! systemd), a fake `Systemd` that records restarts, tiny misbehaving HTTP servers, settings.
 //!
-//! The stand-in (`citadel-standin`, crate tests/standin) is found like start-model's tests do:
-//! `$CITADEL_STANDIN`; else `citadel-standin` next to the binary under test when it is newer
-//! than its sources; else built with `cargo build -p citadel-standin` into a separate target
-//! dir under `CARGO_TARGET_TMPDIR` (the running `cargo test` holds the main one's lock).
+//! The stand-in binary is found by `citadel_standin::testing::binary`.
 #![allow(dead_code)]
 
 use citadel_common::systemctl::{Systemd, UnitStatus};
@@ -15,84 +12,18 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const HEALTH_MONITOR: &str = env!("CARGO_BIN_EXE_health-monitor");
 
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+#[allow(unused_imports)]
+pub use citadel_standin::testing::{free_port, workspace};
 
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            let t = if p.is_dir() {
-                newest_mtime(&p)
-            } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
-            newest = newest.max(t);
-        }
-    }
-    newest
-}
-
-/// The stand-in engine binary.
+/// The stand-in engine binary (see `citadel_standin::testing::binary` for how it is found).
 pub fn standin() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CITADEL_STANDIN") {
-            return PathBuf::from(p);
-        }
-        let ws = workspace();
-        let sibling = Path::new(HEALTH_MONITOR).with_file_name("citadel-standin");
-        let sources = newest_mtime(&ws.join("tests/standin"))
-            .max(newest_mtime(&ws.join("common/src")))
-            .max(newest_mtime(&ws.join("common/data")));
-        if let Ok(t) = sibling.metadata().and_then(|m| m.modified()) {
-            if t >= sources {
-                return sibling;
-            }
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin-target");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let st = Command::new(cargo)
-            .args(["build", "-p", "citadel-standin", "--target-dir"])
-            .arg(&target)
-            .current_dir(&ws)
-            .status()
-            .expect("running cargo build -p citadel-standin");
-        assert!(st.success(), "cargo build -p citadel-standin failed");
-        target.join("debug/citadel-standin")
-    })
-    .clone()
-}
-
-/// A port outside the ephemeral range (the config refuses those) that is free right now.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20000 + (std::process::id() % 300) as u16 * 40,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = 20000 + (p - 20000) % 12000;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+    citadel_standin::testing::binary(Path::new(HEALTH_MONITOR))
 }
 
 /// One stand-in engine, killed when dropped.

@@ -1,97 +1,24 @@
 //! Shared helpers of start-model's black-box tests: a temp box (config, model dir, runtime
 //! dir), free ports, a fake `NOTIFY_SOCKET`, and the stand-in engine.
 //!
-//! The stand-in (`citadel-standin`, crate tests/standin) is found, in order:
-//! 1. `$CITADEL_STANDIN`, an explicit path;
-//! 2. `citadel-standin` next to the start-model binary under test (what `cargo test
-//!    --workspace` builds), when it is newer than every stand-in and common source file;
-//! 3. otherwise it is built with `cargo build -p citadel-standin` into its own target dir
-//!    under `CARGO_TARGET_TMPDIR` (a separate dir, so the build does not wait on the lock the
-//!    running `cargo test` holds on the main one).
+//! The stand-in binary is found by `citadel_standin::testing::binary`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const START_MODEL: &str = env!("CARGO_BIN_EXE_start-model");
 
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+#[allow(unused_imports)]
+pub use citadel_standin::testing::{free_port, workspace};
 
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            let t = if p.is_dir() {
-                newest_mtime(&p)
-            } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
-            newest = newest.max(t);
-        }
-    }
-    newest
-}
-
-/// The stand-in engine binary (see the module docs for how it is found).
+/// The stand-in engine binary (see `citadel_standin::testing::binary` for how it is found).
 pub fn standin() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CITADEL_STANDIN") {
-            return PathBuf::from(p);
-        }
-        let ws = workspace();
-        let sibling = Path::new(START_MODEL).with_file_name("citadel-standin");
-        let sources = newest_mtime(&ws.join("tests/standin"))
-            .max(newest_mtime(&ws.join("common/src")))
-            .max(newest_mtime(&ws.join("common/data")));
-        if let Ok(t) = sibling.metadata().and_then(|m| m.modified()) {
-            if t >= sources {
-                return sibling;
-            }
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin-target");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let st = Command::new(cargo)
-            .args(["build", "-p", "citadel-standin", "--target-dir"])
-            .arg(&target)
-            .current_dir(&ws)
-            .status()
-            .expect("running cargo build -p citadel-standin");
-        assert!(st.success(), "cargo build -p citadel-standin failed");
-        target.join("debug/citadel-standin")
-    })
-    .clone()
-}
-
-/// A port outside the ephemeral range (the config refuses those) that is free right now.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20000 + (std::process::id() % 400) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = 20000 + (p - 20000) % 12000;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+    citadel_standin::testing::binary(Path::new(START_MODEL))
 }
 
 /// A fake systemd notify socket that records every datagram with its arrival time.

@@ -105,6 +105,7 @@ pub mod cli;
 pub mod http;
 pub mod knobs;
 pub mod server;
+pub mod testing;
 
 use cli::{Command, ServeArgs};
 use knobs::Knobs;
