@@ -265,6 +265,32 @@ fn s07_config_error_fails_with_78_and_is_not_restarted() {
     for m in &MODELS {
         assert_eq!(c.active_state(&model_unit(m.name)), "active");
     }
+    // A broken config file: a model restarted by hand and the monitor both fail with 78 and
+    // neither loops.
+    let cfg = c.sb.ok(&["cat", citadel::CONFIG]).unwrap();
+    c.sb.write(
+        citadel::CONFIG,
+        format!("bogus_top_level_key = 1\n{cfg}").as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    let first = model_unit(MODELS[0].name);
+    for u in [first.as_str(), UNIT_MONITOR] {
+        let o = c.sb.exec_t(&["systemctl", "restart", u], 60 * SEC);
+        assert!(!o.success(), "{u}: {}", o.describe());
+    }
+    std::thread::sleep(7 * SEC);
+    for u in [first.as_str(), UNIT_MONITOR] {
+        let st = c.show(u, &["ActiveState", "ExecMainStatus", "NRestarts"]);
+        assert_eq!(st["ActiveState"], "failed", "{u}: {st:?}");
+        assert_eq!(st["ExecMainStatus"], "78", "{u}: {st:?}");
+        assert_eq!(st["NRestarts"], "0", "{u}: {st:?}");
+        let log = c.unit_log(u);
+        assert!(
+            log.contains("bogus_top_level_key"),
+            "{u}: the journal must name the key:\n{log}"
+        );
+    }
 }
 
 #[test]
