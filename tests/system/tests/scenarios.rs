@@ -687,3 +687,82 @@ fn s16_lintian_has_no_errors_and_no_warnings() {
         .collect();
     assert!(o.success() && tags.is_empty(), "{}", o.describe());
 }
+
+#[test]
+fn s17_citadel_service_drives_the_installed_package() {
+    let Some(c) = install("st17-cli", Setup::default()) else {
+        return;
+    };
+    let cs = |args: &[&str]| {
+        let o = c.citadel_service(args, 240 * SEC);
+        assert!(o.success(), "citadel-service {args:?}: {}", o.describe());
+        o.stdout
+    };
+    let test_model = MODELS[1].name;
+    // deploy: infrastructure, one test model, all models, the monitor and the target.
+    let out = cs(&["deploy", "--test-model", test_model]);
+    assert!(out.contains("phase 4") || out.contains("Phase 4"), "{out}");
+    for u in Citadel::all_units() {
+        assert_eq!(c.active_state(&u), "active", "{u}\n{}", c.journal_tail(60));
+    }
+    for m in &MODELS {
+        assert_eq!(c.health(m.port), 200, "{}", m.name);
+    }
+    // Running it again is harmless: nothing restarts.
+    let pids: Vec<i64> = MODELS
+        .iter()
+        .map(|m| c.main_pid(&model_unit(m.name)))
+        .collect();
+    cs(&["deploy", "--test-model", test_model]);
+    let again: Vec<i64> = MODELS
+        .iter()
+        .map(|m| c.main_pid(&model_unit(m.name)))
+        .collect();
+    assert_eq!(pids, again);
+
+    // enable: the box comes up at boot.
+    cs(&["enable"]);
+    for u in [TARGET_AI.to_string(), model_unit(MODELS[0].name)] {
+        let o = c.sb.exec(&["systemctl", "is-enabled", &u]);
+        assert_eq!(o.stdout.trim(), "enabled", "{u}");
+    }
+
+    // status --json: the whole box, every enabled unit up, live probes.
+    let json = cs(&["status", "--json", "--probe"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["all_up"], true, "{json}");
+    let services = v["services"].as_array().unwrap();
+    for m in &MODELS {
+        let s = services
+            .iter()
+            .find(|s| s["service"] == m.name)
+            .unwrap_or_else(|| panic!("{} missing in {json}", m.name));
+        assert_eq!(s["state"], "active", "{json}");
+        assert_eq!(s["health"], "healthy", "{json}");
+        assert_eq!(s["port"], m.port, "{json}");
+    }
+
+    // restart one model: a new engine, serving again when the command returns.
+    let unit = model_unit(test_model);
+    let before = c.main_pid(&unit);
+    cs(&["restart", test_model]);
+    assert_eq!(c.active_state(&unit), "active");
+    assert_ne!(c.main_pid(&unit), before);
+    assert_eq!(c.health(MODELS[1].port), 200);
+
+    // logs -n: the unit's journal, at most N lines.
+    let logs = cs(&["logs", test_model, "-n", "5"]);
+    let n = logs.lines().filter(|l| !l.starts_with("--")).count();
+    assert!((1..=5).contains(&n), "{logs}");
+
+    // stop: everything stops and the command waits for it.
+    cs(&["stop"]);
+    for u in Citadel::all_units() {
+        let st = c.active_state(&u);
+        assert!(st == "inactive" || st == "failed", "{u}: {st}");
+    }
+    // disable: nothing comes up at boot any more.
+    cs(&["disable"]);
+    let o = c.sb.exec(&["systemctl", "is-enabled", TARGET_AI]);
+    assert_eq!(o.stdout.trim(), "disabled");
+}
