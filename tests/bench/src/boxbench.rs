@@ -30,6 +30,8 @@ pub struct Plan {
     pub oneshot_runs: usize,
     pub status_runs: usize,
     pub slow_load: Duration,
+    /// The steady-state window of the in-box monitor (4c, 4d).
+    pub steady: Duration,
 }
 
 /// The rows of this part, each skipped with `why`.
@@ -166,8 +168,8 @@ fn ms(us: u64) -> f64 {
 
 fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
     let leader = c.sb.leader();
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    c.sb.install(&exe, BENCH_IN_BOX)?;
+    // /proc/self/exe, not current_exe(): a rebuild may have replaced the file since we started.
+    c.sb.install(std::path::Path::new("/proc/self/exe"), BENCH_IN_BOX)?;
     let mut rows = vec![];
 
     // 6c-6f: the oneshots, started and stopped by hand before anything else runs.
@@ -207,35 +209,51 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
             .ok()
             .map_err(|e| format!("stopping the oneshots: {e}"))?;
     }
+    // The same binaries run directly in the box (no unit sandbox), for the why of 6c-6f.
+    let lib = citadel_common::paths::LIBEXEC_DIR;
+    let direct_storage = time_in_box(c, plan.oneshot_runs, &[&format!("{lib}/storage-setup")]);
+    let direct_gpu = time_in_box(c, plan.oneshot_runs, &[&format!("{lib}/gpu-optimize")]);
+    let show = |f: &Result<Figure, String>| {
+        f.as_ref()
+            .map_or_else(|e| format!("unknown ({e})"), |f| f.show_median())
+    };
     let oneshot_note = format!(
         "systemd's own timestamps of the unit in the box (`systemctl start {UNIT_STORAGE} \
          {UNIT_GPU}`, then stop, {} times, before any model runs; the first run creates the \
-         directories, later runs find them); no GPU in the box and gpu.required = false",
-        plan.oneshot_runs
+         directories, later runs find them); no GPU in the box and gpu.required = false; run \
+         directly in the box, outside their units (fork+exec to exit), storage-setup takes {} \
+         and gpu-optimize {}",
+        plan.oneshot_runs,
+        show(&direct_storage),
+        show(&direct_gpu),
     );
-    for (id, u, is_exec) in [
-        ("6c", UNIT_STORAGE, true),
-        ("6d", UNIT_GPU, true),
-        ("6e", UNIT_STORAGE, false),
-        ("6f", UNIT_GPU, false),
+    for (id, u, is_exec, direct) in [
+        ("6c", UNIT_STORAGE, true, &direct_storage),
+        ("6d", UNIT_GPU, true, &direct_gpu),
+        ("6e", UNIT_STORAGE, false, &direct_storage),
+        ("6f", UNIT_GPU, false, &direct_gpu),
     ] {
         let m = if is_exec { &exec } else { &act };
-        let v = m.get(u).cloned().unwrap_or_default();
+        let fig = Figure::new(Unit::Ms, m.get(u).cloned().unwrap_or_default());
         let what = if is_exec {
-            "ExecMainStartTimestamp -> ExecMainExitTimestamp: the process alone"
+            "ExecMainStartTimestamp -> ExecMainExitTimestamp (systemd stamps the start when it \
+             forks, so this includes setting up the unit's sandbox in the child before exec)"
         } else {
-            "InactiveExitTimestamp -> ActiveEnterTimestamp: the whole activation, with systemd \
-             setting up the unit's sandbox (Protect*=, Private*=) and forking"
+            "InactiveExitTimestamp -> ActiveEnterTimestamp: the whole activation of the oneshot"
         };
+        let why = format!(
+            "run directly in the box the binary takes {} of the {}; the rest is systemd's side: \
+             forking from PID 1 and building the unit's sandbox in the child before exec: the namespaces and bind mounts \
+             of PrivateNetwork=, PrivateDevices=, ProtectSystem=/ProtectHome=/ProtectKernel*= \
+             (on this busy 2-core machine). Fix: nothing in the binary; fewer namespace-creating \
+             options in the unit would trade hardening for milliseconds, once per boot.",
+            show(direct),
+            fig.show_median()
+        );
         rows.push(
-            row(id, Ok(Figure::new(Unit::Ms, v)))
+            row(id, Ok(fig))
                 .note(format!("{what}; {oneshot_note}"))
-                .if_missed(
-                    "the activation includes systemd building the unit's mount namespace for \
-                     its hardening options, which the process itself does not see; on this \
-                     busy 2-core machine that setup dominates. Fix: measure on an idle machine; \
-                     fewer ProtectX=/PrivateX= options would trade hardening for milliseconds.",
-                ),
+                .if_missed(why),
         );
     }
 
@@ -288,6 +306,58 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
             ),
     );
 
+    // 4c, 4d: the monitor under systemd at steady state (3 healthy models).
+    let mon_pid = procs::host_pid(leader, c.main_pid(UNIT_MONITOR) as i32)
+        .ok_or("cannot find the monitor's host PID")?;
+    let slices = 3u32;
+    eprintln!(
+        "citadel-bench: the monitor at steady state for {}s",
+        plan.steady.as_secs()
+    );
+    let (mut pct, mut rss) = (vec![], vec![]);
+    let (own0, kids0) = procs::cpu_secs(mon_pid)?;
+    let t_mon0 = Instant::now();
+    let mut prev = (own0 + kids0, t_mon0);
+    for _ in 0..slices {
+        for _ in 0..5 {
+            std::thread::sleep(plan.steady / slices / 5);
+            rss.push(procs::rss_kib(mon_pid)?.0 as f64 / 1024.0);
+        }
+        let (o, k) = procs::cpu_secs(mon_pid)?;
+        let now = Instant::now();
+        pct.push((o + k - prev.0) / (now - prev.1).as_secs_f64() * 100.0);
+        prev = (o + k, now);
+    }
+    let (own1, kids1) = procs::cpu_secs(mon_pid)?;
+    let window = t_mon0.elapsed().as_secs_f64();
+    let (own, kids) = (own1 - own0, kids1 - kids0);
+    let per_hour = (own + kids) / window * 3600.0;
+    rows.push(
+        row("4c", Ok(Figure::new(Unit::Percent, pct)))
+            .note(format!(
+                "the installed monitor in the box (citadel-monitor.service, 3 healthy models, \
+                 interval 1 s, deep probe every 2 s: the harness's short values), read from the \
+                 host at /proc/PID/stat: its own utime+stime plus its waited-for children's \
+                 (cutime+cstime: the `systemctl show` it runs each sweep), over {slices} slices of \
+                 {window:.0} s: {own:.2} CPU-s itself + {kids:.2} CPU-s of children = \
+                 {per_hour:.1} CPU-s per hour (extrapolated linearly)"
+            ))
+            .if_missed(format!(
+                "the monitor itself used {own:.2} CPU-s ({:.2} % of one core, under the target) \
+                 and the `systemctl show` processes it spawns each sweep {kids:.2} CPU-s in \
+                 {window:.0} s: {:.0} % of the figure is starting systemctl once a second. Fix \
+                 (health-monitor): read the unit states over D-Bus (or sd-bus) from the monitor \
+                 instead of spawning systemctl each sweep; or keep the shipped 10 s interval, \
+                 which costs a tenth of this.",
+                own / window * 100.0,
+                if own + kids > 0.0 {
+                    kids / (own + kids) * 100.0
+                } else {
+                    0.0
+                }
+            )),
+    );
+
     // 3: the slow load starts now; 2 runs meanwhile on the other models.
     let gamma = &MODELS[2];
     let gunit = model_unit(gamma.name);
@@ -303,11 +373,7 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
     let nr0 = c.n_restarts(&gunit);
     let mon0 = monitor_restarts(c, gamma.name);
     let j0 = restart_lines(c, gamma.name);
-    let mon_pid = procs::host_pid(leader, c.main_pid(UNIT_MONITOR) as i32)
-        .ok_or("cannot find the monitor's host PID")?;
-    let (own0, kids0) = procs::cpu_secs(mon_pid)?;
-    let t_mon0 = Instant::now();
-    let mut rss = vec![];
+    let t_load0 = Instant::now();
 
     // 2a-2d: crash (SIGKILL of the engine) on alpha.
     let alpha = &MODELS[0];
@@ -327,7 +393,6 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
             .map_err(|e| format!("kill {host}: {e}"))?;
             Ok(t)
         })?);
-        rss.push(procs::rss_kib(mon_pid)?.0 as f64 / 1024.0);
     }
     // 2e-2h: hang (completions stop, /health stays 200) on beta.
     let beta = &MODELS[1];
@@ -346,7 +411,6 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
             }
             Ok(t)
         })?);
-        rss.push(procs::rss_kib(mon_pid)?.0 as f64 / 1024.0);
     }
     let split = |v: &[[f64; 4]], k: usize, unit: Unit| {
         let div = if unit == Unit::Secs { 1000.0 } else { 1.0 };
@@ -356,7 +420,8 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
         failure_threshold = 3, deep_probe_interval_secs = 2, deep_probe_timeout_secs = 2, \
         stall_secs = 4 (the harness's short test values; shipped: 10, 5, 3, 60, 30, 120); \
         engine.stop_grace_secs = 5, STANDIN_LOAD_SECS = 0.5; model unit as shipped \
-        (Restart=always, RestartSec=5)";
+        (Restart=always, RestartSec=5); load = the stand-in's 0.5 s plus up to one of \
+        start-model's 500 ms /health polls (start_model::HEALTH_EVERY)";
     let crash_note = format!(
         "SIGKILL of alpha's engine (the stand-in, child of start-model) from the host, stamped \
          with CLOCK_MONOTONIC; the unit's ActiveExit/ExecMainStart/ActiveEnter \
@@ -395,16 +460,13 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
     eprintln!("citadel-bench: waiting for gamma's load (up to {left}s more)");
     while c.active_state(&gunit) == "activating" {
         std::thread::sleep(2 * SEC);
-        if rss.len() < 400 {
-            rss.push(procs::rss_kib(mon_pid)?.0 as f64 / 1024.0);
-        }
-        if t_mon0.elapsed() > plan.slow_load + 240 * SEC {
+        if t_load0.elapsed() > plan.slow_load + 240 * SEC {
             break;
         }
     }
-    let (own1, kids1) = procs::cpu_secs(mon_pid)?;
-    let mon_window = t_mon0.elapsed().as_secs_f64();
-    let (_, hwm) = procs::rss_kib(mon_pid)?;
+    let hwm = procs::host_pid(leader, c.main_pid(UNIT_MONITOR) as i32)
+        .and_then(|p| procs::rss_kib(p).ok())
+        .map(|(_, h)| h);
     let end_state = c.active_state(&gunit);
     let gp = nums(
         c,
@@ -451,31 +513,15 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
                  `activating` as Starting and never probe it (see health-monitor decide.rs).",
             ),
     );
-    let own = own1 - own0;
-    let kids = kids1 - kids0;
-    let pct = (own + kids) / mon_window * 100.0;
-    rows.push(
-        row("4c", Ok(Figure::one(Unit::Percent, pct)))
-            .note(format!(
-                "the monitor in the box (3 models, interval 1 s, deep probe every 2 s, real \
-                 systemd) over the {mon_window:.0} s of the slow load and the recovery runs (so \
-                 with restarts to follow): {own:.2} CPU-s itself + {kids:.2} CPU-s of its \
-                 children (`systemctl show` each sweep, `systemctl restart`) = {:.1} CPU-s per \
-                 hour extrapolated; one window, so no spread",
-                (own + kids) / mon_window * 3600.0
-            ))
-            .if_missed(
-                "most of it is the `systemctl show` process spawned every sweep (children's \
-                 time); fix: ask systemd over D-Bus from the monitor instead of spawning \
-                 systemctl, or a longer interval (shipped: 10 s).",
-            ),
-    );
     rows.push(
         row("4d", Ok(Figure::new(Unit::MiB, rss)))
             .note(format!(
-                "VmRSS of the in-box monitor sampled during the same window (after each recovery \
-                 run, then every ~2 s); peak VmHWM {:.2} MiB",
-                hwm as f64 / 1024.0
+                "VmRSS of the same monitor, sampled 5 times per slice of the 4c window; its peak \
+                 VmHWM at the end of the box run (after the recovery runs and the slow load): {}",
+                hwm.map_or("unknown".into(), |h| format!(
+                    "{:.2} MiB",
+                    h as f64 / 1024.0
+                ))
             ))
             .if_missed("see 4a; the in-box figure adds the probe threads of the deep probe."),
     );

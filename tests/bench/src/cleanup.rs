@@ -2,8 +2,9 @@
 //! not get to its `Drop` guards: a panic (the release profile aborts on panic, so no unwinding
 //! and no `Drop`), or SIGINT/SIGTERM/SIGHUP. The guards unregister on a normal drop.
 
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -58,26 +59,40 @@ pub fn all() {
     }
 }
 
-/// A panic hook and a signal thread that run [`all`]. Call first thing in `main`, before any
-/// other thread exists (the signals are blocked in every thread and taken by the watcher;
-/// children get a clean signal mask from `std::process`).
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: std::ffi::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// A panic hook, and handlers for SIGINT/SIGTERM/SIGHUP that only raise a flag, which a
+/// watcher thread turns into [`all`] and exit 130. (Handlers, not a blocked mask and `sigwait`:
+/// `std::process` children inherit the signal mask, and a monitor that has SIGTERM blocked
+/// never stops.) Call first thing in `main`.
 pub fn install() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         prev(info);
         all();
     }));
-    let mut set = SigSet::empty();
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(s, &action) } {
+            eprintln!("citadel-bench: cannot handle {s:?}: {e}");
+        }
     }
-    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_ok() {
-        std::thread::spawn(move || {
-            if let Ok(sig) = set.wait() {
-                eprintln!("citadel-bench: {sig:?}: cleaning up");
-                all();
-                std::process::exit(130);
-            }
-        });
-    }
+    std::thread::spawn(|| loop {
+        let sig = SIGNALLED.load(Ordering::SeqCst);
+        if sig != 0 {
+            eprintln!("citadel-bench: signal {sig}: cleaning up");
+            all();
+            std::process::exit(130);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
 }

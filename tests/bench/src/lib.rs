@@ -299,6 +299,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             oneshot_runs: if quick { 3 } else { 5 },
             status_runs: if quick { 10 } else { 15 },
             slow_load: slow,
+            steady: Duration::from_secs(if quick { 15 } else { 30 }),
         };
         rows.extend(boxbench::run(
             &plan,

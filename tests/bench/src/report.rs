@@ -180,10 +180,17 @@ pub fn markdown(rows: &[Row], m: &Machine, command: &str, preamble: &[String]) -
         ));
     }
     s.push_str("\n## How each figure was measured\n\n");
-    for r in rows {
-        if !r.note.is_empty() {
-            s.push_str(&format!("- **{} {}**: {}\n", r.id, r.what, r.note));
+    // Rows that share a note are listed once, together.
+    let mut groups: Vec<(Vec<&Row>, &str)> = vec![];
+    for r in rows.iter().filter(|r| !r.note.is_empty()) {
+        match groups.iter_mut().find(|(_, n)| *n == r.note) {
+            Some((g, _)) => g.push(r),
+            None => groups.push((vec![r], &r.note)),
         }
+    }
+    for (g, note) in groups {
+        let names: Vec<String> = g.iter().map(|r| format!("{} {}", r.id, r.what)).collect();
+        s.push_str(&format!("- **{}**: {note}\n", names.join("; ")));
     }
     s
 }
@@ -232,6 +239,7 @@ mod tests {
         assert!(md.contains("not measured"));
         assert!(md.contains("- command: `cargo run`"));
         assert!(md.contains("- CPU: Test CPU"));
+        assert!(md.contains("- **5 status**: in the box"));
         let t = text_table(&rows);
         assert_eq!(t.lines().count(), 4);
     }
