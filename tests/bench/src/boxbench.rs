@@ -453,10 +453,7 @@ fn measure(c: &Citadel, plan: &Plan) -> Result<Vec<Row>, String> {
     }
 
     // 3: wait for the end of the slow load.
-    let left = plan
-        .slow_load
-        .saturating_sub(Duration::from_secs(1))
-        .as_secs();
+    let left = plan.slow_load.saturating_sub(t_load0.elapsed()).as_secs();
     eprintln!("citadel-bench: waiting for gamma's load (up to {left}s more)");
     while c.active_state(&gunit) == "activating" {
         std::thread::sleep(2 * SEC);
