@@ -30,4 +30,14 @@ fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 log "cargo test --workspace"
-cargo test --workspace --no-fail-fast -- --test-threads="${CITADEL_TEST_THREADS:-2}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --workspace --no-fail-fast -- --test-threads="${CITADEL_TEST_THREADS:-2}" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last often a
+# doc-test run with nothing in it).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+exit "$rc"
