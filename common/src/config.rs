@@ -74,6 +74,69 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
+impl Default for Paths {
+    /// The paths of the design; the one place they are written down.
+    fn default() -> Paths {
+        Paths {
+            install_root: "/opt/citadel".into(),
+            models_link: "/opt/citadel/models".into(),
+            models_mount: "/mnt/citadel-models".into(),
+            models_active: "/mnt/citadel-models/active".into(),
+            backup_mount: "/mnt/citadel-backup".into(),
+            cache_dir: "/mnt/citadel-models/cache".into(),
+            staging_dir: "/mnt/citadel-models/staging".into(),
+            runtime_dir: "/run/citadel".into(),
+            state_dir: "/var/lib/citadel".into(),
+        }
+    }
+}
+
+impl Paths {
+    fn fields(&self) -> [(&'static str, &PathBuf); 9] {
+        [
+            ("install_root", &self.install_root),
+            ("models_link", &self.models_link),
+            ("models_mount", &self.models_mount),
+            ("models_active", &self.models_active),
+            ("backup_mount", &self.backup_mount),
+            ("cache_dir", &self.cache_dir),
+            ("staging_dir", &self.staging_dir),
+            ("runtime_dir", &self.runtime_dir),
+            ("state_dir", &self.state_dir),
+        ]
+    }
+
+    /// The default layout moved under `root` (`/opt/citadel` -> `ROOT/opt/citadel`): a whole
+    /// box in a temporary directory, for tests and benchmarks.
+    pub fn under(root: &Path) -> Paths {
+        let d = Paths::default();
+        let r = |p: &PathBuf| root.join(p.strip_prefix("/").unwrap_or(p));
+        Paths {
+            install_root: r(&d.install_root),
+            models_link: r(&d.models_link),
+            models_mount: r(&d.models_mount),
+            models_active: r(&d.models_active),
+            backup_mount: r(&d.backup_mount),
+            cache_dir: r(&d.cache_dir),
+            staging_dir: r(&d.staging_dir),
+            runtime_dir: r(&d.runtime_dir),
+            state_dir: r(&d.state_dir),
+        }
+    }
+
+    /// The `[paths]` table that configures exactly these paths (values TOML-quoted).
+    pub fn to_toml(&self) -> String {
+        let mut s = String::from("[paths]\n");
+        for (k, v) in self.fields() {
+            s.push_str(&format!(
+                "{k} = {}\n",
+                Value::String(v.display().to_string())
+            ));
+        }
+        s
+    }
+}
+
 /// `[service]`: the account the model servers run as.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Service {
@@ -585,16 +648,20 @@ impl Reader {
 
     fn paths(&mut self, root: &Table) -> Paths {
         let mut t = self.section(root, "paths");
+        let d = Paths::default();
+        let mut path = |r: &mut Reader, k: &'static str, default: &PathBuf| {
+            r.abs_path(&mut t, k, &default.display().to_string())
+        };
         let p = Paths {
-            install_root: self.abs_path(&mut t, "install_root", "/opt/citadel"),
-            models_link: self.abs_path(&mut t, "models_link", "/opt/citadel/models"),
-            models_mount: self.abs_path(&mut t, "models_mount", "/mnt/citadel-models"),
-            models_active: self.abs_path(&mut t, "models_active", "/mnt/citadel-models/active"),
-            backup_mount: self.abs_path(&mut t, "backup_mount", "/mnt/citadel-backup"),
-            cache_dir: self.abs_path(&mut t, "cache_dir", "/mnt/citadel-models/cache"),
-            staging_dir: self.abs_path(&mut t, "staging_dir", "/mnt/citadel-models/staging"),
-            runtime_dir: self.abs_path(&mut t, "runtime_dir", "/run/citadel"),
-            state_dir: self.abs_path(&mut t, "state_dir", "/var/lib/citadel"),
+            install_root: path(self, "install_root", &d.install_root),
+            models_link: path(self, "models_link", &d.models_link),
+            models_mount: path(self, "models_mount", &d.models_mount),
+            models_active: path(self, "models_active", &d.models_active),
+            backup_mount: path(self, "backup_mount", &d.backup_mount),
+            cache_dir: path(self, "cache_dir", &d.cache_dir),
+            staging_dir: path(self, "staging_dir", &d.staging_dir),
+            runtime_dir: path(self, "runtime_dir", &d.runtime_dir),
+            state_dir: path(self, "state_dir", &d.state_dir),
         };
         if !p.models_active.starts_with(&p.models_mount) {
             let v = Value::String(p.models_active.display().to_string());
@@ -1180,6 +1247,20 @@ extra_args = ["--enforce-eager", "--dtype", "bfloat16"]
             e.to_string().starts_with("/etc/citadel/citadel.toml:2:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn paths_under_a_root_round_trip_through_toml() {
+        let root = Path::new("/tmp/box with space");
+        let p = Paths::under(root);
+        assert_eq!(
+            p.state_dir,
+            PathBuf::from("/tmp/box with space/var/lib/citadel")
+        );
+        assert_eq!(p.models_active, root.join("mnt/citadel-models/active"));
+        let c = parse(&format!("{}{GOOD}", p.to_toml())).unwrap();
+        assert_eq!(c.paths, p);
+        assert_eq!(parse(GOOD).unwrap().paths, Paths::default());
     }
 
     #[test]

@@ -57,13 +57,16 @@ fn dry_run_prints_one_json_document_and_touches_nothing() {
         .map(|x| x.as_str().unwrap())
         .collect();
     assert_eq!(argv[0], NO_ENGINE);
-    assert_eq!(argv[2], b.path("models/m").to_str().unwrap());
+    assert_eq!(argv[2], b.model_dir().to_str().unwrap());
     assert_eq!(argv.last().copied(), Some("{{ 'x y' }} ☃"));
     assert_eq!(v["env"]["CUDA_VISIBLE_DEVICES"], "0");
     assert_eq!(v["env"]["HF_HUB_OFFLINE"], "1");
     assert_eq!(v["env"]["VLLM_API_KEY"], "<redacted>");
     assert!(!String::from_utf8_lossy(&o.stdout).contains("sk-dry"));
-    assert!(!b.path("run").exists(), "dry run created the runtime dir");
+    assert!(
+        !b.paths().runtime_dir.exists(),
+        "dry run created the runtime dir"
+    );
     assert!(b.notify.all().is_empty(), "dry run talked to systemd");
 }
 
@@ -152,13 +155,13 @@ fn missing_model_directory_is_69() {
     });
     let o = run(&b, &["m"], &[]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
-    assert!(stderr(&o).contains(b.path("models/m").to_str().unwrap()));
+    assert!(stderr(&o).contains(b.model_dir().to_str().unwrap()));
 }
 
 #[test]
 fn incomplete_model_directory_is_69_naming_the_shard() {
     let b = TestBox::new(no_engine());
-    std::fs::remove_file(b.path("models/m/model-00001-of-00002.safetensors")).unwrap();
+    std::fs::remove_file(b.model_dir().join("model-00001-of-00002.safetensors")).unwrap();
     let o = run(&b, &["m"], &[]);
     assert_eq!(o.status.code(), Some(69));
     assert!(

@@ -63,7 +63,7 @@ fn ready_only_after_health_answers_then_sigterm_stops_cleanly() {
         "{r}"
     );
     // The GPU lock was released at READY: a second taker gets it at once.
-    let lock = citadel_common::paths::gpu_lock_file(&b.path("run"), 0);
+    let lock = citadel_common::paths::gpu_lock_file(&b.paths().runtime_dir, 0);
     let f = std::fs::File::open(&lock).unwrap();
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| e)

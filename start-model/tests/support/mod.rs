@@ -124,8 +124,9 @@ impl TestBox {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let port = free_port();
+        let paths = citadel_common::config::Paths::under(d);
         if setup.write_model {
-            citadel_common::modelfiles::write_fake_model(&d.join("models/m"), 2).unwrap();
+            citadel_common::modelfiles::write_fake_model(&paths.models_link.join("m"), 2).unwrap();
         }
         let command = if setup.engine_command.is_empty() {
             vec![standin().to_string_lossy().into_owned(), "serve".into()]
@@ -138,20 +139,9 @@ impl TestBox {
             .iter()
             .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
             .collect();
-        let p = |sub: &str| toml_str(&d.join(sub).to_string_lossy());
         let text = format!(
             r#"
-[paths]
-install_root = {install}
-models_link = {models}
-models_mount = {mount}
-models_active = {active}
-cache_dir = {cache}
-staging_dir = {staging}
-runtime_dir = {run}
-state_dir = {state}
-backup_mount = {backup}
-
+{paths}
 [service]
 user = "root"
 group = "root"
@@ -170,15 +160,7 @@ gpu_memory_utilization = 0.4
 {model_extra}
 {tail}
 "#,
-            install = p("opt"),
-            models = p("models"),
-            mount = p("mnt"),
-            active = p("mnt/active"),
-            cache = p("cache"),
-            staging = p("mnt/staging"),
-            run = p("run"),
-            state = p("state"),
-            backup = p("backup"),
+            paths = paths.to_toml(),
             command = command.join(", "),
             engine_extra = setup.engine_extra,
             model_extra = setup.model_extra,
@@ -197,6 +179,16 @@ gpu_memory_utilization = 0.4
 
     pub fn path(&self, sub: &str) -> PathBuf {
         self.dir.path().join(sub)
+    }
+
+    /// The box's paths (the default layout under the temp dir).
+    pub fn paths(&self) -> citadel_common::config::Paths {
+        citadel_common::config::Paths::under(self.dir.path())
+    }
+
+    /// The model's directory (under the models link).
+    pub fn model_dir(&self) -> PathBuf {
+        self.paths().models_link.join("m")
     }
 
     /// `start-model --config CONFIG ARGS..` with the fake notify socket; stderr to a file.

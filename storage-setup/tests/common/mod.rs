@@ -128,19 +128,9 @@ impl Sandbox {
     }
 
     pub fn config_text(&self) -> String {
-        let r = self.root.display();
-        let mut s = format!(
-            r#"[paths]
-install_root  = "{r}/opt/citadel"
-models_link   = "{r}/opt/citadel/models"
-models_mount  = "{r}/mnt/citadel-models"
-models_active = "{r}/mnt/citadel-models/active"
-backup_mount  = "{r}/mnt/citadel-backup"
-cache_dir     = "{r}/mnt/citadel-models/cache"
-staging_dir   = "{r}/mnt/citadel-models/staging"
-runtime_dir   = "{r}/run/citadel"
-state_dir     = "{r}/var/lib/citadel"
-
+        let mut s = citadel_common::config::Paths::under(&self.root).to_toml();
+        s.push_str(&format!(
+            r#"
 [service]
 user = "{}"
 group = "{}"
@@ -154,7 +144,7 @@ backup_required = {}
 dir_mode = "{}"
 "#,
             self.user, self.group, self.min_free_gib, self.backup_required, self.dir_mode
-        );
+        ));
         for (i, m) in self.models.iter().enumerate() {
             s.push_str(&format!(
                 "\n[models.{}]\npath = \"{}\"\nport = {}\ngpus = [{i}]\nenabled = {}\n",

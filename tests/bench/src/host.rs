@@ -365,18 +365,9 @@ impl StorageSandbox {
         );
         std::fs::write(dir.path().join("mountinfo"), mountinfo).map_err(e)?;
         let (user, group) = current_user_group();
-        let mut cfg = format!(
-            r#"[paths]
-install_root  = "{r}/opt/citadel"
-models_link   = "{r}/opt/citadel/models"
-models_mount  = "{r}/mnt/citadel-models"
-models_active = "{r}/mnt/citadel-models/active"
-backup_mount  = "{r}/mnt/citadel-backup"
-cache_dir     = "{r}/mnt/citadel-models/cache"
-staging_dir   = "{r}/mnt/citadel-models/staging"
-runtime_dir   = "{r}/run/citadel"
-state_dir     = "{r}/var/lib/citadel"
-
+        let mut cfg = citadel_common::config::Paths::under(&root).to_toml();
+        cfg.push_str(&format!(
+            r#"
 [service]
 user = "{user}"
 group = "{group}"
@@ -392,7 +383,7 @@ persistence_mode = false
 min_free_gib = 0
 backup_required = false
 "#
-        );
+        ));
         for (i, name) in SEVEN.iter().enumerate() {
             cfg.push_str(&format!(
                 "\n[models.{name}]\npath = \"{name}\"\nport = {}\ngpus = [{i}]\ngpu_memory_utilization = 0.5\n",
