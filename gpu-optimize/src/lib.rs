@@ -65,7 +65,7 @@ use crate::control::{Card, NvmlCard};
 use crate::report::{Check, Report, Status};
 use citadel_common::cli::CommonArgs;
 use citadel_common::config::Config;
-use citadel_common::gpu::{GpuSource, GpuUnavailable, FAKE_GPU_ENV};
+use citadel_common::gpu::{GpuSource, GpuUnavailable, Snapshot, FAKE_GPU_ENV};
 use citadel_common::{Exit, Failure};
 use clap::Parser;
 use std::path::Path;
@@ -212,22 +212,23 @@ pub fn check_mode(src: &dyn GpuSource, cfg: &Config) -> Report {
     r
 }
 
+/// Open the read-write backend and read every GPU once.
+fn open_and_read<'c>(
+    open: impl FnOnce() -> Result<&'c mut dyn Card, GpuUnavailable>,
+) -> Result<(&'c mut dyn Card, Snapshot), GpuUnavailable> {
+    let card = open()?;
+    let snap = card.snapshot()?;
+    Ok((card, snap))
+}
+
 /// Apply the policy, then verify. `open` gives the read-write backend.
 pub fn apply_mode<'c>(
     open: impl FnOnce() -> Result<&'c mut dyn Card, GpuUnavailable>,
     cfg: &Config,
 ) -> Result<Report, Failure> {
     let mut r = Report::new("apply");
-    let card = match open() {
-        Ok(c) => c,
-        Err(e) => {
-            r.checks.push(no_gpu(cfg, &e));
-            r.exit = r.outcome().code();
-            return Ok(r);
-        }
-    };
-    let before = match card.snapshot() {
-        Ok(s) => s,
+    let (card, before) = match open_and_read(open) {
+        Ok(x) => x,
         Err(e) => {
             r.checks.push(no_gpu(cfg, &e));
             r.exit = r.outcome().code();
@@ -281,16 +282,8 @@ pub fn restore_mode<'c>(
         }
         Some(s) => s,
     };
-    let card = match open() {
-        Ok(c) => c,
-        Err(e) => {
-            r.checks.push(no_gpu(cfg, &e));
-            r.exit = r.outcome().code();
-            return Ok(r);
-        }
-    };
-    let before = match card.snapshot() {
-        Ok(s) => s,
+    let (card, before) = match open_and_read(open) {
+        Ok(x) => x,
         Err(e) => {
             r.checks.push(no_gpu(cfg, &e));
             r.exit = r.outcome().code();
