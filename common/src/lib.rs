@@ -32,6 +32,7 @@ pub mod notify;
 pub mod paths;
 pub mod plan;
 pub mod probe;
+pub mod report;
 pub mod systemctl;
 pub mod vllm;
 

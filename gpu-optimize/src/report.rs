@@ -4,24 +4,7 @@ use citadel_common::gpu::{GpuInfo, Snapshot};
 use citadel_common::Exit;
 use serde::Serialize;
 
-/// How one check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "fail",
-        }
-    }
-}
+pub use citadel_common::report::Status;
 
 /// One line of the report: `{"gpu": 0|null, "check": "...", "status": "...", "detail": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -165,10 +165,11 @@ fn sync_parent(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn me() -> Owner {
+    /// The current user as an owner (tests run as anyone).
+    pub(crate) fn me() -> Owner {
         Owner {
             user: "me".into(),
             group: "me".into(),

@@ -682,14 +682,7 @@ mod tests {
         assert!(e.detail.contains("cannot read the mount table"));
     }
 
-    fn me() -> Owner {
-        Owner {
-            user: "me".into(),
-            group: "me".into(),
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-        }
-    }
+    use crate::actions::tests::me;
 
     #[test]
     fn directories_are_planned_not_touched() {

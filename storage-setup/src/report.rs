@@ -24,24 +24,7 @@ use citadel_common::Exit;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Status {
-    fn word(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "fail",
-        }
-    }
-}
+pub use citadel_common::report::Status;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,7 +117,7 @@ impl Report {
                     detail = format!("{detail} [{a}]");
                 }
                 [
-                    c.status.word().to_string(),
+                    c.status.as_str().to_string(),
                     c.name.clone(),
                     c.path.display().to_string(),
                     detail,
