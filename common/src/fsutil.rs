@@ -15,10 +15,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
+    // Unpredictable, and created with O_EXCL (which never follows a symlink): whoever can
+    // write in `dir` cannot plant anything at the name.
+    let tmp = dir.join(crate::safefs::unpredictable_name(
+        &format!(".{}.tmp.", name.to_string_lossy()),
+        "",
     ));
     let result = (|| {
         let mut f = OpenOptions::new()

@@ -13,7 +13,8 @@
 //! - [`probe`]: bounded HTTP probes of a model server;
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
 //!   service account", shared by storage-setup and start-model;
-//! - [`fsutil`]: atomic writes;
+//! - [`fsutil`]: atomic writes; [`safefs`]: fd-relative, symlink-free directory operations and
+//!   capped reads of regular files, for helpers that treat every path as hostile;
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
 //! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
@@ -33,6 +34,7 @@ pub mod paths;
 pub mod plan;
 pub mod probe;
 pub mod report;
+pub mod safefs;
 pub mod systemctl;
 pub mod vllm;
 

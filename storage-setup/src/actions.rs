@@ -2,15 +2,26 @@
 //! to change something: [`crate::checks`] does, and setup applies the list only when every
 //! check passed.
 //!
-//! - A directory is created under a temporary name in its parent
-//!   ([`temp_name`]: `.citadel-storage-setup.PID.NAME.tmp`), given its mode and owner, then
-//!   renamed into place: nobody ever sees it with the wrong owner or mode.
+//! Every change to a directory is made on a file descriptor, never by path: the parent is opened
+//! from `/` one component at a time with `O_NOFOLLOW|O_DIRECTORY`
+//! ([`citadel_common::safefs::DirFd`]), the directory relative to it the same way, and the
+//! owner and mode are set with `fchown`/`fchmod` on that descriptor. The service account owns
+//! `runtime_dir` and can swap anything inside it for a symlink at any moment; whatever it swaps
+//! in after the check, no symlink is ever followed and no root file is ever changed.
+//!
+//! - A directory is created under an unpredictable temporary name in its parent
+//!   ([`temp_name`]: `.citadel-storage-setup.RANDOM.NAME.tmp`), opened, checked to be the
+//!   directory just made (owned by this process), given its owner and mode on the descriptor,
+//!   then renamed into place with `RENAME_NOREPLACE` (never replacing what appeared there) and
+//!   re-verified: the name must now be that same directory.
 //! - The models link is created with one `symlink(2)`, which is atomic and never replaces
 //!   anything.
-//! - Ownership and mode of an existing directory are fixed with `lchown` + `chmod`.
+//! - Ownership and mode of an existing directory are fixed with `fchown` + `fchmod` on a
+//!   descriptor opened without following symlinks, then re-read from it.
 
+use citadel_common::safefs::{self, DirFd};
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Start of every temporary name storage-setup uses; `--cleanup` removes leftovers.
@@ -18,9 +29,10 @@ pub const TEMP_PREFIX: &str = ".citadel-storage-setup.";
 /// End of every temporary name storage-setup uses.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
-/// `.citadel-storage-setup.PID.WHAT.tmp`.
+/// `.citadel-storage-setup.RANDOM.WHAT.tmp`, RANDOM being 16 random hex digits: the service
+/// account cannot plant anything at a name it cannot guess.
 pub fn temp_name(what: &str) -> String {
-    format!("{TEMP_PREFIX}{}.{what}{TEMP_SUFFIX}", std::process::id())
+    safefs::unpredictable_name(TEMP_PREFIX, &format!(".{what}{TEMP_SUFFIX}"))
 }
 
 /// Is `name` one of storage-setup's temporary names?
@@ -91,17 +103,7 @@ impl Action {
     pub fn apply(&self) -> Result<(), String> {
         match self {
             Action::CreateDir { path, owner, mode } => create_dir(path, owner, *mode),
-            Action::FixDir { path, chown, chmod } => {
-                if let Some(o) = chown {
-                    std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid))
-                        .map_err(|e| format!("chown {o} {}: {e}", path.display()))?;
-                }
-                if let Some(m) = chmod {
-                    fs::set_permissions(path, fs::Permissions::from_mode(*m))
-                        .map_err(|e| format!("chmod {m:04o} {}: {e}", path.display()))?;
-                }
-                Ok(())
-            }
+            Action::FixDir { path, chown, chmod } => fix_dir(path, chown.as_ref(), *chmod),
             Action::CreateLink { link, target } => {
                 std::os::unix::fs::symlink(target, link).map_err(|e| {
                     format!(
@@ -117,43 +119,121 @@ impl Action {
     }
 }
 
+/// The parent directory (opened without following symlinks) and the last component.
+fn split(path: &Path) -> Result<(DirFd, &OsStr), String> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => Ok((DirFd::open(p).map_err(|e| e.to_string())?, n)),
+        _ => Err(format!(
+            "{}: cannot create or change a directory here",
+            path.display()
+        )),
+    }
+}
+
+fn fix_dir(path: &Path, chown: Option<&Owner>, chmod: Option<u32>) -> Result<(), String> {
+    let (parent, name) = split(path)?;
+    let dir = parent.child(name).map_err(|e| e.to_string())?;
+    if let Some(o) = chown {
+        dir.chown(o.uid, o.gid)
+            .map_err(|e| format!("chown {o} {}: {e}", path.display()))?;
+    }
+    if let Some(m) = chmod {
+        dir.chmod(m)
+            .map_err(|e| format!("chmod {m:04o} {}: {e}", path.display()))?;
+    }
+    verify(&dir, chown, chmod)
+}
+
+/// Re-read owner and mode from the descriptor.
+fn verify(dir: &DirFd, owner: Option<&Owner>, mode: Option<u32>) -> Result<(), String> {
+    let st = dir
+        .stat()
+        .map_err(|e| format!("{}: {e}", dir.path().display()))?;
+    if let Some(o) = owner {
+        if (st.st_uid, st.st_gid) != (o.uid, o.gid) {
+            return Err(format!(
+                "{}: owner is {}:{} after chown {o}",
+                dir.path().display(),
+                st.st_uid,
+                st.st_gid
+            ));
+        }
+    }
+    if let Some(m) = mode {
+        if st.st_mode & 0o7777 != m {
+            return Err(format!(
+                "{}: mode is {:04o} after chmod {m:04o}",
+                dir.path().display(),
+                st.st_mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn create_dir(path: &Path, owner: &Owner, mode: u32) -> Result<(), String> {
-    let (parent, name) = match (path.parent(), path.file_name()) {
-        (Some(p), Some(n)) => (p, n.to_string_lossy()),
-        _ => {
-            return Err(format!(
-                "{}: cannot create a directory here",
-                path.display()
-            ))
-        }
-    };
-    let tmp = parent.join(temp_name(&name));
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&tmp)
-        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let (parent, name) = split(path)?;
+    if parent.stat_at(name).is_ok() {
+        return Err(format!(
+            "{} appeared while storage-setup was creating it",
+            path.display()
+        ));
+    }
+    let tmp_name = temp_name(&name.to_string_lossy());
+    let tmp = OsStr::new(&tmp_name);
+    let tmp_path = parent.path().join(tmp);
+    parent
+        .mkdir(tmp, 0o700)
+        .map_err(|e| format!("cannot create {}: {e}", tmp_path.display()))?;
     let result = (|| {
-        // Root can give it to anyone; others can still set a group they belong to.
-        let meta = fs::symlink_metadata(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        if meta.uid() != owner.uid || meta.gid() != owner.gid {
-            std::os::unix::fs::lchown(&tmp, Some(owner.uid), Some(owner.gid))
-                .map_err(|e| format!("chown {owner} {}: {e}", tmp.display()))?;
-        }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {mode:04o} {}: {e}", tmp.display()))?;
-        if fs::symlink_metadata(path).is_ok() {
+        let dir = parent.child(tmp).map_err(|e| e.to_string())?;
+        let st = dir
+            .stat()
+            .map_err(|e| format!("{}: {e}", tmp_path.display()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if st.st_uid != me {
             return Err(format!(
-                "{} appeared while storage-setup was creating it",
+                "{} was replaced while storage-setup was creating it (owner {})",
+                tmp_path.display(),
+                st.st_uid
+            ));
+        }
+        // Root can give it to anyone; others can still set a group they belong to.
+        if st.st_uid != owner.uid || st.st_gid != owner.gid {
+            dir.chown(owner.uid, owner.gid)
+                .map_err(|e| format!("chown {owner} {}: {e}", tmp_path.display()))?;
+        }
+        dir.chmod(mode)
+            .map_err(|e| format!("chmod {mode:04o} {}: {e}", tmp_path.display()))?;
+        verify(&dir, Some(owner), Some(mode))?;
+        parent.rename_noreplace(tmp, name).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "{} appeared while storage-setup was creating it",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "cannot rename {} to {}: {e}",
+                    tmp_path.display(),
+                    path.display()
+                )
+            }
+        })?;
+        parent.sync();
+        // Re-verify: the name is now the directory that was made and fixed.
+        let placed = parent.stat_at(name).map_err(|e| e.to_string())?;
+        if !dir.is(&placed).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{} was replaced right after storage-setup created it",
                 path.display()
             ));
         }
-        fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+        Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_dir(&tmp);
-    } else {
-        sync_parent(path);
+        // Only our own empty directory, found without following anything.
+        let _ = parent.remove(tmp, true);
     }
     result
 }
@@ -167,6 +247,7 @@ fn sync_parent(path: &Path) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     /// The current user as an owner (tests run as anyone).
     pub(crate) fn me() -> Owner {

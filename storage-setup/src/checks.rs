@@ -223,7 +223,30 @@ pub fn mount(
         );
     }
     let entry = match table.placement(&real) {
-        Some(Placement::MountPoint(e)) => e,
+        Some(Placement::MountPoint(e)) => match table.root_filesystem() {
+            // A bind mount of `/` (or of a directory of the root filesystem) is a mount point in
+            // the table, but what it fills is the root filesystem.
+            Some(r) if r.dev == e.dev && r.id != e.id => {
+                let what_of = if e.root == r.root {
+                    "a bind mount of / itself".to_string()
+                } else {
+                    format!(
+                        "a bind mount of {} of the root filesystem",
+                        e.root.display()
+                    )
+                };
+                return problem(
+                    Exit::Unavailable,
+                    format!(
+                        "{} is {what_of} (device {}, {}, the same device as the root filesystem mounted at /): refusing to let {what} fill the root filesystem",
+                        path.display(),
+                        e.dev,
+                        e.describe(),
+                    ),
+                );
+            }
+            _ => e,
+        },
         Some(Placement::Inside(e)) => {
             let on = if e.mount_point == Path::new("/") {
                 "the root filesystem".to_string()
@@ -464,6 +487,12 @@ pub fn directory(
     let Some(owner) = owner else {
         return Entry::warn(name, dir, "not checked: the service account is missing").into();
     };
+    // Setup reaches the directory from `/` without following symlinks: say so now.
+    if let Some(Err(e)) = dir.parent().map(citadel_common::safefs::DirFd::open) {
+        if e.kind() != ErrorKind::NotFound {
+            return fail(format!("{} ({key}): {e}", dir.display()));
+        }
+    }
     let meta = match fs::symlink_metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => {

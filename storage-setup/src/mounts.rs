@@ -95,6 +95,14 @@ impl MountTable {
         })
     }
 
+    /// The root filesystem: the last entry mounted at `/`.
+    pub fn root_filesystem(&self) -> Option<&MountEntry> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.mount_point == Path::new("/"))
+    }
+
     /// The filesystem `path` is on. `path` should be absolute and canonical (no symlinks, no
     /// `..`): the table holds canonical mount points. The longest mount point that is a prefix
     /// of `path` wins; among equal ones the last (the one mounted on top).

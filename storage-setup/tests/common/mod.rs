@@ -64,6 +64,8 @@ pub struct Sandbox {
     pub mounted: Vec<&'static str>,
     /// Use the fixture (true) or the real /proc/self/mountinfo (false).
     pub use_fixture: bool,
+    /// More mountinfo lines (`@ROOT@` stands for the sandbox root), appended to the fixture.
+    pub extra_mounts: Vec<String>,
 }
 
 impl Sandbox {
@@ -112,6 +114,7 @@ impl Sandbox {
             ],
             mounted: vec!["mnt/citadel-models", "mnt/citadel-backup"],
             use_fixture: true,
+            extra_mounts: vec![],
         }
     }
 
@@ -168,6 +171,8 @@ dir_mode = "{}"
                         .iter()
                         .any(|m| l.contains(&format!("@ROOT@/{m} ")))
             })
+            .map(str::to_string)
+            .chain(self.extra_mounts.iter().cloned())
             .map(|l| l.replace("@ROOT@", &root) + "\n")
             .collect()
     }
