@@ -154,7 +154,10 @@ pub struct Engine {
     pub api_key_file: Option<PathBuf>,
     /// Extra environment for the engine.
     pub env: BTreeMap<String, String>,
-    /// SIGTERM to SIGKILL grace when stopping.
+    /// How long a stop lets in-flight requests finish (`vllm serve --shutdown-timeout`);
+    /// 0 = abort them at once. At most [`MAX_DRAIN_SECS`].
+    pub drain_secs: u32,
+    /// SIGTERM to SIGKILL grace when stopping (after the drain).
     pub stop_grace_secs: u64,
     /// How long to wait for a busy port to come free.
     pub port_wait_secs: u64,
@@ -418,6 +421,10 @@ fn is_loopback(host: &str) -> bool {
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
 }
+
+/// The longest `engine.drain_secs` accepted: a stop (and every restart) waits up to this long
+/// for in-flight requests, and an operator must not wait more than ten minutes for one.
+pub const MAX_DRAIN_SECS: u32 = 600;
 
 /// Environment variables start-model sets itself; the config may not override them.
 pub const MANAGED_ENV: &[&str] = &[
@@ -753,6 +760,9 @@ impl Reader {
             host,
             api_key_file,
             env,
+            drain_secs: self
+                .int(&mut t, "drain_secs", 0, i64::from(MAX_DRAIN_SECS))
+                .map_or(30, |i| i as u32),
             stop_grace_secs: self.u64_or(&mut t, "stop_grace_secs", 1, 60),
             port_wait_secs: self.u64_or(&mut t, "port_wait_secs", 0, 30),
             gpu_release_wait_secs: self.u64_or(&mut t, "gpu_release_wait_secs", 0, 60),
@@ -1236,6 +1246,24 @@ extra_args = ["--enforce-eager", "--dtype", "bfloat16"]
         assert_eq!(e.issues.len(), 3, "{text}");
         for l in e.lines() {
             assert!(l.starts_with("/etc/citadel/citadel.toml"), "{l}");
+        }
+    }
+
+    #[test]
+    fn drain_secs_defaults_to_30_and_stays_within_0_and_600() {
+        assert_eq!(parse(GOOD).unwrap().engine.drain_secs, 30);
+        let with = |v: &str| GOOD.replace("[engine]\n", &format!("[engine]\ndrain_secs = {v}\n"));
+        assert_eq!(parse(&with("0")).unwrap().engine.drain_secs, 0);
+        assert_eq!(parse(&with("600")).unwrap().engine.drain_secs, 600);
+        for bad in ["601", "-1", "\"30\"", "1.5"] {
+            let e = parse(&with(bad)).unwrap_err();
+            assert_eq!(e.issues.len(), 1, "{e}");
+            assert_eq!(e.issues[0].key, "engine.drain_secs", "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("engine.drain_secs = {bad}")),
+                "{e}"
+            );
         }
     }
 

@@ -17,6 +17,7 @@
 //!   capped reads of regular files, for helpers that treat every path as hostile;
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
+//! - [`launch`]: the argv and environment of one model server (start-model, exports);
 //! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
 
 pub mod access;
@@ -27,6 +28,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod gpu;
 pub mod health;
+pub mod launch;
 pub mod logging;
 pub mod modelfiles;
 pub mod notify;

@@ -51,6 +51,7 @@ pub const MANAGED_FLAGS: &[&str] = &[
     "--api-key",
     "--device-ids",
     "--uds",
+    "--shutdown-timeout",
 ];
 
 /// Flags vLLM removed, with what to do instead (they would make vLLM exit 2 at start).
@@ -87,7 +88,7 @@ pub fn check_extra_args(args: &[String]) -> Vec<String> {
         let Some(name) = option_name(a) else { continue };
         if MANAGED_FLAGS.contains(&name.as_str()) {
             out.push(format!(
-                "{a:?} repeats a flag start-model sets from the model's own keys (port, gpus, tensor_parallel_size, gpu_memory_utilization, max_model_len, served_model_name, engine.api_key_file)"
+                "{a:?} repeats a flag start-model sets from the model's own keys (port, gpus, tensor_parallel_size, gpu_memory_utilization, max_model_len, served_model_name, engine.api_key_file, engine.drain_secs)"
             ));
         } else if let Some((_, why)) = REMOVED_FLAGS.iter().find(|(f, _)| *f == name) {
             out.push(format!("{a:?} is not accepted by vLLM 0.33 ({why})"));
@@ -142,13 +143,24 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert!(check_extra_args(&ok).is_empty());
-        let bad: Vec<String> = ["--swap-space", "4", "--port", "1", "--bogus"]
-            .map(String::from)
-            .to_vec();
+        let bad: Vec<String> = [
+            "--swap-space",
+            "4",
+            "--port",
+            "1",
+            "--bogus",
+            "--shutdown-timeout=5",
+        ]
+        .map(String::from)
+        .to_vec();
         let p = check_extra_args(&bad);
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].contains("--swap-space"));
         assert!(p[1].contains("repeats"));
         assert!(p[2].contains("--bogus"));
+        assert!(
+            p[3].contains("--shutdown-timeout=5") && p[3].contains("engine.drain_secs"),
+            "{p:?}"
+        );
     }
 }

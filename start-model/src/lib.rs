@@ -33,24 +33,9 @@
 //!    group remains (start-model is the subreaper of the engine's orphans). Every other way out
 //!    also kills the group.
 //!
-//! # The engine's environment
-//! Empty, then exactly (see [`spec::env`]):
-//!
-//! | variable | value | why |
-//! |---|---|---|
-//! | `PATH` | the engine program's directory, then `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` | venv helpers (ninja) first; never the caller's PATH |
-//! | `HOME` | `paths.cache_dir` | a writable home for the service account (caches under `~`) |
-//! | `LANG` | `C.UTF-8` | UTF-8 I/O whatever the box's locale |
-//! | `CUDA_DEVICE_ORDER` | `PCI_BUS_ID` | GPU N means the same card to CUDA as to NVML/nvidia-smi |
-//! | `CUDA_VISIBLE_DEVICES` | the model's `gpus`, e.g. `0,1` | |
-//! | `VLLM_NO_USAGE_STATS`, `DO_NOT_TRACK` | `1` | no usage reports to stats.vllm.ai |
-//! | `VLLM_CACHE_ROOT` | `paths.cache_dir/vllm` | torch.compile cache survives restarts |
-//! | `HF_HOME` | `paths.cache_dir/huggingface` | |
-//! | `engine.env` | as configured (e.g. `HF_HUB_OFFLINE=1`) | may override the rows above except the managed ones the config refuses |
-//! | `VLLM_API_KEY` | the key, when one is configured | not visible in `ps` / `/proc/*/cmdline` |
-//!
-//! `VLLM_RPC_BASE_PATH` is left at vLLM's default `/tmp` (the unit gives the engine a private
-//! `/tmp`); `NOTIFY_SOCKET` and `CREDENTIALS_DIRECTORY` are not passed on.
+//! # The engine's argv and environment
+//! Built by [`citadel_common::launch`] (shared with exports to other orchestrators): empty
+//! environment plus a fixed list, the API key only as `VLLM_API_KEY`.
 //!
 //! # Exit codes
 //! 0 stopped on request (or `--dry-run`); 1 engine exited or failed to load in time; 2 usage;
@@ -66,7 +51,7 @@ use citadel_common::cli::CommonArgs;
 use citadel_common::config::{Config, Model};
 use citadel_common::gpu::GpuSource;
 use citadel_common::probe::{base_url, ProbeError, Prober};
-use citadel_common::{notify, Exit, Failure};
+use citadel_common::{launch, notify, Exit, Failure};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -112,7 +97,7 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
             || creds
                 .as_ref()
                 .is_some_and(|d| d.join(citadel_common::paths::API_KEY_CREDENTIAL).exists());
-        println!("{}", spec::dry_run_json(&cfg, model, has_key));
+        println!("{}", launch::dry_run_json(&cfg, model, has_key));
         return Ok(Exit::Ok);
     }
     let gpus = citadel_common::gpu::open();
@@ -126,7 +111,7 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
 }
 
 fn gpu_list(m: &Model) -> String {
-    spec::visible_devices(&m.gpus)
+    launch::visible_devices(&m.gpus)
 }
 
 /// Everything after the config: preflight, spawn, readiness, supervision, stop.
@@ -178,7 +163,7 @@ pub fn launch(
         &stop,
     )?;
 
-    let spec = spec::build(cfg, model, key.as_deref());
+    let spec = launch::build(cfg, model, key.as_deref());
     log::info!("starting {name}: {}", display_argv(&spec.argv));
     let mut engine = Engine::spawn(&spec)?;
     let grace = Duration::from_secs(cfg.engine.stop_grace_secs);

@@ -5,7 +5,7 @@
 //! orphaned children (an EngineCore whose API server died) are re-parented to us and can be
 //! reaped; after a stop, `kill(-pgid, 0)` must answer ESRCH: no process of the group remains.
 
-use crate::spec::LaunchSpec;
+use citadel_common::launch::LaunchSpec;
 use citadel_common::Failure;
 use nix::errno::Errno;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
