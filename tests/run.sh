@@ -2,7 +2,8 @@
 # The project's one test command (README Quick start, and .ci/run):
 #   bash tests/run.sh
 # On a fresh Debian 12 machine with the Rust toolchain and root, it installs what the tests need
-# (systemd-container and mmdebstrap for the real-systemd container tests, lintian, cargo-deb),
+# (systemd-container and mmdebstrap for the real-systemd container tests, lintian, cargo-deb,
+# zsh and fish for the completion tests),
 # then runs every test of the workspace: unit tests, black-box tests of each binary, the
 # broken-config corpus and the system tests in a real systemd (tests/system).
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 log() { printf '== %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in systemd-container mmdebstrap lintian debootstrap; do
+for p in systemd-container mmdebstrap lintian debootstrap zsh fish; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

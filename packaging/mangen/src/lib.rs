@@ -3,6 +3,8 @@
 //! `cargo run -p citadel-mangen -- OUT_DIR` writes `OUT_DIR/man/NAME.SECTION` for the five
 //! binaries and `OUT_DIR/completions/citadel-service` (bash).
 
+pub mod completion;
+
 use clap::CommandFactory;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,17 +61,22 @@ pub fn man_page(b: &Binary) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Render the bash completion of `citadel-service`.
-pub fn bash_completion() -> Vec<u8> {
-    let mut cmd = citadel_service::Cli::command();
-    let mut out = Vec::new();
-    clap_complete::generate(
-        clap_complete::Shell::Bash,
-        &mut cmd,
-        "citadel-service",
-        &mut out,
-    );
-    out
+/// What the completion scripts are generated from.
+pub fn completion_spec() -> completion::Spec {
+    completion::Spec::from_command(
+        citadel_service::Cli::command(),
+        &citadel_service::services::FIXED_NAMES,
+    )
+}
+
+/// The completion scripts: (file name under `completions/`, text) for bash, zsh and fish.
+pub fn completions() -> Vec<(&'static str, String)> {
+    let spec = completion_spec();
+    vec![
+        ("citadel-service", completion::bash(&spec)),
+        ("_citadel-service", completion::zsh(&spec)),
+        ("citadel-service.fish", completion::fish(&spec)),
+    ]
 }
 
 /// Write every man page and the completion under `out`; returns the files written.
@@ -84,10 +91,46 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
         std::fs::write(&p, man_page(&b)?)?;
         written.push(p);
     }
-    let p = comp.join("citadel-service");
-    std::fs::write(&p, bash_completion())?;
-    written.push(p);
+    for (name, text) in completions() {
+        let p = comp.join(name);
+        std::fs::write(&p, text)?;
+        written.push(p);
+    }
     Ok(written)
+}
+
+/// The usage line of `citadel-mangen`.
+pub const USAGE: &str = "usage: citadel-mangen OUT_DIR\n\
+Writes OUT_DIR/man/*.{1,5,8} (one page per binary and per citadel-service subcommand, and\n\
+citadel.toml(5)) and OUT_DIR/completions/ (bash, zsh, fish). OUT_DIR must not start with '-'.";
+
+/// `citadel-mangen ARGS`: `--help`/`-h` print the usage (exit 0); anything but exactly one
+/// argument that does not start with `-` is a usage error (exit 2), so `--help` never becomes a
+/// directory named `--help`.
+pub fn cli_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match args {
+        [a] if a == "--help" || a == "-h" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        [out] if !out.to_string_lossy().starts_with('-') => match generate(Path::new(out)) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("citadel-mangen: {}: {e}", Path::new(out).display());
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,17 +157,23 @@ mod tests {
     }
 
     #[test]
-    fn completion_knows_the_subcommands() {
-        let text = String::from_utf8(bash_completion()).unwrap();
-        assert!(text.contains("complete -F"), "{text}");
-        assert!(text.contains("check"), "{text}");
+    fn completion_knows_the_subcommands_and_the_service_names() {
+        let spec = completion_spec();
+        let names: Vec<&str> = spec.subs.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            names.contains(&"status") && names.contains(&"help"),
+            "{names:?}"
+        );
+        let status = spec.subs.iter().find(|s| s.name == "status").unwrap();
+        assert_eq!(status.positional, Some(completion::Values::Services));
+        assert_eq!(spec.fixed_services[0], "all");
     }
 
     #[test]
     fn generate_writes_one_page_per_binary_and_the_completion() {
         let d = tempfile::tempdir().unwrap();
         let files = generate(d.path()).unwrap();
-        assert_eq!(files.len(), binaries().len() + 1);
+        assert_eq!(files.len(), binaries().len() + completions().len());
         for f in files {
             assert!(
                 std::fs::metadata(&f).unwrap().len() > 100,
