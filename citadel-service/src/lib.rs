@@ -18,6 +18,7 @@
 pub mod check;
 pub mod control;
 pub mod deploy;
+pub mod export;
 pub mod gpu;
 pub mod health;
 pub mod logs;
@@ -143,6 +144,31 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
+    /// Render the config for the cluster a box is outgrown into (stdout, or files in --out DIR).
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
+}
+
+/// What `export` renders.
+#[derive(Debug, Subcommand)]
+pub enum ExportTarget {
+    /// Kubernetes manifests: per enabled model a Deployment, a Service and a PodDisruptionBudget.
+    Kubernetes {
+        /// Put every object in this namespace (default: none, so kubectl's current one).
+        #[arg(long, value_name = "NS", value_parser = export::parse_namespace)]
+        namespace: Option<String>,
+        /// Write one file per model (DIR/citadel-NAME.yaml) instead of stdout.
+        #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// A values file for vLLM production-stack's Helm chart (servingEngineSpec, routerSpec).
+    ProductionStack {
+        /// Write DIR/values.yaml instead of stdout.
+        #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// Seconds between polls of systemd while waiting.
@@ -248,6 +274,14 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             let probe = |m: &[(String, u16)]| probes::probe_all(&cfg.engine.host, m, timeout);
             deploy::run(host, cfg, &opts, &probe, &mut out)
         }
+        Command::Export { target } => match target {
+            ExportTarget::Kubernetes { namespace, out } => {
+                export::run_kubernetes(cfg, namespace.as_deref(), out.as_deref())
+            }
+            ExportTarget::ProductionStack { out } => {
+                export::run_production_stack(cfg, out.as_deref())
+            }
+        },
     }
 }
 
