@@ -173,11 +173,18 @@ pub fn notes(cfg: &Config) -> Vec<String> {
     ));
     n.push(String::new());
     n.push("What Citadel cannot express here:".into());
-    let longest = cfg
-        .enabled_models()
-        .max_by_key(|m| m.load_timeout_secs)
-        .map(|m| format!("{} ({} s)", m.name, m.load_timeout_secs))
-        .unwrap_or_else(|| "none".into());
+    let max = cfg.enabled_models().map(|m| m.load_timeout_secs).max();
+    let longest = match max {
+        Some(max) => {
+            let names: Vec<&str> = cfg
+                .enabled_models()
+                .filter(|m| m.load_timeout_secs == max)
+                .map(|m| m.name.as_str())
+                .collect();
+            format!("{} ({max} s)", names.join(", "))
+        }
+        None => "none".into(),
+    };
     n.extend([
         format!(
             "- models.*.port: every engine listens on servingEngineSpec.containerPort ({CONTAINER_PORT}) behind its \

@@ -134,20 +134,40 @@ impl Spec {
         let globals: Vec<Option<String>> = global.iter().map(|o| o.long.clone()).collect();
         let subs = cmd
             .get_subcommands()
-            .map(|s| Sub {
-                name: s.get_name().to_string(),
-                about: first_line(s.get_about()),
-                opts: s
+            .map(|s| {
+                // A command with its own subcommands (`export kubernetes|production-stack`):
+                // its first word completes to their names, and its options are theirs.
+                let nested: Vec<&Command> = s
+                    .get_subcommands()
+                    .filter(|n| n.get_name() != "help" && !n.is_hide_set())
+                    .collect();
+                let mut opts: Vec<Opt> = s
                     .get_arguments()
+                    .chain(nested.iter().flat_map(|n| n.get_arguments()))
                     .filter_map(opt_of)
                     .filter(|o| !globals.contains(&o.long) || o.long.is_none())
-                    .collect(),
-                // clap's own `help` subcommand takes subcommand names.
-                positional: if s.get_name() == "help" {
-                    Some(Values::Subcommands)
-                } else {
-                    s.get_positionals().next().map(values_of)
-                },
+                    .collect();
+                let mut seen = vec![];
+                opts.retain(|o| {
+                    let new = !seen.contains(&o.long);
+                    seen.push(o.long.clone());
+                    new || o.long.is_none()
+                });
+                Sub {
+                    name: s.get_name().to_string(),
+                    about: first_line(s.get_about()),
+                    opts,
+                    // clap's own `help` subcommand takes subcommand names.
+                    positional: if s.get_name() == "help" {
+                        Some(Values::Subcommands)
+                    } else if !nested.is_empty() {
+                        Some(Values::List(
+                            nested.iter().map(|n| n.get_name().to_string()).collect(),
+                        ))
+                    } else {
+                        s.get_positionals().next().map(values_of)
+                    },
+                }
             })
             .collect();
         Spec {

@@ -157,6 +157,16 @@ mod tests {
     }
 
     #[test]
+    fn the_citadel_service_page_lists_export() {
+        let page = String::from_utf8(man_page(&binaries()[0]).unwrap()).unwrap();
+        assert!(
+            page.contains("citadel\\-service\\-export") || page.contains("export"),
+            "{page}"
+        );
+        assert!(page.contains("Render the config for the cluster"), "{page}");
+    }
+
+    #[test]
     fn completion_knows_the_subcommands_and_the_service_names() {
         let spec = completion_spec();
         let names: Vec<&str> = spec.subs.iter().map(|s| s.name.as_str()).collect();

@@ -182,6 +182,18 @@ fn bash_completes_subcommands_and_each_commands_options() {
         bash_complete(&f, &f.config, "citadel-service help he"),
         ["health", "help"]
     );
+    assert_eq!(
+        bash_complete(&f, &f.config, "citadel-service export "),
+        ["kubernetes", "production-stack"]
+    );
+    assert_eq!(
+        bash_complete(&f, &f.config, "citadel-service export kubernetes --n"),
+        ["--namespace"]
+    );
+    assert!(
+        bash_complete(&f, &f.config, "citadel-service export production-stack --")
+            .contains(&"--out".to_string())
+    );
 }
 
 fn fish_complete(f: &Fixture, config: &Path, line: &str) -> Vec<String> {
