@@ -401,3 +401,34 @@ fn every_config_renders_three_objects_per_enabled_model() {
         );
     }
 }
+
+#[test]
+fn no_enabled_model_renders_only_the_header_and_clears_an_old_export() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m");
+    ok(&export(
+        &valid("three-models.toml"),
+        &["kubernetes", "--out", out.to_str().unwrap()],
+    ));
+    let cfg = d.path().join("citadel.toml");
+    let text = std::fs::read_to_string(valid("three-models.toml"))
+        .unwrap()
+        .replace(
+            "tensor_parallel_size = ",
+            "enabled = false\ntensor_parallel_size = ",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let stdout = ok(&export(&cfg, &["kubernetes"]));
+    assert!(docs(&stdout).is_empty(), "{stdout}");
+    assert!(stdout.contains("no model is enabled"), "{stdout}");
+    ok(&export(
+        &cfg,
+        &["kubernetes", "--out", out.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    let values = &docs(&ok(&export(&cfg, &["production-stack"])))[0];
+    assert_eq!(
+        values["servingEngineSpec"]["modelSpec"],
+        serde_json::json!([])
+    );
+}

@@ -113,6 +113,9 @@ pub fn limits(cfg: &Config) -> Vec<String> {
             disabled.join(", ")
         ));
     }
+    if cfg.enabled_models().next().is_none() {
+        n.push("- no model is enabled: nothing to render".into());
+    }
     n
 }
 
