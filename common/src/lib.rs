@@ -18,16 +18,24 @@
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
 //! - [`launch`]: the argv and environment of one model server (start-model, exports);
-//! - [`vllm`]: the flags `vllm serve` 0.33 accepts.
+//! - [`vllm`]: the flags `vllm serve` 0.33 accepts;
+//! - [`classify`] and [`incident`]: why a model went down (the engine's output classified, one
+//!   actionable line) and the bounded incident store in `state_dir/incidents`;
+//! - [`gpufault`]: GPU faults at run time (Xid lines, NVML health) and what they call for;
+//! - [`alert`]: webhook payloads (plain JSON or Alertmanager's `/api/v2/alerts`).
 
 pub mod access;
+pub mod alert;
 pub mod apikey;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod fsutil;
 pub mod gpu;
+pub mod gpufault;
 pub mod health;
+pub mod incident;
 pub mod launch;
 pub mod logging;
 pub mod modelfiles;

@@ -13,7 +13,7 @@ use nix::sys::stat::{self, FileStat, Mode, SFlag};
 use nix::unistd::{self, Gid, Uid, UnlinkatFlags};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -207,6 +207,92 @@ impl DirFd {
     /// `fsync` the directory (after creating or renaming in it).
     pub fn sync(&self) {
         let _ = nix::unistd::fsync(self.fd.as_raw_fd());
+    }
+
+    /// Read the entry `name` when it is a regular file of at most `cap` bytes: opened with
+    /// `O_NOFOLLOW | O_NONBLOCK` relative to this directory and checked with `fstat` first.
+    pub fn read_file(&self, name: &OsStr, cap: u64) -> io::Result<Vec<u8>> {
+        check_name(name)?;
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let fd =
+            fcntl::openat(Some(self.fd.as_raw_fd()), name, flags, Mode::empty()).map_err(io_err)?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let st = stat::fstat(f.as_raw_fd()).map_err(io_err)?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("is {}, not a regular file", kind_of(st.st_mode)),
+            ));
+        }
+        let mut buf = vec![];
+        f.take(cap + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > cap {
+            return Err(too_big(buf.len() as u64, cap));
+        }
+        Ok(buf)
+    }
+
+    /// Replace the entry `name` with `contents` atomically: a new temp file with an
+    /// unpredictable name (`O_CREAT | O_EXCL | O_NOFOLLOW`), written and fsynced, renamed over
+    /// `name` (a symlink there is replaced, never followed), then the directory fsynced.
+    pub fn write_replace(&self, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
+        check_name(name)?;
+        let tmp = unpredictable_name(".tmp.", "");
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dfd = Some(self.fd.as_raw_fd());
+        let fd = fcntl::openat(dfd, tmp.as_str(), flags, Mode::from_bits_truncate(mode))
+            .map_err(io_err)?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        let r = f
+            .write_all(contents)
+            .and_then(|_| {
+                stat::fchmod(f.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(io_err)
+            })
+            .and_then(|_| f.sync_all())
+            .and_then(|_| fcntl::renameat(dfd, tmp.as_str(), dfd, name).map_err(io_err));
+        if r.is_err() {
+            let _ = unistd::unlinkat(dfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        } else {
+            self.sync();
+        }
+        r
+    }
+
+    /// Take an exclusive `flock` on the regular file `name` in this directory (created when
+    /// missing, never through a symlink); released when the returned value is dropped.
+    pub fn lock(&self, name: &OsStr) -> io::Result<fcntl::Flock<File>> {
+        check_name(name)?;
+        let flags = OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC;
+        let fd = fcntl::openat(
+            Some(self.fd.as_raw_fd()),
+            name,
+            flags,
+            Mode::from_bits_truncate(0o660),
+        )
+        .map_err(io_err)?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let st = stat::fstat(f.as_raw_fd()).map_err(io_err)?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(io::Error::other(format!(
+                "{}/{} is {}, not a regular file",
+                self.path.display(),
+                name.to_string_lossy(),
+                kind_of(st.st_mode)
+            )));
+        }
+        fcntl::Flock::lock(f, fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err(e))
     }
 }
 

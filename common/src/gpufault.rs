@@ -1,0 +1,549 @@
+//! GPU faults at run time: NVIDIA Xid lines from the kernel log, and NVML health readings,
+//! turned into what to do: quarantine the GPU (stop its models, keep them down), restart only
+//! the affected model, or note it.
+//!
+//! The kernel log is read through the journal (`journalctl _TRANSPORT=kernel`, which works
+//! under the monitor's sandboxing), resuming after the last cursor. The test hook
+//! `CITADEL_KERNEL_LOG=FILE` replaces the journal with a file of kernel lines (read from the
+//! offset reached so far); NVML health comes from `citadel_common::gpu` (NVML, or the readings
+//! file named by `CITADEL_FAKE_GPU`).
+//!
+//! The Xid table follows NVIDIA's Xid catalogue, "Resolution Bucket (Immediate Action)"
+//! column (<https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html>, Ampere and
+//! newer; H100 rows): `RESET_GPU` / `RESTART_BM` (reboot) -> [`Action::Quarantine`],
+//! `RESTART_APP` -> [`Action::RestartModel`], everything else -> [`Action::Note`]. Xid 154
+//! ("GPU recovery action changed") carries the action in its text: "GPU Reset Required",
+//! "Node Reboot Required" and "Drain and Reset" quarantine.
+
+use crate::gpu::GpuInfo;
+use serde::{Deserialize, Serialize};
+
+/// The kernel-log test hook.
+pub const KERNEL_LOG_ENV: &str = "CITADEL_KERNEL_LOG";
+
+/// What a fault calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Logged, nothing done.
+    Note,
+    /// Restart the models on that GPU (the fault was contained to an application).
+    RestartModel,
+    /// Stop that GPU's models and keep them down until `citadel-service gpu clear N`.
+    Quarantine,
+}
+
+/// One Xid of the table: number, catalogue mnemonic or description, action.
+pub struct XidRule {
+    pub xid: u32,
+    pub what: &'static str,
+    pub action: Action,
+}
+
+/// NVIDIA Xid catalogue (see the module docs), the Xids a serving box meets.
+pub const XID_TABLE: &[XidRule] = &[
+    XidRule {
+        xid: 13,
+        what: "graphics engine exception",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 31,
+        what: "GPU memory page fault (MMU fault)",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 43,
+        what: "GPU stopped processing (reset channel)",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 45,
+        what: "preemptive cleanup, due to previous errors",
+        action: Action::Note,
+    },
+    XidRule {
+        xid: 48,
+        what: "double-bit ECC error (DBE)",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 61,
+        what: "internal micro-controller breakpoint/warning",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 62,
+        what: "internal micro-controller halt",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 63,
+        what: "ECC page retirement or row remapping recorded (reset to activate)",
+        action: Action::Note,
+    },
+    XidRule {
+        xid: 64,
+        what: "ECC page retirement or row remapping failure",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 68,
+        what: "video processor exception",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 69,
+        what: "graphics engine class error",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 74,
+        what: "NVLink error",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 79,
+        what: "GPU has fallen off the bus",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 92,
+        what: "high single-bit ECC error rate",
+        action: Action::Note,
+    },
+    XidRule {
+        xid: 94,
+        what: "contained ECC error",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 95,
+        what: "uncontained ECC error",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 109,
+        what: "context switch timeout",
+        action: Action::RestartModel,
+    },
+    XidRule {
+        xid: 119,
+        what: "GSP RPC timeout",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 120,
+        what: "GSP error",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 121,
+        what: "C2C link error",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 140,
+        what: "unrecovered ECC error",
+        action: Action::Quarantine,
+    },
+    XidRule {
+        xid: 154,
+        what: "GPU recovery action changed",
+        action: Action::Note,
+    },
+];
+
+/// An Xid line: `NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xid {
+    /// The PCI address as the driver prints it (`0000:3b:00`).
+    pub pci: String,
+    pub xid: u32,
+    /// The rest of the line.
+    pub text: String,
+}
+
+/// Parse one kernel line; `None` when it is not an Xid line.
+pub fn parse_xid(line: &str) -> Option<Xid> {
+    let at = line.find("NVRM: Xid (")?;
+    let rest = &line[at + "NVRM: Xid (".len()..];
+    let close = rest.find("):")?;
+    let pci = rest[..close].trim().trim_start_matches("PCI:").to_string();
+    let after = rest[close + 2..].trim_start();
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let xid = digits.parse().ok()?;
+    let text = after[digits.len()..]
+        .trim_start_matches(',')
+        .trim()
+        .to_string();
+    Some(Xid { pci, xid, text })
+}
+
+/// What an Xid calls for, and a few words on it.
+pub fn xid_action(x: &Xid) -> (Action, String) {
+    if x.xid == 154 {
+        // "GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)": the new
+        // action is after the last " to ".
+        let t = x.text.to_ascii_lowercase();
+        let t = t.rsplit(" to ").next().unwrap_or("");
+        let fatal = [
+            "reset required",
+            "reboot required",
+            "drain and reset",
+            "drain p2p",
+        ];
+        let action = if fatal.iter().any(|f| t.contains(f)) {
+            Action::Quarantine
+        } else {
+            Action::Note
+        };
+        return (
+            action,
+            format!("Xid 154 (GPU recovery action changed): {}", x.text),
+        );
+    }
+    match XID_TABLE.iter().find(|r| r.xid == x.xid) {
+        Some(r) => (r.action, format!("Xid {} ({})", x.xid, r.what)),
+        None => (
+            Action::Note,
+            format!("Xid {} (not in Citadel's table: {})", x.xid, x.text),
+        ),
+    }
+}
+
+/// Normalise a PCI bus id for comparison: NVML says `00000000:3B:00.0`, the driver
+/// `0000:3b:00`: lower-case, domain as 4 digits, function dropped.
+pub fn pci_key(id: &str) -> String {
+    let id = id.trim().to_ascii_lowercase();
+    let id = id.split('.').next().unwrap_or("");
+    let mut parts: Vec<&str> = id.split(':').collect();
+    if parts.len() == 3 {
+        let dom = parts[0].trim_start_matches('0');
+        let dom = format!("{dom:0>4}");
+        parts[0] = "";
+        return format!("{dom}:{}:{}", parts[1], parts[2]);
+    }
+    id.to_string()
+}
+
+/// The GPU index of an Xid, from the GPUs' PCI bus ids.
+pub fn gpu_of(x: &Xid, gpus: &[GpuInfo]) -> Option<u32> {
+    let k = pci_key(&x.pci);
+    gpus.iter()
+        .find(|g| pci_key(&g.pci_bus_id) == k)
+        .map(|g| g.index)
+}
+
+/// One fault found on one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub gpu: u32,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u32>,
+    /// One line: what was seen.
+    pub what: String,
+}
+
+/// NVML health of one GPU, compared with its previous reading: new uncorrected ECC errors and
+/// a pending row remap quarantine; thermal or power-brake throttling is noted.
+pub fn health_faults(prev: Option<&GpuInfo>, now: &GpuInfo) -> Vec<Fault> {
+    let mut v = vec![];
+    let was = prev.and_then(|p| p.ecc_uncorrected_volatile).unwrap_or(0);
+    if let Some(n) = now.ecc_uncorrected_volatile {
+        if n > was {
+            v.push(Fault {
+                gpu: now.index,
+                action: Action::Quarantine,
+                xid: None,
+                what: format!("NVML: {n} uncorrected (double-bit) ECC errors since the driver loaded (was {was})"),
+            });
+        }
+    }
+    if now.remap_pending == Some(true) && prev.and_then(|p| p.remap_pending) != Some(true) {
+        v.push(Fault {
+            gpu: now.index,
+            action: Action::Quarantine,
+            xid: None,
+            what: "NVML: a row remap is pending (the GPU needs a reset to apply it)".into(),
+        });
+    }
+    if now.retired_pages_pending == Some(true)
+        && prev.and_then(|p| p.retired_pages_pending) != Some(true)
+    {
+        v.push(Fault {
+            gpu: now.index,
+            action: Action::Quarantine,
+            xid: None,
+            what: "NVML: a page retirement is pending (the GPU needs a reset to apply it)".into(),
+        });
+    }
+    if let Some(t) = &now.throttle_reasons {
+        let low = t.to_ascii_lowercase();
+        let bad = ["hw_slowdown", "hw_thermal", "hw_power_brake", "sw_thermal"];
+        let was = prev
+            .and_then(|p| p.throttle_reasons.clone())
+            .unwrap_or_default();
+        if bad.iter().any(|b| low.contains(b)) && was != *t {
+            v.push(Fault {
+                gpu: now.index,
+                action: Action::Note,
+                xid: None,
+                what: format!("NVML: throttled ({t})"),
+            });
+        }
+    }
+    v
+}
+
+/// A GPU that was there and no longer answers NVML.
+pub fn lost_gpu(index: u32, why: &str) -> Fault {
+    Fault {
+        gpu: index,
+        action: Action::Quarantine,
+        xid: None,
+        what: format!("NVML: GPU {index} stopped answering ({why})"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel log
+
+/// Reads new kernel lines since the last read.
+pub trait KernelLog {
+    fn new_lines(&mut self) -> Result<Vec<String>, String>;
+}
+
+/// The journal's kernel transport, after a cursor.
+pub struct Journal {
+    cursor: Option<String>,
+    /// Where the cursor is kept between monitor restarts (the runtime dir: a reboot starts
+    /// again from the boot's first line).
+    cursor_file: Option<std::path::PathBuf>,
+}
+
+impl Journal {
+    pub fn new(cursor_file: Option<std::path::PathBuf>) -> Journal {
+        let cursor = cursor_file
+            .as_deref()
+            .and_then(|p| crate::safefs::read_regular_text(p, 4096).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && !s.contains('\n'));
+        Journal {
+            cursor,
+            cursor_file,
+        }
+    }
+}
+
+impl KernelLog for Journal {
+    fn new_lines(&mut self) -> Result<Vec<String>, String> {
+        let mut cmd = std::process::Command::new(crate::paths::JOURNALCTL);
+        cmd.args([
+            "_TRANSPORT=kernel",
+            "--no-pager",
+            "-q",
+            "-o",
+            "cat",
+            "--show-cursor",
+        ]);
+        match &self.cursor {
+            Some(c) => {
+                cmd.arg(format!("--after-cursor={c}"));
+            }
+            None => {
+                cmd.arg("-b");
+            }
+        }
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("{}: {e}", crate::paths::JOURNALCTL))?;
+        if !out.status.success() {
+            return Err(format!(
+                "journalctl _TRANSPORT=kernel: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = vec![];
+        for l in text.lines() {
+            if let Some(c) = l.strip_prefix("-- cursor: ") {
+                self.cursor = Some(c.trim().to_string());
+            } else {
+                lines.push(l.to_string());
+            }
+        }
+        if let (Some(c), Some(p)) = (&self.cursor, &self.cursor_file) {
+            let _ = crate::fsutil::write_atomic(p, c.as_bytes(), 0o600);
+        }
+        Ok(lines)
+    }
+}
+
+/// `CITADEL_KERNEL_LOG=FILE`: kernel lines appended to a file by a test.
+pub struct FileLog {
+    path: std::path::PathBuf,
+    offset: usize,
+}
+
+impl FileLog {
+    pub fn new(path: std::path::PathBuf) -> FileLog {
+        FileLog { path, offset: 0 }
+    }
+}
+
+impl KernelLog for FileLog {
+    fn new_lines(&mut self) -> Result<Vec<String>, String> {
+        let text = match crate::safefs::read_regular_text(&self.path, 4 << 20) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(format!("{KERNEL_LOG_ENV}={}: {e}", self.path.display())),
+        };
+        if text.len() < self.offset {
+            self.offset = 0;
+        }
+        // Only whole lines.
+        let new = &text[self.offset..];
+        let upto = new.rfind('\n').map_or(0, |i| i + 1);
+        self.offset += upto;
+        Ok(new[..upto].lines().map(String::from).collect())
+    }
+}
+
+/// The kernel log to read: the test hook when set, else the journal.
+pub fn kernel_log(cursor_file: Option<std::path::PathBuf>) -> Box<dyn KernelLog + Send> {
+    match std::env::var_os(KERNEL_LOG_ENV) {
+        Some(p) if !p.is_empty() => Box::new(FileLog::new(p.into())),
+        _ => Box::new(Journal::new(cursor_file)),
+    }
+}
+
+/// The faults in new kernel lines, mapped to GPU indexes (lines naming no known GPU are
+/// returned with their PCI id in `unknown`).
+pub fn xid_faults(lines: &[String], gpus: &[GpuInfo]) -> (Vec<Fault>, Vec<String>) {
+    let mut faults = vec![];
+    let mut unknown = vec![];
+    for l in lines {
+        let Some(x) = parse_xid(l) else { continue };
+        let (action, what) = xid_action(&x);
+        match gpu_of(&x, gpus) {
+            Some(gpu) => faults.push(Fault {
+                gpu,
+                action,
+                xid: Some(x.xid),
+                what: format!("{what}: {}", crate::incident::escape(l.trim())),
+            }),
+            None => unknown.push(format!(
+                "{what} on PCI {} (no GPU of this box has that address)",
+                x.pci
+            )),
+        }
+    }
+    (faults, unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, pci: &str) -> GpuInfo {
+        let mut g: GpuInfo = serde_json::from_value(serde_json::json!({
+            "index": index, "name": "H200", "uuid": format!("GPU-{index}"), "pci_bus_id": pci,
+            "memory_total_bytes": 1, "memory_used_bytes": 0, "memory_free_bytes": 1,
+            "clocks": {}, "processes": [], "refused": {}
+        }))
+        .unwrap();
+        g.index = index;
+        g
+    }
+
+    #[test]
+    fn xid_lines_parse_as_the_driver_prints_them() {
+        let x = parse_xid("kernel: NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.").unwrap();
+        assert_eq!((x.pci.as_str(), x.xid), ("0000:3b:00", 79));
+        assert!(x.text.starts_with("pid=1234"));
+        assert!(parse_xid("NVRM: loading NVIDIA UNIX x86_64 Kernel Module").is_none());
+    }
+
+    #[test]
+    fn fatal_xids_quarantine_and_contained_ones_restart() {
+        for (xid, a) in [
+            (79, Action::Quarantine),
+            (48, Action::Quarantine),
+            (95, Action::Quarantine),
+            (119, Action::Quarantine),
+            (94, Action::RestartModel),
+            (13, Action::RestartModel),
+            (63, Action::Note),
+            (999, Action::Note),
+        ] {
+            let x = Xid {
+                pci: "0000:01:00".into(),
+                xid,
+                text: String::new(),
+            };
+            assert_eq!(xid_action(&x).0, a, "Xid {xid}");
+        }
+        let reset = Xid {
+            pci: "x".into(),
+            xid: 154,
+            text: "GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)".into(),
+        };
+        assert_eq!(xid_action(&reset).0, Action::Quarantine);
+        let none = Xid {
+            pci: "x".into(),
+            xid: 154,
+            text: "GPU recovery action changed from 0x1 (GPU Reset Required) to 0x0 (None)".into(),
+        };
+        assert_eq!(xid_action(&none).0, Action::Note);
+    }
+
+    #[test]
+    fn the_pci_address_names_the_gpu() {
+        let gpus = [gpu(0, "00000000:1A:00.0"), gpu(1, "00000000:3B:00.0")];
+        let lines = vec![
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.".to_string(),
+            "NVRM: Xid (PCI:0000:99:00): 48, pid=1, DBE".to_string(),
+        ];
+        let (f, unknown) = xid_faults(&lines, &gpus);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].gpu, f[0].xid, f[0].action),
+            (1, Some(79), Action::Quarantine)
+        );
+        assert_eq!(unknown.len(), 1);
+    }
+
+    #[test]
+    fn nvml_health_changes_are_faults() {
+        let mut a = gpu(2, "00000000:1A:00.0");
+        a.ecc_uncorrected_volatile = Some(0);
+        let mut b = a.clone();
+        assert!(health_faults(Some(&a), &b).is_empty());
+        b.ecc_uncorrected_volatile = Some(1);
+        b.remap_pending = Some(true);
+        let f = health_faults(Some(&a), &b);
+        assert_eq!(f.len(), 2);
+        assert!(f
+            .iter()
+            .all(|f| f.action == Action::Quarantine && f.gpu == 2));
+        // Once seen, the same reading is not a new fault.
+        assert!(health_faults(Some(&b), &b).is_empty());
+    }
+
+    #[test]
+    fn the_file_log_returns_only_new_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kmsg");
+        let mut log = FileLog::new(p.clone());
+        assert!(log.new_lines().unwrap().is_empty());
+        std::fs::write(&p, "one\ntwo\npart").unwrap();
+        assert_eq!(log.new_lines().unwrap(), vec!["one", "two"]);
+        std::fs::write(&p, "one\ntwo\npartial\nthree\n").unwrap();
+        assert_eq!(log.new_lines().unwrap(), vec!["partial", "three"]);
+        assert!(log.new_lines().unwrap().is_empty());
+    }
+}
