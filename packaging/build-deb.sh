@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the citadel .deb: release build of the whole workspace, man pages and bash completion
+# Build the citadel .deb: release build of the whole workspace, man pages and shell completions
 # generated from the clap definitions, then cargo-deb (no second build). Prints the .deb path
 # on stdout (last line); everything else goes to stderr.
 #

@@ -34,7 +34,8 @@ pub type ProbeFn<'a> = dyn Fn(&[(String, u16)]) -> Vec<ProbeResult> + 'a;
 pub struct DeployOptions {
     /// Run only this phase.
     pub phase: Option<u8>,
-    pub test_model: String,
+    /// `None`: the first enabled model of the config.
+    pub test_model: Option<String>,
     pub wait: WaitOptions,
 }
 
@@ -58,6 +59,24 @@ pub fn phase_members(phase: u8, cfg: &Config, test_model: &str) -> Vec<Member> {
             });
             v
         }
+    }
+}
+
+/// The test model: the one named, or the first enabled model of the config (the config's models
+/// are sorted by name). No enabled model at all is a config error.
+pub fn test_model(cfg: &Config, named: Option<&str>) -> Result<String, Failure> {
+    match named {
+        Some(n) => Ok(n.to_string()),
+        None => cfg
+            .enabled_models()
+            .next()
+            .map(|m| m.name.clone())
+            .ok_or_else(|| {
+                Failure::config(format!(
+                    "{}: no enabled model to deploy (every [models.NAME] has enabled = false)",
+                    cfg.file.display()
+                ))
+            }),
     }
 }
 
@@ -161,12 +180,24 @@ pub fn run(
         Some(p) => return Err(Failure::usage(format!("--phase {p}: phases are 1 to 4"))),
         None => vec![1, 2, 3, 4],
     };
+    let test_model = if phases.contains(&2) || phases.contains(&3) {
+        test_model(cfg, opts.test_model.as_deref())?
+    } else {
+        opts.test_model.clone().unwrap_or_default()
+    };
     if phases.contains(&2) || phases.contains(&3) {
-        check_test_model(cfg, &opts.test_model)?;
+        check_test_model(cfg, &test_model)?;
+    }
+    if phases.contains(&2) && opts.test_model.is_none() {
+        let _ = writeln!(
+            out,
+            "test model: {test_model} (the first enabled model in {}; --test-model NAME picks another)",
+            cfg.file.display()
+        );
     }
     if let [p] = phases[..] {
         if p > 1 {
-            let before = phase_members(p - 1, cfg, &opts.test_model);
+            let before = phase_members(p - 1, cfg, &test_model);
             let missing = not_active(host, &before)?;
             if !missing.is_empty() {
                 return Err(Failure::other(format!(
@@ -180,7 +211,7 @@ pub fn run(
     }
     for p in phases {
         let name = PHASES[(p - 1) as usize].1;
-        let members = phase_members(p, cfg, &opts.test_model);
+        let members = phase_members(p, cfg, &test_model);
         let units: Vec<String> = members.iter().map(|m| m.unit.clone()).collect();
         let _ = writeln!(out, "=== phase {p}: {name} ({}) ===", units.join(" "));
         let fail = |f: Failure| f.context(format!("deploy phase {p} ({name}) failed"));
@@ -223,7 +254,7 @@ mod tests {
     fn opts(phase: Option<u8>) -> DeployOptions {
         DeployOptions {
             phase,
-            test_model: "phi3".into(),
+            test_model: Some("phi3".into()),
             wait: WaitOptions {
                 timeout: Duration::from_secs(100),
                 poll: Duration::from_secs(1),
@@ -288,6 +319,30 @@ mod tests {
             "start --no-block citadel-models.target citadel-model@coder.service citadel-model@phi3.service",
             "start --no-block citadel-monitor.service citadel-ai.target",
         ]);
+    }
+
+    #[test]
+    fn the_default_test_model_is_the_first_enabled_one_and_deploy_says_so() {
+        let host = all_active();
+        let mut out = vec![];
+        let mut o = opts(None);
+        o.test_model = None;
+        run(&host, &cfg(), &o, &healthy, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("test model: coder (the first enabled model in test.toml; --test-model NAME picks another)\n"),
+            "{text}"
+        );
+        let starts: Vec<String> = host
+            .recorded()
+            .into_iter()
+            .filter(|c| c.starts_with("start"))
+            .collect();
+        assert_eq!(starts[1], "start --no-block citadel-model@coder.service");
+        // Named: no line about the choice.
+        let mut out = vec![];
+        run(&all_active(), &cfg(), &opts(None), &healthy, &mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("test model:"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod check;
 pub mod control;
 pub mod deploy;
+pub mod examples;
 pub mod export;
 pub mod gpu;
 pub mod health;
@@ -42,20 +43,57 @@ use systemd::{Host, RealHost, Verb};
 
 /// Run the Citadel LLM box: start, stop, status, logs, health, check and deploy.
 #[derive(Debug, Parser)]
-#[command(name = "citadel-service", version, about, propagate_version = true)]
+#[command(
+    name = "citadel-service",
+    version,
+    about,
+    propagate_version = true,
+    after_help = examples::MAIN
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// No command: `status`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The command to run: a bare `citadel-service` is `status`.
+    pub fn command_or_status(&self) -> Command {
+        self.command.clone().unwrap_or(Command::Status {
+            service: ServiceArg::default(),
+            json: false,
+            probe: false,
+        })
+    }
 }
 
 /// The service a command acts on.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServiceArg {
-    /// all, storage, gpu, models, monitor, or a model name from the config.
-    #[arg(value_name = "SERVICE", default_value = "all")]
-    pub service: String,
+    /// all, storage, gpu, models, monitor, or a model name from the config. `stop` and
+    /// `restart` need it spelled out (`all` for everything); the others default to `all`.
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+}
+
+impl ServiceArg {
+    /// The name given, or `all`.
+    pub fn or_all(&self) -> &str {
+        self.service.as_deref().unwrap_or("all")
+    }
+
+    /// The name given; none is a usage error naming `all` (stopping or restarting every model
+    /// is a long outage, so it is never a default).
+    pub fn required(&self, verb: &str) -> Result<&str, Failure> {
+        self.service.as_deref().ok_or_else(|| {
+            Failure::usage(format!(
+                "{verb} needs a service name: a model, storage, gpu, models, monitor, or all \
+                 for every Citadel unit (citadel-service {verb} all)"
+            ))
+        })
+    }
 }
 
 /// How `start`/`restart` wait.
@@ -71,17 +109,20 @@ pub struct StartArgs {
     pub timeout: u64,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Validate the config and print the plan: one row per model and one per GPU.
+    #[command(after_help = examples::CHECK)]
     Check {
         /// Print the plan (or the errors) as one JSON document on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Start the service(s) and wait until they are up or have failed (root).
+    #[command(after_help = examples::START)]
     Start(StartArgs),
     /// Stop the service(s) gracefully, wait, and report anything left running (root).
+    #[command(after_help = examples::STOP)]
     Stop {
         #[command(flatten)]
         service: ServiceArg,
@@ -93,8 +134,10 @@ pub enum Command {
         timeout: u64,
     },
     /// Restart the service(s) and wait until they are up or have failed (root).
+    #[command(after_help = examples::RESTART)]
     Restart(StartArgs),
     /// One table: state, PID, uptime, restarts, port, health and GPU memory per unit.
+    #[command(after_help = examples::STATUS)]
     Status {
         #[command(flatten)]
         service: ServiceArg,
@@ -106,6 +149,7 @@ pub enum Command {
         probe: bool,
     },
     /// Show the journal of the service(s).
+    #[command(after_help = examples::LOGS)]
     Logs {
         #[command(flatten)]
         service: ServiceArg,
@@ -120,10 +164,13 @@ pub enum Command {
         since: Option<String>,
     },
     /// Start the target, infrastructure, monitor and enabled models at boot (root).
+    #[command(after_help = examples::ENABLE)]
     Enable,
     /// Do not start any Citadel unit at boot (root).
+    #[command(after_help = examples::DISABLE)]
     Disable,
     /// Probe every enabled model now and check CPU, memory, disk and GPU use.
+    #[command(after_help = examples::HEALTH)]
     Health {
         /// Print the report as JSON on stdout.
         #[arg(long)]
@@ -133,18 +180,20 @@ pub enum Command {
         timeout: Option<u64>,
     },
     /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+target (root).
+    #[command(after_help = examples::DEPLOY)]
     Deploy {
         /// Run only this phase (1-4).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
         phase: Option<u8>,
-        /// The model phase 2 starts and checks.
-        #[arg(long, value_name = "NAME", default_value = "phi3")]
-        test_model: String,
+        /// The model phase 2 starts and checks (default: the first enabled model of the config).
+        #[arg(long, value_name = "NAME")]
+        test_model: Option<String>,
         /// Give up waiting for a phase's units after this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
     /// Render the config for the cluster a box is outgrown into (stdout, or files in --out DIR).
+    #[command(after_help = examples::EXPORT)]
     Export {
         #[command(subcommand)]
         target: ExportTarget,
@@ -152,7 +201,7 @@ pub enum Command {
 }
 
 /// What `export` renders.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ExportTarget {
     /// Kubernetes manifests: per enabled model a Deployment, a Service and a PodDisruptionBudget.
     Kubernetes {
@@ -191,8 +240,13 @@ fn now_unix() -> u64 {
 
 /// Run one command.
 pub fn run(cli: &Cli) -> Result<Exit, Failure> {
-    if let Command::Check { json } = &cli.command {
-        return check::run(&cli.common.config, *json);
+    let command = cli.command_or_status();
+    match &command {
+        Command::Check { json } => return check::run(&cli.common.config, *json),
+        // Usage errors come before the config is read.
+        Command::Stop { service, .. } => drop(service.required("stop")?),
+        Command::Restart(a) => drop(a.service.required("restart")?),
+        _ => {}
     }
     let cfg = cli.common.load_config()?;
     let host = RealHost::default();
@@ -202,14 +256,18 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
 /// Run a command against a loaded config and a host.
 pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failure> {
     let mut out = std::io::stdout();
-    let service = |s: &ServiceArg| Service::parse(&s.service, cfg);
-    match &cli.command {
+    let service = |s: &ServiceArg| Service::parse(s.or_all(), cfg);
+    let command = cli.command_or_status();
+    match &command {
         Command::Check { json } => check::run(&cli.common.config, *json),
         Command::Start(a) | Command::Restart(a) => {
-            let (verb, name) = match &cli.command {
+            let (verb, name) = match &command {
                 Command::Start(_) => (Verb::Start, "start"),
                 _ => (Verb::Restart, "restart"),
             };
+            if verb == Verb::Restart {
+                a.service.required(name)?;
+            }
             let s = service(&a.service)?;
             control::require_root(name)?;
             let opts = wait_options(a.timeout);
@@ -220,7 +278,7 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             no_wait,
             timeout,
         } => {
-            let s = service(sa)?;
+            let s = Service::parse(sa.required("stop")?, cfg)?;
             control::require_root("stop")?;
             let opts = wait_options(*timeout);
             control::stop(host, cfg, &s, (!no_wait).then_some(&opts), &mut out)

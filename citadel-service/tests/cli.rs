@@ -44,28 +44,29 @@ fn cli_is_consistent() {
 #[test]
 fn every_command_and_service_name_parses() {
     for cmd in ["start", "stop", "restart", "status", "logs"] {
-        // The default is all.
+        // start, status and logs default to all; stop and restart refuse to (below).
         let cli = parse(&[cmd]);
-        let name = match &cli.command {
-            Command::Start(a) | Command::Restart(a) => a.service.service.clone(),
+        let arg = match cli.command_or_status() {
+            Command::Start(a) | Command::Restart(a) => a.service,
             Command::Stop { service, .. }
             | Command::Status { service, .. }
-            | Command::Logs { service, .. } => service.service.clone(),
+            | Command::Logs { service, .. } => service,
             c => panic!("{c:?}"),
         };
-        assert_eq!(name, "all");
+        assert_eq!(arg.or_all(), "all");
+        assert_eq!(arg.service, None);
         for s in SERVICES {
             parse(&[cmd, s]);
         }
     }
     parse(&["start", "phi3", "--no-wait", "--timeout", "60"]);
     parse(&["restart", "models", "--timeout", "60"]);
-    parse(&["stop", "--no-wait", "--timeout", "10"]);
+    parse(&["stop", "all", "--no-wait", "--timeout", "10"]);
     parse(&["status", "--json", "--probe"]);
     let cli = parse(&["logs", "phi3", "-f", "-n", "50", "--since", "-1h"]);
     assert!(matches!(
         cli.command,
-        Command::Logs { follow: true, lines: Some(50), ref since, .. } if since.as_deref() == Some("-1h")
+        Some(Command::Logs { follow: true, lines: Some(50), ref since, .. }) if since.as_deref() == Some("-1h")
     ));
     parse(&["enable"]);
     parse(&["disable"]);
@@ -74,10 +75,66 @@ fn every_command_and_service_name_parses() {
     let cli = parse(&["deploy", "--phase", "2", "--test-model", "coder"]);
     assert!(matches!(
         cli.command,
-        Command::Deploy { phase: Some(2), ref test_model, timeout: 1800 } if test_model == "coder"
+        Some(Command::Deploy { phase: Some(2), ref test_model, timeout: 1800 }) if test_model.as_deref() == Some("coder")
+    ));
+    assert!(matches!(
+        parse(&["deploy"]).command,
+        Some(Command::Deploy {
+            test_model: None,
+            ..
+        })
     ));
     let cli = parse(&["deploy", "--config", "/x.toml"]);
     assert_eq!(cli.common.config, PathBuf::from("/x.toml"));
+}
+
+#[test]
+fn a_bare_citadel_service_is_status_of_all() {
+    let cli = parse(&[]);
+    assert!(cli.command.is_none());
+    assert!(matches!(
+        cli.command_or_status(),
+        Command::Status { ref service, json: false, probe: false } if service.service.is_none()
+    ));
+}
+
+#[test]
+fn stop_and_restart_without_a_name_exit_2_naming_all() {
+    // Before the config is read: a missing config file changes nothing.
+    for cmd in ["stop", "restart"] {
+        let o = run(&["--config", "/nonexistent/citadel.toml", cmd], &[]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{cmd} needs a service name"))
+                && err.contains(&format!("citadel-service {cmd} all")),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn every_help_ends_with_examples() {
+    let mut cmds = vec![vec![]];
+    for s in Cli::command().get_subcommands() {
+        if s.get_name() != "help" {
+            cmds.push(vec![s.get_name().to_string()]);
+        }
+    }
+    for c in cmds {
+        let mut args: Vec<&str> = c.iter().map(String::as_str).collect();
+        args.push("--help");
+        let o = run(&args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        let tail = &text[text
+            .rfind("Examples:")
+            .unwrap_or_else(|| panic!("{args:?}: {text}"))..];
+        let first = tail.lines().nth(1).unwrap_or("");
+        assert!(first.starts_with("  citadel-service"), "{args:?}: {tail}");
+    }
 }
 
 #[test]

@@ -27,8 +27,37 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every exit status, in code order.
+    pub const ALL: [Exit; 6] = [
+        Exit::Ok,
+        Exit::Failure,
+        Exit::Usage,
+        Exit::Unavailable,
+        Exit::TempFail,
+        Exit::Config,
+    ];
+
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The status with this code, if it is one of the contract's.
+    pub fn from_code(code: i64) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|e| i64::from(e.code()) == code)
+    }
+
+    /// What the status means, in a few words (man pages, `citadel-service status`).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Failure => "unexpected failure",
+            Exit::Usage => "usage: bad command line or unknown service name",
+            Exit::Unavailable => {
+                "a required resource is missing (driver, mount, model files, systemd)"
+            }
+            Exit::TempFail => "temporary: port busy or GPU memory still held; retried",
+            Exit::Config => "invalid configuration (run citadel-service check)",
+        }
     }
 }
 
@@ -119,6 +148,16 @@ mod tests {
         assert_eq!(Exit::Unavailable.code(), 69);
         assert_eq!(Exit::TempFail.code(), 75);
         assert_eq!(Exit::Config.code(), 78);
+    }
+
+    #[test]
+    fn codes_round_trip_and_have_a_meaning() {
+        for e in Exit::ALL {
+            assert_eq!(Exit::from_code(i64::from(e.code())), Some(e));
+            assert!(!e.meaning().is_empty());
+        }
+        assert_eq!(Exit::from_code(3), None);
+        assert!(Exit::Config.meaning().contains("invalid configuration"));
     }
 
     #[test]

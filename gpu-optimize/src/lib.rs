@@ -73,7 +73,15 @@ use std::path::Path;
 /// Prepare and verify the NVIDIA GPUs (persistence, power limit, clocks, compute mode), or
 /// restore the settings it changed.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:
+  /usr/lib/citadel/gpu-optimize --check
+      verify the driver, the GPUs and the policy; never changes a setting
+  /usr/lib/citadel/gpu-optimize --check --json
+      the same report as one JSON document"
+)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

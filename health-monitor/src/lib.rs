@@ -31,7 +31,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, clap::Parser)]
 #[command(
     version,
-    about = "Watch every enabled Citadel model: probe in parallel, restart only what is really broken (never a model that is loading or was stopped)"
+    about = "Watch every enabled Citadel model: probe in parallel, restart only what is really broken (never a model that is loading or was stopped)",
+    after_help = "Examples:
+  /usr/lib/citadel/health-monitor --once
+      one sweep now, as a table; restarts nothing, writes nothing
+  /usr/lib/citadel/health-monitor --once --json
+      the same in the state-file schema"
 )]
 pub struct Args {
     #[command(flatten)]

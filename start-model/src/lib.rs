@@ -59,7 +59,16 @@ use supervise::{stop_requested, Engine};
 
 /// Start one model server, report readiness to systemd, and stop it cleanly.
 #[derive(Debug, Parser)]
-#[command(name = "start-model", version, about)]
+#[command(
+    name = "start-model",
+    version,
+    about,
+    after_help = "Examples:
+  /usr/lib/citadel/start-model --dry-run phi3
+      the engine's argv and environment for phi3 as JSON (the API key redacted)
+  systemctl start citadel-model@phi3.service
+      how it normally runs: from the model unit, never by hand"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,

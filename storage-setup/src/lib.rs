@@ -61,7 +61,16 @@ use std::path::PathBuf;
 
 /// Verify and prepare Citadel's storage: mounts, the models link, directories, model files.
 #[derive(Debug, Parser)]
-#[command(name = "storage-setup", version, about)]
+#[command(
+    name = "storage-setup",
+    version,
+    about,
+    after_help = "Examples:
+  /usr/lib/citadel/storage-setup --check
+      what setup would do, changing nothing
+  /usr/lib/citadel/storage-setup --check --json
+      the same report as one JSON document"
+)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

@@ -755,8 +755,8 @@ fn s17_citadel_service_drives_the_installed_package() {
     let n = logs.lines().filter(|l| !l.starts_with("--")).count();
     assert!((1..=5).contains(&n), "{logs}");
 
-    // stop: everything stops and the command waits for it.
-    cs(&["stop"]);
+    // stop all: everything stops and the command waits for it (a bare stop is refused).
+    cs(&["stop", "all"]);
     for u in Citadel::all_units() {
         let st = c.active_state(&u);
         assert!(st == "inactive" || st == "failed", "{u}: {st}");
