@@ -1,9 +1,10 @@
 //! The plan of a validated config: one row per model and one per GPU. Printed by
-//! `citadel-service check`, and used by validation for the per-GPU memory rule.
+//! `citadel-service check`. The per-GPU sums are the validation rule's
+//! ([`crate::config::rules::gpu_shares`]); the plan only shows them.
 
+pub use crate::config::rules::{gpu_shares, GpuRow};
 use crate::config::Config;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// One model as it will run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -20,46 +21,12 @@ pub struct ModelRow {
     pub path: String,
 }
 
-/// One GPU and the enabled models placed on it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuRow {
-    pub index: u32,
-    /// (model, its share of this GPU)
-    pub models: Vec<(String, f64)>,
-    /// Sum of the shares: must not exceed 1.0.
-    pub share: f64,
-}
-
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     pub config: String,
     pub models: Vec<ModelRow>,
     pub gpus: Vec<GpuRow>,
-}
-
-/// Per-GPU sums of the enabled models' memory shares, by GPU index.
-pub fn gpu_shares(cfg: &Config) -> Vec<GpuRow> {
-    let mut by_gpu: BTreeMap<u32, Vec<(String, f64)>> = BTreeMap::new();
-    for m in cfg.enabled_models() {
-        for g in &m.gpus {
-            by_gpu
-                .entry(*g)
-                .or_default()
-                .push((m.name.clone(), m.gpu_memory_utilization));
-        }
-    }
-    by_gpu
-        .into_iter()
-        .map(|(index, models)| {
-            let share = models.iter().map(|(_, s)| s).sum::<f64>();
-            GpuRow {
-                index,
-                share: (share * 1000.0).round() / 1000.0,
-                models,
-            }
-        })
-        .collect()
 }
 
 impl Plan {
