@@ -25,9 +25,14 @@ if ((${#need[@]})); then
 fi
 command -v cargo-deb >/dev/null || { echo "demo.sh: installing cargo-deb" >&2; cargo install --locked --quiet cargo-deb; }
 
-# The harness binary (tests/system); the demo builds the package through packaging/build-deb.sh.
+# The harness binary (tests/system) and the package (packaging/build-deb.sh), built here: the
+# harness itself never runs cargo.
 cargo build --release -q -p citadel-system-tests -p citadel-standin
 sdbox=target/release/citadel-sdbox
+if [[ ${1:-demo} == demo && -z ${CITADEL_DEB:-} ]]; then
+  CITADEL_DEB=$(packaging/build-deb.sh | tail -1)
+  export CITADEL_DEB
+fi
 export CITADEL_SDBOX_HINT="$PWD/demo.sh"
 case ${1:-demo} in
   demo) exec "$sdbox" demo --name "$name" ;;

@@ -386,17 +386,15 @@ fn free_space_under_the_minimum_fails() {
 }
 
 #[test]
+#[ignore = "root tier: needs root (a directory the service account cannot traverse)"]
 fn an_unreadable_parent_directory_fails_as_the_service_account() {
-    if !is_root() {
-        eprintln!("skipped: needs root to make a directory the service account cannot traverse");
-        return;
-    }
+    assert!(
+        is_root(),
+        "needs root to make a directory the service account cannot traverse"
+    );
     let mut s = Sandbox::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap();
-    let Some(nobody) = nobody else {
-        eprintln!("skipped: no user 'nobody'");
-        return;
-    };
+    let nobody = nobody.expect("this test runs as user 'nobody', which does not exist here");
     let group = nix::unistd::Group::from_gid(nobody.gid).unwrap().unwrap();
     s.user = nobody.name.clone();
     s.group = group.name;
@@ -566,20 +564,13 @@ fn cleanup_removes_only_runtime_leftovers() {
 }
 
 #[test]
+#[ignore = "root tier: needs root (mounts a tmpfs)"]
 fn a_real_tmpfs_mount_is_recognised() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
+    assert!(is_root(), "mounting a tmpfs needs root");
     let mut s = Sandbox::new();
     let mnt = s.p("mnt/citadel-models");
-    let guard = match TmpfsMount::new(&mnt, "size=16m") {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("skipped: cannot mount a tmpfs here: {e}");
-            return;
-        }
-    };
+    let guard = TmpfsMount::new(&mnt, "size=16m")
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs here: {e}"));
     citadel_common::modelfiles::write_fake_model(&mnt.join("active/phi3"), 1).unwrap();
     s.use_fixture = false;
     let (out, v) = s.run_json(&[]);

@@ -2,7 +2,6 @@
 //! where the binary is, and a free port the config accepts. One copy, used by both.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -34,12 +33,13 @@ fn newest_mtime(dir: &Path) -> SystemTime {
 }
 
 /// The stand-in binary, for a test whose own binary under test is `bin_under_test`
-/// (`env!("CARGO_BIN_EXE_...")`). Found, in order:
-/// 1. `$CITADEL_STANDIN`, an explicit path;
-/// 2. `citadel-standin` next to the binary under test (what `cargo test --workspace` builds),
-///    when it is newer than every stand-in and common source file;
-/// 3. otherwise built with `cargo build -p citadel-standin` into its own target dir under
-///    `target/tmp` (a separate dir: the running `cargo test` holds the main one's lock).
+/// (`env!("CARGO_BIN_EXE_...")`). Tests never build it: `tests/run.sh` (and `cargo test
+/// --workspace`) build it before any test runs. Found, in order:
+/// 1. `$CITADEL_STANDIN`, an explicit path (what `tests/run.sh` exports);
+/// 2. `citadel-standin` next to the binary under test, when it is newer than every stand-in
+///    and common source file.
+///
+/// Otherwise the test panics, saying how to build it (`cargo build -p citadel-standin`).
 pub fn binary(bin_under_test: &Path) -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -51,25 +51,17 @@ pub fn binary(bin_under_test: &Path) -> PathBuf {
         let sources = newest_mtime(&ws.join("tests/standin"))
             .max(newest_mtime(&ws.join("common/src")))
             .max(newest_mtime(&ws.join("common/data")));
-        if let Ok(t) = sibling.metadata().and_then(|m| m.modified()) {
-            if t >= sources {
-                return sibling;
-            }
+        match sibling.metadata().and_then(|m| m.modified()) {
+            Ok(t) if t >= sources => sibling,
+            Ok(_) => panic!(
+                "{} is older than its sources: cargo build -p citadel-standin (or bash tests/run.sh)",
+                sibling.display()
+            ),
+            Err(_) => panic!(
+                "no stand-in at {}: cargo build -p citadel-standin (or bash tests/run.sh), or set CITADEL_STANDIN",
+                sibling.display()
+            ),
         }
-        let target = bin_under_test
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(&ws)
-            .join("tmp/standin-target");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let st = Command::new(cargo)
-            .args(["build", "-p", "citadel-standin", "--target-dir"])
-            .arg(&target)
-            .current_dir(&ws)
-            .status()
-            .expect("running cargo build -p citadel-standin");
-        assert!(st.success(), "cargo build -p citadel-standin failed");
-        target.join("debug/citadel-standin")
     })
     .clone()
 }

@@ -3,11 +3,10 @@
 //! (two of them sharing GPU 0), fake model files on a tmpfs mounted at the models mount, and
 //! short monitor intervals.
 
-use crate::run::{self, wait_for, Output};
+use crate::run::{wait_for, Output};
 use crate::sdbox::{self, BootOptions, Result, SdBox};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -169,31 +168,20 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
-/// The .deb: `CITADEL_DEB` if set, else built by `packaging/build-deb.sh` once per process
-/// (and under a file lock, so parallel test binaries build it once).
+/// The .deb: `CITADEL_DEB`, the package `tests/run.sh` built (with `packaging/build-deb.sh`)
+/// before any test ran. Tests never build it themselves.
 pub fn deb() -> Result<PathBuf> {
-    static DEB: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    DEB.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CITADEL_DEB") {
-            return Ok(PathBuf::from(p));
-        }
-        let root = workspace_root();
-        let mut c = Command::new("/bin/bash");
-        c.arg(root.join("packaging/build-deb.sh"))
-            .current_dir(&root);
-        let o = run::run(c, None, Duration::from_secs(1800));
-        let out = o.clone().ok()?;
-        let p = PathBuf::from(out.lines().last().unwrap_or("").trim());
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!(
-                "build-deb.sh printed no .deb path:\n{}",
-                o.describe()
-            ))
-        }
-    })
-    .clone()
+    match std::env::var_os("CITADEL_DEB") {
+        Some(p) if Path::new(&p).is_file() => Ok(PathBuf::from(p)),
+        Some(p) => Err(format!(
+            "CITADEL_DEB={} is not a file (run bash tests/run.sh, or packaging/build-deb.sh)",
+            Path::new(&p).display()
+        )),
+        None => Err(
+            "CITADEL_DEB is not set: bash tests/run.sh builds the .deb and sets it (by hand: CITADEL_DEB=$(packaging/build-deb.sh | tail -1))"
+                .into(),
+        ),
+    }
 }
 
 /// The stand-in engine binary: `CITADEL_STANDIN`, else target/release (built with the .deb),
@@ -217,18 +205,12 @@ pub fn standin() -> Result<PathBuf> {
     ))
 }
 
-/// Skip (return `None`, with a message) when the system tests cannot run here, except under
-/// `CI=true`, where that is a failure.
-pub fn prerequisites() -> Option<()> {
-    match sdbox::missing_prerequisite() {
-        None => Some(()),
-        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("system tests cannot run under CI=true: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED (system test): {why}");
-            None
-        }
+/// The system tier's prerequisites (root, systemd-nspawn, ...): a test of that tier is
+/// `#[ignore]`d, so it runs only when asked for (`--ignored`), and then a missing prerequisite
+/// is a failure, never a silent pass.
+pub fn require() {
+    if let Some(why) = sdbox::missing_prerequisite() {
+        panic!("this system-tier test cannot run here: {why}");
     }
 }
 

@@ -152,7 +152,7 @@ fn show(o: &crate::run::Output) {
 
 fn demo(name: &str) -> Result<(), String> {
     let t0 = Instant::now();
-    step(t0, "building the package (packaging/build-deb.sh)");
+    step(t0, "the package (built by demo.sh: CITADEL_DEB)");
     let deb = citadel::deb()?;
     println!("{}", deb.display());
     step(

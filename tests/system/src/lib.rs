@@ -6,12 +6,15 @@
 //! - [`sdbox`]: a Debian 12 box booted by `systemd-nspawn --boot` from a cached rootfs (built
 //!   once by mmdebstrap under `/var/tmp/citadel-sdbox/base`, `CITADEL_SDBOX_DIR` overrides), one
 //!   overlayfs per box, commands through `nsenter`, each with a timeout, torn down on drop;
-//! - [`citadel`]: a box with the .deb installed (`packaging/build-deb.sh`, or `CITADEL_DEB`),
+//! - [`citadel`]: a box with the .deb installed (`CITADEL_DEB`, built by `tests/run.sh`),
 //!   the stand-in engine, a three-model test config and fake models on a tmpfs;
 //! - [`run`]: host commands with a timeout.
 //!
-//! Without root or systemd-nspawn the tests skip with a message; under `CI=true` that is a
-//! failure. `CITADEL_SYSTEM_TEST_BOXES` (default 2) limits the boxes one test binary runs at once.
+//! Every test of `tests/system/tests/*.rs` is `#[ignore = "system tier: ..."]` (or `engine
+//! tier`, in `engine.rs`); `tests/run.sh` runs them with `--ignored` where root and
+//! systemd-nspawn exist (always under `CI=true`), after building the .deb and the stand-in.
+//! Started by hand without a prerequisite, such a test fails ([`citadel::require`]).
+//! `CITADEL_SYSTEM_TEST_BOXES` (default 2) limits the boxes one test binary runs at once.
 
 pub mod citadel;
 pub mod cli;

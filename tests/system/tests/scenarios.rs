@@ -2,8 +2,9 @@
 //! (systemd-nspawn, Debian 12), the stand-in engine in place of vLLM, faults injected.
 //!
 //! Each test boots its own box (named after the test), so they may run in parallel; at most
-//! `CITADEL_SYSTEM_TEST_BOXES` (default 2) boxes run at once. Without root or systemd-nspawn
-//! every test skips with a message, except under `CI=true`.
+//! `CITADEL_SYSTEM_TEST_BOXES` (default 2) boxes run at once. Every test is in the system tier
+//! (`#[ignore]`, run by `tests/run.sh` with `--ignored` where root and systemd-nspawn exist);
+//! run by hand, a missing prerequisite fails the test.
 
 use citadel_common::paths::{model_unit, TARGET_AI, UNIT_GPU, UNIT_MONITOR, UNIT_STORAGE};
 use citadel_system_tests::citadel::{self, Citadel, Setup, MODELS};
@@ -12,16 +13,16 @@ use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// A box for one scenario, or `None` (skip) where system tests cannot run.
-fn install(name: &str, setup: Setup) -> Option<Citadel> {
-    citadel::prerequisites()?;
-    Some(Citadel::install(name, setup).unwrap_or_else(|e| panic!("box {name}: {e}")))
+/// A box for one scenario (panics where the system tier cannot run).
+fn install(name: &str, setup: Setup) -> Citadel {
+    citadel::require();
+    Citadel::install(name, setup).unwrap_or_else(|e| panic!("box {name}: {e}"))
 }
 
-fn started(name: &str, setup: Setup) -> Option<Citadel> {
-    let c = install(name, setup)?;
+fn started(name: &str, setup: Setup) -> Citadel {
+    let c = install(name, setup);
     c.start_all().unwrap_or_else(|e| panic!("{e}"));
-    Some(c)
+    c
 }
 
 /// Index of the first line containing `needle`, with the journal in the panic message.
@@ -33,10 +34,9 @@ fn pos(lines: &[&str], needle: &str, all: &str) -> usize {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s01_order_storage_gpu_models_monitor() {
-    let Some(c) = started("st01-order", Setup::default()) else {
-        return;
-    };
+    let c = started("st01-order", Setup::default());
     let j = c.sb.journal(&["-o", "cat", "_PID=1"]);
     let lines: Vec<&str> = j.lines().collect();
     let storage_done = pos(&lines, &format!("Finished {UNIT_STORAGE}"), &j);
@@ -66,16 +66,15 @@ fn s01_order_storage_gpu_models_monitor() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s02_start_returns_only_when_every_model_answers_health() {
-    let Some(c) = install(
+    let c = install(
         "st02-ready",
         Setup {
             load_secs: 3.0,
             ..Setup::default()
         },
-    ) else {
-        return;
-    };
+    );
     c.enable_models().unwrap();
     let t0 = Instant::now();
     let o = c.citadel_service(&["start"], Duration::from_secs(120));
@@ -104,10 +103,9 @@ fn s02_start_returns_only_when_every_model_answers_health() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s03_killed_engine_is_restarted_and_no_other_model_restarts() {
-    let Some(c) = started("st03-crash", Setup::default()) else {
-        return;
-    };
+    let c = started("st03-crash", Setup::default());
     let before: Vec<(i64, u64)> = MODELS
         .iter()
         .map(|m| {
@@ -141,10 +139,9 @@ fn s03_killed_engine_is_restarted_and_no_other_model_restarts() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s04_engine_exiting_0_while_serving_is_restarted() {
-    let Some(c) = started("st04-exit0", Setup::default()) else {
-        return;
-    };
+    let c = started("st04-exit0", Setup::default());
     let m = &MODELS[1];
     let unit = model_unit(m.name);
     let (code, body) = c.http(
@@ -167,10 +164,9 @@ fn s04_engine_exiting_0_while_serving_is_restarted() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s05_hung_engine_with_health_200_is_found_by_the_deep_probe() {
-    let Some(c) = started("st05-hang", Setup::default()) else {
-        return;
-    };
+    let c = started("st05-hang", Setup::default());
     let m = &MODELS[2];
     let unit = model_unit(m.name);
     let pid0 = c.main_pid(&unit);
@@ -203,11 +199,10 @@ fn s05_hung_engine_with_health_200_is_found_by_the_deep_probe() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s06_slow_load_is_never_restarted_by_the_monitor() {
     // interval 1 s x threshold 3 = 3 s; the model takes 10 s to load.
-    let Some(c) = started("st06-slow", Setup::default()) else {
-        return;
-    };
+    let c = started("st06-slow", Setup::default());
     let m = &MODELS[2];
     let unit = model_unit(m.name);
     c.set_faults(m.name, "LOAD_SECS=10\n").unwrap();
@@ -239,10 +234,9 @@ fn s06_slow_load_is_never_restarted_by_the_monitor() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s07_config_error_fails_with_78_and_is_not_restarted() {
-    let Some(c) = started("st07-config", Setup::default()) else {
-        return;
-    };
+    let c = started("st07-config", Setup::default());
     // An instance with no [models.nosuch] table: start-model refuses with EX_CONFIG.
     let unit = model_unit("nosuch");
     let o = c.sb.exec_t(&["systemctl", "start", &unit], 60 * SEC);
@@ -294,10 +288,9 @@ fn s07_config_error_fails_with_78_and_is_not_restarted() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s08_model_stopped_by_the_operator_stays_stopped() {
-    let Some(c) = started("st08-stopped", Setup::default()) else {
-        return;
-    };
+    let c = started("st08-stopped", Setup::default());
     let m = &MODELS[1];
     let unit = model_unit(m.name);
     c.sb.ok(&["systemctl", "stop", &unit]).unwrap();
@@ -314,14 +307,13 @@ fn s08_model_stopped_by_the_operator_stays_stopped() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s09_restart_budget_spent_the_monitor_gives_up_and_says_so() {
     let setup = Setup {
         restart_budget: 2,
         ..Setup::default()
     };
-    let Some(c) = started("st09-budget", setup) else {
-        return;
-    };
+    let c = started("st09-budget", setup);
     let m = &MODELS[2];
     let unit = model_unit(m.name);
     // Every instance of gamma hangs 1 s after it serves.
@@ -361,15 +353,14 @@ fn s09_restart_budget_spent_the_monitor_gives_up_and_says_so() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s10_stopping_the_box_leaves_nothing_behind() {
     let mut setup = Setup::default();
     for m in &MODELS {
         // Each engine has an engine-core child, like vLLM.
         setup.faults.insert(m.name, "ENGINE_CORE=1\n".into());
     }
-    let Some(c) = started("st10-stop", setup) else {
-        return;
-    };
+    let c = started("st10-stop", setup);
     // Within the units' own timeouts (TimeoutStopSec=90 for a model, 30 for the monitor);
     // the stand-in drains at once, so this is far quicker.
     let took = c.stop_all(120 * SEC).unwrap();
@@ -402,16 +393,15 @@ fn s10_stopping_the_box_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s11_storage_missing_no_model_starts_and_the_journal_says_why() {
-    let Some(c) = install(
+    let c = install(
         "st11-storage",
         Setup {
             mount_models: false,
             ..Setup::default()
         },
-    ) else {
-        return;
-    };
+    );
     c.enable_models().unwrap();
     let o = c.sb.exec_t(&["systemctl", "start", TARGET_AI], 60 * SEC);
     assert!(
@@ -450,10 +440,9 @@ fn s11_storage_missing_no_model_starts_and_the_journal_says_why() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s12_no_gpu_driver_required_false_comes_up_required_true_does_not() {
-    let Some(c) = started("st12-gpu", Setup::default()) else {
-        return;
-    };
+    let c = started("st12-gpu", Setup::default());
     c.wait_all_healthy(10 * SEC).unwrap();
     assert_eq!(c.active_state(UNIT_GPU), "active");
     // Now the policy says a GPU is required.
@@ -495,17 +484,16 @@ fn s12_no_gpu_driver_required_false_comes_up_required_true_does_not() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s13_the_api_key_is_in_no_command_line() {
     let key = "sk-citadel-system-test-0123456789";
-    let Some(c) = started(
+    let c = started(
         "st13-apikey",
         Setup {
             api_key: Some(key.into()),
             ..Setup::default()
         },
-    ) else {
-        return;
-    };
+    );
     let m = &MODELS[0];
     let url = format!("http://127.0.0.1:{}/v1/models", m.port);
     assert_eq!(
@@ -530,10 +518,9 @@ fn s13_the_api_key_is_in_no_command_line() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s14_package_install_upgrade_keeps_local_edit_remove_purge() {
-    let Some(c) = started("st14-package", Setup::default()) else {
-        return;
-    };
+    let c = started("st14-package", Setup::default());
     let b = &c.sb;
     // Installing enabled nothing by itself (we enabled the models; the target was not).
     assert_eq!(
@@ -626,10 +613,9 @@ fn s14_package_install_upgrade_keeps_local_edit_remove_purge() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s15_units_verify_clean_and_security_scores() {
-    let Some(c) = install("st15-units", Setup::default()) else {
-        return;
-    };
+    let c = install("st15-units", Setup::default());
     let units = [
         "/lib/systemd/system/citadel-ai.target",
         "/lib/systemd/system/citadel-models.target",
@@ -664,16 +650,13 @@ fn s15_units_verify_clean_and_security_scores() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s16_lintian_has_no_errors_and_no_warnings() {
     let lintian = std::path::Path::new("/usr/bin/lintian");
-    if !lintian.exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "lintian is missing under CI=true"
-        );
-        eprintln!("SKIPPED: lintian is not installed");
-        return;
-    }
+    assert!(
+        lintian.exists(),
+        "lintian is not installed (tests/run.sh installs it; apt-get install lintian)"
+    );
     let deb = citadel::deb().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = std::process::Command::new(lintian);
     // Overridden tags (each justified in packaging/lintian-overrides) are not reported.
@@ -689,10 +672,9 @@ fn s16_lintian_has_no_errors_and_no_warnings() {
 }
 
 #[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
 fn s17_citadel_service_drives_the_installed_package() {
-    let Some(c) = install("st17-cli", Setup::default()) else {
-        return;
-    };
+    let c = install("st17-cli", Setup::default());
     let cs = |args: &[&str]| {
         let o = c.citadel_service(args, 240 * SEC);
         assert!(o.success(), "citadel-service {args:?}: {}", o.describe());
