@@ -12,15 +12,32 @@ pub const JOURNAL_LINES: u32 = 20;
 
 /// Commands that change systemd state say so up front instead of failing inside systemctl.
 pub fn require_root(command: &str) -> Result<(), Failure> {
-    check_root(nix::unistd::geteuid().as_raw(), command)
+    let argv: Vec<String> = std::env::args().collect();
+    check_root(nix::unistd::geteuid().as_raw(), command, &argv)
 }
 
-pub fn check_root(euid: u32, command: &str) -> Result<(), Failure> {
+/// Quote one word for a shell command line an operator can paste.
+fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// Root or exit 1 with the exact command line to retry under sudo (service name, options and
+/// all; `argv[0]` as the operator typed it).
+pub fn check_root(euid: u32, command: &str, argv: &[String]) -> Result<(), Failure> {
     if euid == 0 {
         Ok(())
     } else {
+        let again: Vec<String> = argv.iter().map(|w| shell_word(w)).collect();
         Err(Failure::other(format!(
-            "citadel-service {command} must be run as root (it changes systemd state); try: sudo citadel-service {command}"
+            "citadel-service {command} must be run as root (it changes systemd state); try: sudo {}",
+            again.join(" ")
         )))
     }
 }
@@ -279,9 +296,22 @@ mod tests {
 
     #[test]
     fn root_is_required_by_name() {
-        assert!(check_root(0, "start").is_ok());
-        let e = check_root(1000, "start").unwrap_err();
-        assert!(e.message.contains("must be run as root"), "{e}");
+        let argv: Vec<String> = [
+            "citadel-service",
+            "stop",
+            "phi3",
+            "--config",
+            "/etc/my citadel.toml",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(check_root(0, "stop", &argv).is_ok());
+        let e = check_root(1000, "stop", &argv).unwrap_err();
+        // The hint keeps the service name and the options.
+        assert_eq!(
+            e.message,
+            "citadel-service stop must be run as root (it changes systemd state); try: sudo citadel-service stop phi3 --config '/etc/my citadel.toml'"
+        );
     }
 
     #[test]

@@ -248,9 +248,125 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
         Command::Restart(a) => drop(a.service.required("restart")?),
         _ => {}
     }
-    let cfg = cli.common.load_config()?;
+    let cfg = match Config::load(&cli.common.config) {
+        Ok(cfg) => cfg,
+        Err(e) if works_with_a_broken_config(&command) => degraded(&e, &command),
+        Err(e) => return Err(Failure::config(e.to_string())),
+    };
+    // An unknown service name is a usage error, before systemd is asked anything.
+    if let Some(sa) = service_arg(&command) {
+        Service::parse(sa.or_all(), &cfg)?;
+    }
+    if needs_systemd(&command) {
+        require_systemd(
+            std::path::Path::new(citadel_common::paths::SYSTEMD_RUN_DIR),
+            &command,
+        )?;
+    }
     let host = RealHost::default();
     run_with(cli, &cfg, &host)
+}
+
+/// The service a command names, if it takes one.
+fn service_arg(c: &Command) -> Option<&ServiceArg> {
+    match c {
+        Command::Start(a) | Command::Restart(a) => Some(&a.service),
+        Command::Stop { service, .. }
+        | Command::Status { service, .. }
+        | Command::Logs { service, .. } => Some(service),
+        _ => None,
+    }
+}
+
+/// Commands that cannot do anything without a running systemd (`check` and `export` read only
+/// the config; `health` probes and reads resources; `logs` reads journal files).
+pub fn needs_systemd(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Check { .. }
+            | Command::Export { .. }
+            | Command::Health { .. }
+            | Command::Logs { .. }
+    )
+}
+
+/// systemd must be PID 1 (`dir` is /run/systemd/system, as sd_booted(3) checks): otherwise one
+/// short line and exit 69.
+pub fn require_systemd(dir: &std::path::Path, c: &Command) -> Result<(), Failure> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(Failure::unavailable(format!(
+        "systemd is not running here (no {}: a container or chroot?); {} needs it, check works without",
+        dir.display(),
+        verb_of(c)
+    )))
+}
+
+/// Read-only commands and `stop`/`disable` keep working while the config is broken (they act
+/// on what systemd, the journal and the monitor's state file know); `check`, `start`,
+/// `restart`, `deploy`, `enable` and `export` need a valid config and refuse with exit 78.
+pub fn works_with_a_broken_config(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Status { .. }
+            | Command::Logs { .. }
+            | Command::Health { .. }
+            | Command::Stop { .. }
+            | Command::Disable
+    )
+}
+
+/// The word for a command in messages.
+fn verb_of(c: &Command) -> &'static str {
+    match c {
+        Command::Status { .. } => "status",
+        Command::Logs { .. } => "logs",
+        Command::Health { .. } => "health",
+        Command::Stop { .. } => "stop",
+        Command::Disable => "disable",
+        Command::Start(_) => "start",
+        Command::Restart(_) => "restart",
+        Command::Enable => "enable",
+        Command::Deploy { .. } => "deploy",
+        _ => "this command",
+    }
+}
+
+/// The config to work from when the file does not validate: what salvage keeps, plus the
+/// dropped models by name (so their units can still be stopped, shown and read). One warning
+/// line says so.
+fn degraded(e: &citadel_common::config::ConfigError, command: &Command) -> Config {
+    let s = citadel_common::salvage::salvage(&e.file);
+    let n = e.issues.len();
+    // health probes ports: a model without a valid one is left out of it.
+    let probes = matches!(command, Command::Health { .. });
+    let note = match s.dropped_models.as_slice() {
+        [] => String::new(),
+        d => format!(
+            "; {} {}: {}",
+            if d.len() == 1 { "model" } else { "models" },
+            d.join(", "),
+            if probes {
+                "left out (not valid)"
+            } else {
+                "from systemd only (not valid)"
+            }
+        ),
+    };
+    log::warn!(
+        "{} is invalid ({n} problem{}; citadel-service check lists {}): {} works from what systemd and the monitor know{note}",
+        e.file.display(),
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "it" } else { "them" },
+        verb_of(command),
+    );
+    let mut cfg = s.config;
+    if !probes {
+        cfg.models.extend(s.unvalidated);
+        cfg.models.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    cfg
 }
 
 /// Run a command against a loaded config and a host.
@@ -457,7 +573,11 @@ fn health_command(
     let (probes, states, resources) = std::thread::scope(|sc| {
         let p = sc.spawn(|| probes::probe_all(&cfg.engine.host, &models, timeout));
         let r = sc.spawn(|| health::read_resources(&[cfg.paths.models_mount.clone(), "/".into()]));
-        let states = host.units(&units);
+        let states = if std::path::Path::new(citadel_common::paths::SYSTEMD_RUN_DIR).is_dir() {
+            host.units(&units)
+        } else {
+            Err(Failure::unavailable("systemd is not running here"))
+        };
         (p.join(), states, r.join())
     });
     let probes = probes.map_err(|_| Failure::other("the probe thread panicked"))?;
@@ -524,5 +644,24 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn without_systemd_one_short_line_and_exit_69() {
+        let status = Cli::try_parse_from(["citadel-service"])
+            .unwrap()
+            .command_or_status();
+        assert!(needs_systemd(&status));
+        let d = tempfile::tempdir().unwrap();
+        assert!(require_systemd(d.path(), &status).is_ok());
+        let e = require_systemd(&d.path().join("system"), &status).unwrap_err();
+        assert_eq!(e.exit, Exit::Unavailable);
+        assert!(e.message.starts_with("systemd is not running here"), "{e}");
+        assert!(e.message.contains("status needs it"), "{e}");
+        assert!(e.message.len() < 160 && !e.message.contains('\n'), "{e}");
+        let check = Cli::try_parse_from(["citadel-service", "check"])
+            .unwrap()
+            .command_or_status();
+        assert!(!needs_systemd(&check));
     }
 }

@@ -94,7 +94,8 @@ impl Service {
                 unit: m.unit(),
                 kind: Kind::Model,
                 enabled: m.enabled,
-                port: Some(m.port),
+                // 0: a model read from a broken config without a valid port.
+                port: (m.port != 0).then_some(m.port),
             })
         };
         match self {

@@ -172,12 +172,82 @@ fn unknown_service_names_exit_2_listing_the_valid_ones() {
     }
 }
 
+/// The output fixture config plus a new model with a typo (`prot`): two problems.
+fn broken_config(d: &tempfile::TempDir) -> PathBuf {
+    let p = d.path().join("citadel.toml");
+    let good = std::fs::read_to_string(fixture("citadel.toml")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{good}\n[models.mistral]\npath = \"m\"\nprot = 11407\ngpus = [3]\n"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_broken_config_does_not_lock_out_read_commands_and_stop() {
+    let d = tempfile::tempdir().unwrap();
+    let p = broken_config(&d);
+    let cfg = p.to_str().unwrap();
+    for args in [
+        vec!["status"],
+        vec!["status", "phi3", "--json"],
+        vec!["logs", "phi3", "-n", "1"],
+        vec!["health", "--timeout", "1"],
+        vec!["stop", "phi3"],
+        // The model with the typo can still be named (its unit is systemd's).
+        vec!["stop", "mistral"],
+        vec![],
+    ] {
+        let mut a = vec!["--config", cfg];
+        a.extend(&args);
+        let o = run(&a, &[("RUST_LOG", "warn")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(78), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(2), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with(&format!(
+                "warning: {cfg} is invalid (2 problems; citadel-service check lists them)"
+            )) && first.contains("mistral"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.contains("is invalid")).count(),
+            1,
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn commands_that_need_a_valid_config_refuse_a_broken_one() {
+    let d = tempfile::tempdir().unwrap();
+    let p = broken_config(&d);
+    let cfg = p.to_str().unwrap();
+    for args in [
+        vec!["check"],
+        vec!["start", "phi3"],
+        vec!["restart", "phi3"],
+        vec!["deploy"],
+        vec!["enable"],
+    ] {
+        let mut a = vec!["--config", cfg];
+        a.extend(&args);
+        let o = run(&a, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(78), "{args:?}: {err}");
+        assert!(err.contains("models.mistral.prot"), "{args:?}: {err}");
+        assert!(!err.contains("warning:"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn an_invalid_config_exits_78_before_touching_systemd() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("bad.toml");
     std::fs::write(&p, "[models.x]\nport = 80\n").unwrap();
-    let o = run(&["--config", p.to_str().unwrap(), "status"], &[]);
+    let o = run(&["--config", p.to_str().unwrap(), "start"], &[]);
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("models.x"));
 }

@@ -45,6 +45,7 @@ pub mod plan;
 pub mod probe;
 pub mod report;
 pub mod safefs;
+pub mod salvage;
 pub mod systemctl;
 pub mod vllm;
 

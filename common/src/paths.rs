@@ -10,6 +10,8 @@ pub const LIBEXEC_DIR: &str = "/usr/lib/citadel";
 /// System tools, by absolute path (never looked up in `$PATH`).
 pub const SYSTEMCTL: &str = "/usr/bin/systemctl";
 pub const JOURNALCTL: &str = "/usr/bin/journalctl";
+/// Exists only while systemd is PID 1 (sd_booted(3)).
+pub const SYSTEMD_RUN_DIR: &str = "/run/systemd/system";
 
 /// Units.
 pub const TARGET_AI: &str = "citadel-ai.target";
