@@ -4,6 +4,11 @@
 #   sudo ./demo.sh            build the .deb, boot a Debian 12 box (systemd-nspawn), install it,
 #                             start three stand-in models, show `citadel-service status`, kill one
 #                             engine and show the recovery; the box keeps running
+#   sudo ./demo.sh --engine vllm
+#                             the same with the REAL vLLM (CPU build) instead of the stand-in: its
+#                             venv is installed once (about 10 GB, 5-10 min; cached under
+#                             /var/cache/citadel-test/vllm by tests/system/engine/setup-vllm.sh),
+#                             two models on a tiny generated model, each loading in a minute or more
 #   sudo ./demo.sh sh         a shell inside the box (citadel-service status, journalctl -u 'citadel-*')
 #   sudo ./demo.sh destroy    power the box off and delete it
 #
@@ -34,9 +39,19 @@ if [[ ${1:-demo} == demo && -z ${CITADEL_DEB:-} ]]; then
   export CITADEL_DEB
 fi
 export CITADEL_SDBOX_HINT="$PWD/demo.sh"
+engine=standin
+if [[ ${1:-} == --engine ]]; then
+  engine=${2:?demo.sh: --engine needs standin or vllm}
+  shift 2
+  set -- demo "$@"
+fi
 case ${1:-demo} in
-  demo) exec "$sdbox" demo --name "$name" ;;
+  demo)
+    if [[ $engine == vllm ]]; then
+      bash tests/system/engine/setup-vllm.sh >/dev/null
+    fi
+    exec "$sdbox" demo --name "$name" --engine "$engine" ;;
   sh) exec "$sdbox" sh "$name" ;;
   destroy) exec "$sdbox" destroy "$name" ;;
-  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

@@ -90,7 +90,11 @@ pub fn bring_up(
         });
     };
     let outcome = wait::wait(host, &watch, start_phase, opts, out)?;
-    let failed = outcome.in_phase(Phase::Failed);
+    let failed: Vec<&wait::Watched> = outcome
+        .watched
+        .iter()
+        .filter(|w| w.phase == Phase::Failed || w.gave_up.is_some())
+        .collect();
     for w in &failed {
         let tail = host.journal_tail(&w.member.unit, JOURNAL_LINES)?;
         eprintln!(
@@ -108,12 +112,18 @@ pub fn bring_up(
             verb.as_str(),
             failed
                 .iter()
-                .map(|w| format!(
-                    "{} ({}: {})",
-                    w.member.service,
-                    w.member.unit,
-                    wait::detail(&w.unit, w.phase)
-                ))
+                .map(|w| match &w.gave_up {
+                    Some(cause) => format!(
+                        "{} ({}: {} failed attempts, the same failure twice in a row: {cause}; systemd keeps retrying until its start limit)",
+                        w.member.service, w.member.unit, w.failed_attempts
+                    ),
+                    None => format!(
+                        "{} ({}: {})",
+                        w.member.service,
+                        w.member.unit,
+                        wait::detail(&w.unit, w.phase)
+                    ),
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         )));
@@ -291,6 +301,7 @@ mod tests {
             poll: Duration::from_secs(1),
             tty: false,
             color: false,
+            attempts: true,
         }
     }
 

@@ -260,6 +260,7 @@ mod tests {
                 poll: Duration::from_secs(1),
                 tty: false,
                 color: false,
+                attempts: true,
             },
         }
     }

@@ -229,6 +229,7 @@ fn wait_options(timeout: u64) -> wait::WaitOptions {
         poll: POLL,
         tty: std::io::stdout().is_terminal(),
         color: output::use_color(),
+        attempts: true,
     }
 }
 

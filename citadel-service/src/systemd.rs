@@ -49,6 +49,10 @@ pub trait Host {
     fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure>;
     /// The last `lines` journal lines of a unit.
     fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
+    /// Why the unit's last attempt failed, as start-model said it: its last error-priority
+    /// journal line, from the engine's own cause line when it quoted one
+    /// ([`citadel_common::vllm::CAUSE_MARK`]).
+    fn last_cause(&self, unit: &str) -> Option<String>;
     /// PIDs still in a cgroup (empty when it is gone or unreadable).
     fn cgroup_pids(&self, control_group: &str) -> Vec<u32>;
     /// CLOCK_MONOTONIC (the clock systemd's `*TimestampMonotonic` use).
@@ -108,6 +112,17 @@ impl Host for RealHost {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    fn last_cause(&self, unit: &str) -> Option<String> {
+        let out = Command::new(paths::JOURNALCTL)
+            .arg(format!("_SYSTEMD_UNIT={unit}"))
+            .arg("SYSLOG_IDENTIFIER=start-model")
+            .args(["-p", "err", "-n", "1", "--no-pager", "-o", "cat"])
+            .env("SYSTEMD_COLORS", "0")
+            .output()
+            .ok()?;
+        cause_of(&String::from_utf8_lossy(&out.stdout))
+    }
+
     fn cgroup_pids(&self, control_group: &str) -> Vec<u32> {
         cgroup_pids_under(Path::new("/sys/fs/cgroup"), control_group)
     }
@@ -122,6 +137,18 @@ impl Host for RealHost {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
+}
+
+/// The cause in start-model's error line: what follows [`citadel_common::vllm::CAUSE_MARK`],
+/// else the line itself; control characters escaped.
+pub fn cause_of(line: &str) -> Option<String> {
+    let line = line.lines().last()?.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let mark = citadel_common::vllm::CAUSE_MARK;
+    let text = line.find(mark).map_or(line, |i| &line[i + mark.len()..]);
+    Some(citadel_common::vllm::escape(text))
 }
 
 /// The PIDs in `control_group` and its children, looked up under a cgroup root: the unified
@@ -183,6 +210,8 @@ pub mod fake {
     pub struct FakeHost {
         pub script: BTreeMap<String, Vec<Unit>>,
         pub journal: BTreeMap<String, String>,
+        /// [`Host::last_cause`] per unit, one entry per poll step like `script` (the last stays).
+        pub causes: BTreeMap<String, Vec<String>>,
         pub leftover_pids: BTreeMap<String, Vec<u32>>,
         pub calls: Mutex<Vec<String>>,
         step: Mutex<usize>,
@@ -272,6 +301,12 @@ pub mod fake {
         fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
             self.record(format!("journal {unit} {lines}"));
             Ok(self.journal.get(unit).cloned().unwrap_or_default())
+        }
+        fn last_cause(&self, unit: &str) -> Option<String> {
+            let c = self.causes.get(unit)?;
+            let step = self.steps();
+            c.get(step.min(c.len().checked_sub(1)?))
+                .and_then(|l| cause_of(l))
         }
         fn cgroup_pids(&self, control_group: &str) -> Vec<u32> {
             self.leftover_pids

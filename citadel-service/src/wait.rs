@@ -105,6 +105,9 @@ pub struct WaitOptions {
     /// Redraw progress lines in place (stdout is a terminal).
     pub tty: bool,
     pub color: bool,
+    /// Report each failed start attempt as it happens (with the engine's cause line) and stop
+    /// waiting for a unit whose attempts fail the same way twice in a row.
+    pub attempts: bool,
 }
 
 /// One watched unit at the end (or now).
@@ -115,6 +118,27 @@ pub struct Watched {
     pub phase: Phase,
     /// When it entered `phase`, since the wait began.
     pub since: Duration,
+    /// Failed start attempts seen during the wait.
+    pub failed_attempts: u32,
+    /// Set when the same failure repeated and the wait stopped for this unit: the cause.
+    pub gave_up: Option<String>,
+}
+
+impl Watched {
+    /// Nothing more to wait for: a terminal phase, or the same failure twice.
+    pub fn settled(&self) -> bool {
+        self.phase.terminal() || self.gave_up.is_some()
+    }
+}
+
+/// Per unit, what the attempt tracking remembers between polls.
+#[derive(Debug, Clone, Default)]
+struct Attempts {
+    /// NRestarts already accounted for (including the restart an auto-restart will make).
+    counted: u32,
+    in_failure: bool,
+    /// (exit status, cause) of the last failed attempt.
+    last: Option<(i32, Option<String>)>,
 }
 
 /// How a wait ended.
@@ -131,9 +155,13 @@ impl Outcome {
     }
     /// Units that did not reach a terminal phase before the timeout.
     pub fn pending(&self) -> Vec<&Watched> {
+        self.watched.iter().filter(|w| !w.settled()).collect()
+    }
+    /// Units whose attempts failed the same way twice (the wait stopped for them).
+    pub fn gave_up(&self) -> Vec<&Watched> {
         self.watched
             .iter()
-            .filter(|w| !w.phase.terminal())
+            .filter(|w| w.gave_up.is_some())
             .collect()
     }
 }
@@ -173,6 +201,62 @@ pub fn change_line(w: &Watched, now: Duration) -> String {
     )
 }
 
+/// Count a unit's failed start attempts (a failed or auto-restart phase, or NRestarts moving
+/// past what was seen); for each new one a line with the cause, and when it failed exactly like
+/// the one before (same exit status and cause; 75 = temporary excepted) the wait gives up on it.
+fn track_attempts(
+    host: &dyn Host,
+    w: &mut Watched,
+    a: &mut Attempts,
+    now: Duration,
+) -> Vec<String> {
+    let failing = matches!(w.phase, Phase::Restarting | Phase::Failed);
+    let restarts = w.unit.status.n_restarts;
+    let new = if failing && !a.in_failure {
+        a.counted = restarts + u32::from(w.phase == Phase::Restarting);
+        1
+    } else if !failing && restarts > a.counted {
+        // A whole failure and restart happened between two polls.
+        let n = restarts - a.counted;
+        a.counted = restarts;
+        n
+    } else {
+        0
+    };
+    a.in_failure = failing;
+    if new == 0 {
+        return vec![];
+    }
+    w.failed_attempts += new;
+    let status = w.unit.status.exec_main_status;
+    let cause = host.last_cause(&w.member.unit);
+    let mut lines = vec![format!(
+        "[{:>6}] {}: attempt {} failed (exit status {status}): {}",
+        output::duration(now.as_secs()),
+        w.member.service,
+        w.failed_attempts,
+        cause
+            .as_deref()
+            .unwrap_or("no error line from start-model in the journal")
+    )];
+    let key = (status, cause);
+    if status != 75 && new == 1 && a.last.as_ref() == Some(&key) && w.phase != Phase::Failed {
+        let why = key
+            .1
+            .clone()
+            .unwrap_or_else(|| format!("exit status {status}"));
+        lines.push(format!(
+            "[{:>6}] {}: the same failure twice in a row; not waiting for systemd's start limit (it retries until StartLimitBurst): stop it with citadel-service stop {}",
+            output::duration(now.as_secs()),
+            w.member.service,
+            w.member.service
+        ));
+        w.gave_up = Some(why);
+    }
+    a.last = Some(key);
+    lines
+}
+
 /// The units to watch: everything but targets (they follow their members), unless there is
 /// nothing else.
 pub fn watch_list(members: &[Member]) -> Vec<Member> {
@@ -205,6 +289,7 @@ pub fn wait(
         .unwrap_or(0);
     let t0 = host.monotonic();
     let mut watched: Vec<Watched> = vec![];
+    let mut attempts: Vec<Attempts> = vec![];
     let mut drawn = 0usize;
     loop {
         let units = host.units(&names)?;
@@ -222,17 +307,31 @@ pub fn wait(
                     w.unit = u;
                 }
                 None => {
+                    attempts.push(Attempts {
+                        counted: u.status.n_restarts,
+                        ..Attempts::default()
+                    });
                     watched.push(Watched {
                         member: m.clone(),
                         unit: u,
                         phase,
                         since: now,
+                        failed_attempts: 0,
+                        gave_up: None,
                     });
                     changes.push(i);
                 }
             }
         }
-        let done = watched.iter().all(|w| w.phase.terminal());
+        let mut notes = vec![];
+        if opts.attempts {
+            for (w, a) in watched.iter_mut().zip(attempts.iter_mut()) {
+                if w.gave_up.is_none() {
+                    notes.extend(track_attempts(host, w, a, now));
+                }
+            }
+        }
+        let done = watched.iter().all(Watched::settled);
         let timed_out = !done && now >= opts.timeout;
         if opts.tty {
             let mut block = String::new();
@@ -249,6 +348,13 @@ pub fn wait(
         } else {
             for i in changes {
                 let _ = writeln!(out, "{}", change_line(&watched[i], now));
+            }
+        }
+        if !notes.is_empty() {
+            // On a terminal the block is redrawn below them.
+            drawn = 0;
+            for n in &notes {
+                let _ = writeln!(out, "{n}");
             }
         }
         let _ = out.flush();
@@ -285,6 +391,7 @@ mod tests {
             poll: Duration::from_secs(1),
             tty,
             color: false,
+            attempts: true,
         }
     }
 
@@ -353,7 +460,8 @@ mod tests {
              [    0s] b: loading (citadel-model@b.service)\n\
              [    1s] a: loading (citadel-model@a.service)\n\
              [    3s] a: ready (citadel-model@a.service)\n\
-             [    5s] b: failed (citadel-model@b.service): result exit-code\n"
+             [    5s] b: failed (citadel-model@b.service): result exit-code\n\
+             [    5s] b: attempt 1 failed (exit status 0): no error line from start-model in the journal\n"
         );
     }
 
@@ -394,5 +502,82 @@ mod tests {
         );
         let o = wait(&host, &[member("a")], stop_phase, &opts(false), &mut vec![]).unwrap();
         assert_eq!(o.in_phase(Phase::Stopped).len(), 1);
+    }
+
+    fn attempt(name: &str, state: &str, sub: &str, restarts: u32, status: i32) -> Unit {
+        let mut u = unit(name, state, false);
+        u.status.sub_state = sub.into();
+        u.status.n_restarts = restarts;
+        u.status.exec_main_status = status;
+        u
+    }
+
+    #[test]
+    fn each_failed_attempt_is_shown_with_its_cause_and_a_repeat_stops_the_wait() {
+        let c = "citadel-model@c.service";
+        let mut host = FakeHost::new().with(
+            c,
+            vec![
+                attempt(c, "activating", "start", 0, 0),
+                attempt(c, "activating", "auto-restart", 0, 1),
+                attempt(c, "activating", "start", 1, 1),
+                // The second failure and its restart fall between two polls.
+                attempt(c, "activating", "start", 2, 1),
+                attempt(c, "activating", "start", 2, 1),
+            ],
+        );
+        let said = "engine of c (PID 7) exited with status 1 while loading, without a stop being asked; the engine said: ValueError: max_model_len (4096) > 512";
+        host.causes.insert(c.into(), vec![said.into()]);
+        let mut out = vec![];
+        let o = wait(&host, &[member("c")], start_phase, &opts(false), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("[    1s] c: attempt 1 failed (exit status 1): ValueError: max_model_len (4096) > 512"),
+            "{text}"
+        );
+        assert!(text.contains("[    3s] c: attempt 2 failed"), "{text}");
+        assert!(text.contains("the same failure twice in a row"), "{text}");
+        assert!(!o.timed_out);
+        assert_eq!(o.elapsed, Duration::from_secs(3));
+        let w = &o.gave_up()[0];
+        assert_eq!(w.failed_attempts, 2);
+        assert_eq!(
+            w.gave_up.as_deref(),
+            Some("ValueError: max_model_len (4096) > 512")
+        );
+    }
+
+    #[test]
+    fn different_failures_and_temporary_ones_keep_the_wait_going() {
+        let c = "citadel-model@c.service";
+        let mut host = FakeHost::new().with(
+            c,
+            vec![
+                attempt(c, "activating", "auto-restart", 0, 75),
+                attempt(c, "activating", "start", 1, 75),
+                attempt(c, "activating", "auto-restart", 1, 75),
+                attempt(c, "activating", "start", 2, 75),
+                attempt(c, "activating", "auto-restart", 2, 1),
+                attempt(c, "activating", "start", 3, 1),
+                attempt(c, "active", "running", 3, 0),
+            ],
+        );
+        host.causes.insert(
+            c.into(),
+            vec![
+                "port 18203 is busy".into(),
+                "port 18203 is busy".into(),
+                "port 18203 is busy".into(),
+                "port 18203 is busy".into(),
+                "x; the engine said: OSError: one".into(),
+            ],
+        );
+        let mut out = vec![];
+        let o = wait(&host, &[member("c")], start_phase, &opts(false), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("failed (exit status").count(), 3, "{text}");
+        assert!(!text.contains("same failure"), "{text}");
+        assert_eq!(o.in_phase(Phase::Ready).len(), 1);
+        assert!(o.gave_up().is_empty());
     }
 }

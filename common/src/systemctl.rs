@@ -94,7 +94,10 @@ pub fn parse_show(text: &str) -> Vec<BTreeMap<String, String>> {
 pub trait Systemd: Send + Sync {
     /// The state of each unit, in order.
     fn status(&self, units: &[String]) -> Result<Vec<UnitStatus>, Failure>;
-    /// `systemctl restart --no-block UNIT`: queue a restart job and return at once.
+    /// The monitor's restart of a broken model: `systemctl kill --kill-whom=main
+    /// --signal=SIGUSR1 UNIT` ([`crate::launch::NO_DRAIN_SIGNAL`]: start-model's next stop
+    /// kills the engine at once instead of draining requests that will never finish; best
+    /// effort), then `systemctl restart --no-block UNIT`: queue a restart job and return at once.
     fn restart_no_block(&self, unit: &str) -> Result<(), Failure>;
 }
 
@@ -190,6 +193,10 @@ impl Systemd for Systemctl {
     }
 
     fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
+        let signal = format!("--signal={}", crate::launch::NO_DRAIN_SIGNAL);
+        if let Err(e) = self.run_ok(&["kill", "--kill-whom=main", &signal, unit]) {
+            log::warn!("{unit}: could not ask for a stop without drain: {e}");
+        }
         self.run_ok(&["restart", "--no-block", unit]).map(|_| ())
     }
 }
@@ -218,5 +225,28 @@ mod tests {
         };
         let e = s.run(&["status"]).unwrap_err();
         assert_eq!(e.exit, crate::Exit::Unavailable);
+    }
+
+    #[test]
+    fn a_monitor_restart_asks_for_no_drain_first_and_survives_a_refused_kill() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("argv");
+        let prog = d.path().join("systemctl");
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\n[ \"$1\" = kill ] && exit 1\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = Systemctl { program: prog };
+        s.restart_no_block("citadel-model@a.service").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "kill --kill-whom=main --signal=SIGUSR1 citadel-model@a.service\nrestart --no-block citadel-model@a.service\n"
+        );
     }
 }

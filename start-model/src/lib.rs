@@ -28,10 +28,16 @@
 //!    `READY=1`, `STATUS=serving NAME on PORT`.
 //! 6. The engine exiting while no stop was asked is a failure (exit 1), even with status 0
 //!    (vLLM issue 48966), logged with the status or signal and the last stderr lines.
-//! 7. SIGTERM / SIGINT: `STOPPING=1`, SIGTERM to the engine's process group, up to
-//!    `engine.stop_grace_secs`, then SIGKILL of the group; exit 0 once no process of the
-//!    group remains (start-model is the subreaper of the engine's orphans). Every other way out
-//!    also kills the group.
+//! 7. SIGTERM / SIGINT: `STOPPING=1`. While serving, with `engine.drain_secs` > 0 (vLLM runs
+//!    with `--shutdown-timeout` = drain_secs): SIGTERM to the API server only, which refuses new
+//!    requests, lets the running ones finish and exits with its children; up to drain_secs for
+//!    the whole group to end. Then (or at once with drain_secs = 0, or while loading) SIGTERM to
+//!    the group, until drain + `engine.stop_grace_secs`, then SIGKILL of the group. While it
+//!    waits, start-model extends the unit's stop timeout (`EXTEND_TIMEOUT_USEC`, every 5 s, the
+//!    time left + 15 s), so `TimeoutStopSec=` never cuts a drain short. After SIGUSR1 (sent by
+//!    the monitor just before it restarts a broken model) the stop SIGKILLs the group at once.
+//!    Exit 0 once no process of the group remains (start-model is the subreaper of the
+//!    engine's orphans). Every other way out also kills the group.
 //!
 //! # The engine's argv and environment
 //! Built by [`citadel_common::launch`] (shared with exports to other orchestrators): empty
@@ -55,7 +61,7 @@ use citadel_common::{launch, notify, Exit, Failure};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use supervise::{stop_requested, Engine};
+use supervise::{stop_requested, Engine, StopHow, StopPlan};
 
 /// Start one model server, report readiness to systemd, and stop it cleanly.
 #[derive(Debug, Parser)]
@@ -178,11 +184,17 @@ pub fn launch(
     let grace = Duration::from_secs(cfg.engine.stop_grace_secs);
     let t0 = Instant::now();
     if let Some(sig) = wait_ready(&mut engine, cfg, model)? {
+        // Nothing is in flight while loading: no drain.
+        let plan = StopPlan {
+            drain: Duration::ZERO,
+            grace,
+            skip_drain: supervise::drain_skipped(),
+        };
         return Ok(stop_engine(
             &mut engine,
             name,
             sig,
-            grace,
+            plan,
             "while it was loading",
         ));
     }
@@ -196,7 +208,12 @@ pub fn launch(
     );
     loop {
         if let Some(sig) = stop_requested() {
-            return Ok(stop_engine(&mut engine, name, sig, grace, ""));
+            let plan = StopPlan {
+                drain: Duration::from_secs(cfg.engine.drain_secs.into()),
+                grace,
+                skip_drain: supervise::drain_skipped(),
+            };
+            return Ok(stop_engine(&mut engine, name, sig, plan, ""));
         }
         if let Some(end) = engine.poll() {
             return Err(died(&mut engine, name, end, "while serving"));
@@ -277,14 +294,24 @@ pub fn display_argv(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// Put before the engine's cause line in a failure message (`citadel-service start` looks for
+/// it in the journal).
+pub const CAUSE_MARK: &str = citadel_common::vllm::CAUSE_MARK;
+
 trait WithTail {
     fn with_tail(self, engine: &Engine) -> Self;
 }
 
 impl WithTail for Failure {
-    /// Append the engine's last stderr lines to the message.
+    /// Append the engine's own cause line to the first line of the message (what
+    /// `citadel-service start` shows per failed attempt), and its last stderr lines below.
     fn with_tail(mut self, engine: &Engine) -> Failure {
         let lines = engine.last_lines();
+        if let Some(cause) = engine.cause() {
+            let first = self.message.find('\n').unwrap_or(self.message.len());
+            self.message
+                .insert_str(first, &format!("; {CAUSE_MARK}{cause}"));
+        }
         if !lines.is_empty() {
             self.message.push_str(&format!(
                 "\nlast {} stderr lines of the engine:",
@@ -315,34 +342,64 @@ fn died(engine: &mut Engine, name: &str, end: supervise::Ended, when: &str) -> F
     .with_tail(engine)
 }
 
-/// Stop on request: STOPPING=1, TERM the group, grace, KILL. Always exit 0.
+/// Margin added to the time a stop may still take when start-model extends the unit's stop
+/// timeout (`EXTEND_TIMEOUT_USEC`): our own exit and systemd's bookkeeping.
+pub const EXTEND_MARGIN: Duration = Duration::from_secs(15);
+
+/// Stop on request: STOPPING=1, then [`supervise::Engine::stop`] with `plan`, extending the
+/// unit's stop timeout while it waits. Always exit 0.
 fn stop_engine(
     engine: &mut Engine,
     name: &str,
     sig: nix::sys::signal::Signal,
-    grace: Duration,
+    plan: StopPlan,
     when: &str,
 ) -> Exit {
+    let how = if plan.skip_drain {
+        "skipping the drain (the monitor restarts it as broken): SIGKILL to its process group"
+            .to_string()
+    } else if plan.drain.is_zero() {
+        format!(
+            "SIGTERM to its process group, up to {} s (engine.stop_grace_secs)",
+            plan.grace.as_secs()
+        )
+    } else {
+        format!(
+            "draining: SIGTERM to the API server, up to {} s for requests in flight (engine.drain_secs), then {} s (engine.stop_grace_secs)",
+            plan.drain.as_secs(),
+            plan.grace.as_secs()
+        )
+    };
     let msg = format!("stopping {name} on {sig} {when}")
         .trim_end()
         .to_string();
-    log::info!("{msg}");
+    log::info!("{msg}: {how}");
     notify::stopping(&msg);
     let t0 = Instant::now();
-    let (end, killed) = engine.stop(grace);
-    let end = end.map_or("ended".to_string(), |e| e.to_string());
-    if killed {
-        log::warn!(
-            "engine of {name} (PID {}) {end}; its process group did not stop within {} s (engine.stop_grace_secs) and was killed",
-            engine.pid(),
-            grace.as_secs()
-        );
-    } else {
-        log::info!(
-            "engine of {name} (PID {}) {end} after {:.1} s",
-            engine.pid(),
-            t0.elapsed().as_secs_f64()
-        );
+    let stopped = engine.stop(plan, &mut |left| {
+        notify::extend_timeout(left + EXTEND_MARGIN);
+    });
+    let end = stopped.end.map_or("ended".to_string(), |e| e.to_string());
+    let took = t0.elapsed().as_secs_f64();
+    let pid = engine.pid();
+    match stopped.how {
+        StopHow::Drained => {
+            log::info!("engine of {name} (PID {pid}) drained and {end} after {took:.1} s")
+        }
+        StopHow::Terminated if !plan.drain.is_zero() => log::warn!(
+            "engine of {name} (PID {pid}) did not end within {} s (engine.drain_secs); SIGTERM to its process group: {end} after {took:.1} s",
+            plan.drain.as_secs()
+        ),
+        StopHow::Terminated => {
+            log::info!("engine of {name} (PID {pid}) {end} after {took:.1} s")
+        }
+        StopHow::Killed => {
+            log::info!("engine of {name} (PID {pid}) killed after {took:.1} s")
+        }
+        StopHow::KilledAfterGrace => log::warn!(
+            "engine of {name} (PID {pid}) {end}; its process group did not stop within {} s (engine.drain_secs + engine.stop_grace_secs) and was killed",
+            (plan.drain + plan.grace).as_secs()
+        ),
     }
     Exit::Ok
 }

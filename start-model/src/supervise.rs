@@ -6,6 +6,7 @@
 //! reaped; after a stop, `kill(-pgid, 0)` must answer ESRCH: no process of the group remains.
 
 use citadel_common::launch::LaunchSpec;
+use citadel_common::vllm::CauseFinder;
 use citadel_common::Failure;
 use nix::errno::Errno;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -15,9 +16,48 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How often a stop in progress reports the time it may still take.
+pub const EXTEND_EVERY: Duration = Duration::from_secs(5);
+
+/// How to stop the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopPlan {
+    /// `engine.drain_secs` while serving (vLLM runs with `--shutdown-timeout` = this): SIGTERM
+    /// to the API server only, and this long for it to end by itself.
+    /// Zero (nothing to drain, or loading): straight to the grace.
+    pub drain: Duration,
+    /// Then SIGTERM to whatever is left of the group, and this long for it to go; then
+    /// SIGKILL. A stop never takes more than drain + grace (plus the SIGKILL's reaping).
+    pub grace: Duration,
+    /// SIGKILL the group at once (the monitor restarts a broken engine: nothing to wait for).
+    pub skip_drain: bool,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopHow {
+    /// The API server ended by itself within the drain (after a SIGTERM to it alone), and
+    /// the rest of the group with it or after a SIGTERM within the grace.
+    Drained,
+    /// Every process ended after a SIGTERM to the whole group.
+    Terminated,
+    /// The group was SIGKILLed at once ([`StopPlan::skip_drain`]).
+    Killed,
+    /// The group was SIGKILLed because drain + grace passed.
+    KilledAfterGrace,
+}
+
+/// The result of [`Engine::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// How the API server ended, when it was seen.
+    pub end: Option<Ended>,
+    pub how: StopHow,
+}
 
 /// How many of the engine's last stderr lines the exit message quotes.
 pub const TAIL_LINES: usize = 20;
@@ -29,13 +69,30 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// The stop signal received (SIGTERM or SIGINT), 0 = none. Set by the handler, read by loops.
 static STOP: AtomicI32 = AtomicI32::new(0);
+/// Set by [`NO_DRAIN_SIGNAL`]: the next stop skips the drain.
+static NO_DRAIN: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(sig: nix::libc::c_int) {
     STOP.store(sig, Ordering::SeqCst);
 }
 
-/// Catch SIGTERM and SIGINT: they only set a flag that [`stop_requested`] reads. (Handlers
-/// revert to the default in the engine at exec, so the engine gets normal signals.)
+extern "C" fn on_no_drain(_: nix::libc::c_int) {
+    NO_DRAIN.store(true, Ordering::SeqCst);
+}
+
+/// The signal the monitor sends to start-model (`systemctl kill --kill-whom=main`) right
+/// before it restarts a broken model: the stop that follows kills the engine at once instead
+/// of draining requests that will never finish ([`citadel_common::launch::NO_DRAIN_SIGNAL`]).
+pub const NO_DRAIN_SIGNAL: Signal = Signal::SIGUSR1;
+
+/// Whether [`NO_DRAIN_SIGNAL`] has been received.
+pub fn drain_skipped() -> bool {
+    NO_DRAIN.load(Ordering::SeqCst)
+}
+
+/// Catch SIGTERM and SIGINT (they only set a flag that [`stop_requested`] reads) and
+/// [`NO_DRAIN_SIGNAL`] (a flag for [`drain_skipped`]). Handlers revert to the default in the
+/// engine at exec, so the engine gets normal signals; the engine never sees SIGUSR1 from us.
 pub fn install_stop_handlers() -> Result<(), Failure> {
     let action = SigAction::new(
         SigHandler::Handler(on_stop),
@@ -47,6 +104,14 @@ pub fn install_stop_handlers() -> Result<(), Failure> {
         unsafe { signal::sigaction(sig, &action) }
             .map_err(|e| Failure::other(format!("installing a {sig} handler: {e}")))?;
     }
+    let no_drain = SigAction::new(
+        SigHandler::Handler(on_no_drain),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: as above, an atomic store only.
+    unsafe { signal::sigaction(NO_DRAIN_SIGNAL, &no_drain) }
+        .map_err(|e| Failure::other(format!("installing a {NO_DRAIN_SIGNAL} handler: {e}")))?;
     Ok(())
 }
 
@@ -89,13 +154,32 @@ pub struct Engine {
     pid: Pid,
     ended: Option<Ended>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    cause: Arc<Mutex<CauseFinder>>,
     stderr_done: mpsc::Receiver<()>,
 }
 
+/// Copy `from` to `to` line by line (bytes untouched), handing each line's text to `seen`.
+fn echo_lines(from: impl std::io::Read, to: &mut dyn Write, mut seen: impl FnMut(&str)) {
+    let mut r = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let _ = to.write_all(&line);
+                let _ = to.flush();
+                seen(String::from_utf8_lossy(&line).trim_end());
+            }
+        }
+    }
+}
+
 impl Engine {
-    /// Spawn the engine: `env_clear` + the spec's environment, stdin from /dev/null, stdout
-    /// inherited (the journal), stderr through a thread that echoes each line to our stderr
-    /// and keeps the last [`TAIL_LINES`]. A program that cannot be started is 69.
+    /// Spawn the engine: `env_clear` + the spec's environment, stdin from /dev/null, stdout and
+    /// stderr through threads that echo each line to ours (the journal) and look for the cause
+    /// of a failure; the last [`TAIL_LINES`] of stderr are kept. A program that cannot be
+    /// started is 69.
     pub fn spawn(spec: &LaunchSpec) -> Result<Engine, Failure> {
         let (program, args) = spec
             .argv
@@ -107,7 +191,7 @@ impl Engine {
             .envs(&spec.env)
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
@@ -117,29 +201,35 @@ impl Engine {
             })?;
         let pid = Pid::from_raw(child.id() as i32);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let cause = Arc::new(Mutex::new(CauseFinder::default()));
         let (tx, stderr_done) = mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
-            let tail = tail.clone();
+            let (tail, cause) = (tail.clone(), cause.clone());
             std::thread::spawn(move || {
-                let mut r = BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let _ = std::io::stderr().lock().write_all(&line);
-                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                            if let Ok(mut t) = tail.lock() {
-                                if t.len() == TAIL_LINES {
-                                    t.pop_front();
-                                }
-                                t.push_back(text);
-                            }
-                        }
+                echo_lines(stderr, &mut std::io::stderr(), |text| {
+                    if let Ok(mut c) = cause.lock() {
+                        c.feed(text);
                     }
-                }
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == TAIL_LINES {
+                            t.pop_front();
+                        }
+                        t.push_back(text.to_string());
+                    }
+                });
                 let _ = tx.send(());
+            });
+        }
+        if let Some(stdout) = child.stdout.take() {
+            // vLLM logs (errors included) go to stdout: to the journal untouched, and read
+            // for the cause of a failure.
+            let cause = cause.clone();
+            std::thread::spawn(move || {
+                echo_lines(stdout, &mut std::io::stdout(), |text| {
+                    if let Ok(mut c) = cause.lock() {
+                        c.feed(text);
+                    }
+                });
             });
         }
         // We reap with waitpid ourselves; std's Child has nothing left to do.
@@ -148,6 +238,7 @@ impl Engine {
             pid,
             ended: None,
             tail,
+            cause,
             stderr_done,
         })
     }
@@ -201,18 +292,72 @@ impl Engine {
         }
     }
 
-    /// SIGTERM to the group, up to `grace` for every member to go, then SIGKILL and reap.
-    /// Returns the leader's end, and whether SIGKILL was needed.
-    pub fn stop(&mut self, grace: Duration) -> (Option<Ended>, bool) {
-        self.signal_group(Signal::SIGTERM);
+    /// Stop the engine: see [`StopPlan`]. `tick(left)` is called about every
+    /// [`EXTEND_EVERY`] with the time the stop may still take (start-model extends the unit's
+    /// stop timeout with it).
+    pub fn stop(&mut self, plan: StopPlan, tick: &mut dyn FnMut(Duration)) -> Stopped {
         let t0 = Instant::now();
-        while t0.elapsed() < grace {
-            if !self.group_alive() {
-                return (self.ended, false);
+        let budget = plan.drain + plan.grace;
+        let mut next_tick = t0;
+        // Wait until `done` or `limit` from now; false on timeout.
+        let mut wait = |e: &mut Engine, limit: Duration, done: fn(&mut Engine) -> bool| {
+            let start = Instant::now();
+            loop {
+                if done(e) {
+                    return true;
+                }
+                if start.elapsed() >= limit {
+                    return false;
+                }
+                if Instant::now() >= next_tick {
+                    tick(budget.saturating_sub(t0.elapsed()));
+                    next_tick = Instant::now() + EXTEND_EVERY;
+                }
+                std::thread::sleep(TICK);
             }
-            std::thread::sleep(TICK);
+        };
+        let gone = |e: &mut Engine| !e.group_alive();
+        if plan.skip_drain {
+            self.kill();
+            return Stopped {
+                end: self.ended,
+                how: StopHow::Killed,
+            };
         }
-        (self.kill(), true)
+        let mut drained = false;
+        if !plan.drain.is_zero() {
+            // The API server alone: it stops taking requests, lets vLLM drain the running ones
+            // (--shutdown-timeout), then shuts its own children down in order. A SIGTERM to the
+            // whole group would reach the workers too, which exit at once and abort the drain.
+            match signal::kill(self.pid, Signal::SIGTERM) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => log::warn!("sending SIGTERM to {}: {e}", self.pid),
+            }
+            let leader_done = |e: &mut Engine| e.poll().is_some() || !e.group_alive();
+            drained = wait(self, plan.drain, leader_done);
+            if drained && gone(self) {
+                return Stopped {
+                    end: self.ended,
+                    how: StopHow::Drained,
+                };
+            }
+        }
+        // Whatever is left (everything, or what the API server left behind).
+        self.signal_group(Signal::SIGTERM);
+        if wait(self, plan.grace, gone) {
+            return Stopped {
+                end: self.ended,
+                how: if drained {
+                    StopHow::Drained
+                } else {
+                    StopHow::Terminated
+                },
+            };
+        }
+        Stopped {
+            end: self.kill(),
+            how: StopHow::KilledAfterGrace,
+        }
     }
 
     /// SIGKILL the group now and wait (bounded) until none of it remains.
@@ -231,6 +376,15 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.ended
+    }
+
+    /// The line of the engine's output (stdout or stderr) that says why it failed, if any
+    /// ([`CauseFinder`]); call after [`Engine::last_lines`], which waits for the pipe to drain.
+    pub fn cause(&self) -> Option<String> {
+        self.cause
+            .lock()
+            .ok()
+            .and_then(|c| c.cause().map(String::from))
     }
 
     /// The engine's last stderr lines (waits briefly for the echo thread to drain the pipe).
@@ -264,6 +418,14 @@ mod tests {
             env: BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
             port: 1,
             gpus: vec![0],
+        }
+    }
+
+    fn plan(drain_ms: u64, grace_ms: u64) -> StopPlan {
+        StopPlan {
+            drain: Duration::from_millis(drain_ms),
+            grace: Duration::from_millis(grace_ms),
+            skip_drain: false,
         }
     }
 
@@ -313,9 +475,9 @@ mod tests {
         let after = stat.rsplit(')').next().unwrap();
         let pgrp: u32 = after.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert_eq!(pgrp, e.pid());
-        let (end, killed) = e.stop(Duration::from_secs(5));
-        assert_eq!(end, Some(Ended::Signaled(Signal::SIGTERM)));
-        assert!(!killed);
+        let s = e.stop(plan(0, 5000), &mut |_| {});
+        assert_eq!(s.end, Some(Ended::Signaled(Signal::SIGTERM)));
+        assert_eq!(s.how, StopHow::Terminated);
         assert!(!e.group_alive());
     }
 
@@ -330,8 +492,12 @@ mod tests {
         .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let t0 = Instant::now();
-        let (_, killed) = e.stop(Duration::from_millis(500));
-        assert!(killed, "the TERM-ignoring member needed SIGKILL");
+        let s = e.stop(plan(0, 500), &mut |_| {});
+        assert_eq!(
+            s.how,
+            StopHow::KilledAfterGrace,
+            "the TERM-ignoring member needed SIGKILL"
+        );
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert!(!e.group_alive());
     }
@@ -345,5 +511,85 @@ mod tests {
             }
             Ok(_) => panic!("spawned a missing program"),
         }
+    }
+
+    /// A leader that finishes its work on SIGTERM (like vLLM draining) and a child that would
+    /// die at once on SIGTERM (like a worker): the drain signals only the leader.
+    #[test]
+    fn the_drain_signals_the_leader_only_and_waits_for_it() {
+        become_subreaper();
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("child-got-term");
+        let script = format!(
+            "/bin/sh -c 'trap \"touch {m}; exit 0\" TERM; while :; do /bin/sleep 0.05; done' & \
+             trap '/bin/sleep 0.3; kill -9 $!; exit 0' TERM; while :; do /bin/sleep 0.05; done",
+            m = mark.display()
+        );
+        let mut e = Engine::spawn(&spec(&["/bin/sh", "-c", &script])).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ticks = Vec::new();
+        let t0 = Instant::now();
+        let s = e.stop(plan(5000, 5000), &mut |left| ticks.push(left));
+        assert_eq!(s.how, StopHow::Drained);
+        assert_eq!(s.end, Some(Ended::Exited(0)));
+        assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+        assert!(!e.group_alive());
+        // The child never got a SIGTERM (its leader ended it with SIGKILL after "draining").
+        assert!(!mark.exists(), "the drain sent SIGTERM to the whole group");
+        assert!(
+            !ticks.is_empty() && ticks[0] <= Duration::from_secs(10),
+            "{ticks:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_that_does_not_end_within_the_drain_gets_the_group_sigterm() {
+        become_subreaper();
+        let mut e = Engine::spawn(&spec(&[
+            "/bin/sh",
+            "-c",
+            "trap '' TERM; /bin/sleep 60 & trap - TERM; trap '' TERM; while :; do /bin/sleep 0.05; done",
+        ]))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = Instant::now();
+        let s = e.stop(plan(400, 600), &mut |_| {});
+        // The leader ignores SIGTERM: drain, then group SIGTERM (the sleep ends), then SIGKILL.
+        assert_eq!(s.how, StopHow::KilledAfterGrace);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(1000) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert!(!e.group_alive());
+    }
+
+    #[test]
+    fn the_no_drain_signal_is_the_one_the_monitor_sends() {
+        assert_eq!(
+            NO_DRAIN_SIGNAL.as_str(),
+            citadel_common::launch::NO_DRAIN_SIGNAL
+        );
+    }
+
+    #[test]
+    fn skip_drain_kills_the_group_at_once() {
+        let mut e = Engine::spawn(&spec(&[
+            "/bin/sh",
+            "-c",
+            "trap '' TERM; exec /bin/sleep 60",
+        ]))
+        .unwrap();
+        let t0 = Instant::now();
+        let s = e.stop(
+            StopPlan {
+                skip_drain: true,
+                ..plan(30_000, 60_000)
+            },
+            &mut |_| {},
+        );
+        assert_eq!(s.how, StopHow::Killed);
+        assert_eq!(s.end, Some(Ended::Signaled(Signal::SIGKILL)));
+        assert!(t0.elapsed() < Duration::from_secs(3));
     }
 }

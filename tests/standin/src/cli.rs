@@ -68,6 +68,8 @@ pub struct ServeArgs {
     pub disable_log_stats: bool,
     /// `--enable-uvicorn-access-log` (one stdout line per request).
     pub access_log: bool,
+    /// `--shutdown-timeout` seconds (default 0: abort in-flight requests on SIGTERM).
+    pub shutdown_timeout: u64,
     /// Every accepted option by its canonical name, with its values, in order.
     pub options: Vec<(String, Vec<String>)>,
 }
@@ -311,8 +313,17 @@ pub fn parse_serve(args: &[String]) -> Result<Command, UsageError> {
             ))
         })?),
     };
+    let shutdown_timeout = match last("--shutdown-timeout").and_then(|v| v.into_iter().next()) {
+        None => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            serve_error(format!(
+                "argument --shutdown-timeout: invalid int value: '{v}'"
+            ))
+        })?,
+    };
     let has = |name: &str| options.iter().any(|(n, _)| n == name);
     Ok(Command::Serve(ServeArgs {
+        shutdown_timeout,
         model,
         host,
         port,

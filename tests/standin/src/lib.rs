@@ -16,8 +16,8 @@
 //! `--served-model-name` (default: the model path; the first name labels the metrics),
 //! `--api-key` (else env `VLLM_API_KEY`), `--max-model-len` (else `max_position_embeddings`
 //! from `MODEL_PATH/config.json`, else 4096), `--disable-log-stats` (no `/metrics`, as in vLLM),
-//! `--enable-uvicorn-access-log` (one stdout line per request). Every other accepted flag is
-//! ignored. `citadel-standin --version` prints `0.33.0`.
+//! `--enable-uvicorn-access-log` (one stdout line per request), `--shutdown-timeout` (drain on
+//! SIGTERM, below). Every other accepted flag is ignored. `citadel-standin --version` prints `0.33.0`.
 //!
 //! ## Life cycle (like vLLM)
 //! 1. The port is **bound but not listening** at once (`SO_REUSEADDR`), so a port already served
@@ -31,6 +31,9 @@
 //! 5. SIGTERM / SIGINT (at any time): stdout `[shutdown] API server: shutdown triggered`, stop,
 //!    SIGTERM the engine-core child (SIGKILL after 5 s) unless `STANDIN_LEAVE_CHILD=1`,
 //!    exit **0**. In-flight requests are aborted (vLLM's default `--shutdown-timeout 0`).
+//!    With `--shutdown-timeout N` > 0 while serving, first a drain: new completions get 503,
+//!    the running ones finish (each stream ends with its `finish_reason`), for up to N s; then
+//!    the same exit.
 //!
 //! Logs go to stdout (vLLM's logger writes to stdout); argparse errors and tracebacks to stderr.
 //!
@@ -118,7 +121,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The engine-core child, when one was spawned.
@@ -127,6 +130,8 @@ static CHILD: Mutex<Option<Child>> = Mutex::new(None);
 static LEAVE_CHILD: AtomicBool = AtomicBool::new(false);
 /// Set once the server listens.
 static SERVING: AtomicBool = AtomicBool::new(false);
+/// The serving engine and its `--shutdown-timeout`, for the signal thread's drain.
+static DRAIN: OnceLock<(Arc<Engine>, Duration)> = OnceLock::new();
 
 /// How long a clean exit waits for the engine-core child after SIGTERM before SIGKILL.
 pub const CHILD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -271,6 +276,9 @@ fn install_signal_thread() {
             if let Ok(sig) = set.wait() {
                 if SERVING.load(SeqCst) {
                     log("INFO", "[shutdown] API server: shutdown triggered");
+                    if let Some((engine, limit)) = DRAIN.get().filter(|(_, d)| !d.is_zero()) {
+                        drain(engine, *limit);
+                    }
                 } else {
                     log(
                         "INFO",
@@ -280,6 +288,32 @@ fn install_signal_thread() {
                 exit_clean(0);
             }
         });
+}
+
+/// `--shutdown-timeout` > 0: refuse new requests, let the running ones finish, up to `limit`.
+fn drain(engine: &Engine, limit: Duration) {
+    engine.start_draining();
+    log(
+        "INFO",
+        &format!(
+            "[shutdown] draining {} in-flight request(s), up to {} s",
+            engine.running(),
+            limit.as_secs()
+        ),
+    );
+    let t0 = Instant::now();
+    while (engine.running() > 0 || engine.answering() > 0) && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if engine.running() > 0 || engine.answering() > 0 {
+        log(
+            "WARNING",
+            &format!(
+                "[shutdown] drain timeout: aborting {} request(s)",
+                engine.running()
+            ),
+        );
+    }
 }
 
 /// The first address `host:port` resolves to.
@@ -440,6 +474,7 @@ fn serve(args: &ServeArgs) -> u8 {
         hang_at: knobs.hang_after.map(|d| now + d),
         health: knobs.health,
     }));
+    let _ = DRAIN.set((engine.clone(), Duration::from_secs(args.shutdown_timeout)));
     SERVING.store(true, SeqCst);
     let shown_host = if args.host.is_empty() {
         "0.0.0.0"

@@ -49,6 +49,10 @@ pub struct Settings {
 pub struct Engine {
     pub settings: Settings,
     hung: AtomicBool,
+    /// A drain is in progress (`--shutdown-timeout` > 0 and SIGTERM): new requests are refused.
+    draining: AtomicBool,
+    /// Requests being answered (routed and not yet fully written).
+    answering: AtomicU64,
     health: AtomicU8,
     running: AtomicU64,
     waiting: AtomicU64,
@@ -210,6 +214,8 @@ impl Engine {
         Engine {
             settings,
             hung: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            answering: AtomicU64::new(0),
             health: AtomicU8::new(health),
             running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
@@ -225,6 +231,17 @@ impl Engine {
     /// Whether the engine is hung (knob time passed, or `/_standin/hang`).
     pub fn hung(&self) -> bool {
         self.hung.load(SeqCst) || self.settings.hang_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// Requests being answered right now (a drain waits for them: `running` drops before the
+    /// last chunk or the reply body is written).
+    pub fn answering(&self) -> u64 {
+        self.answering.load(SeqCst)
+    }
+
+    /// Refuse new completions from now on (a drain has begun).
+    pub fn start_draining(&self) {
+        self.draining.store(true, SeqCst);
     }
 
     pub fn set_hung(&self) {
@@ -498,6 +515,14 @@ impl Engine {
     /// `POST /v1/completions` and `/v1/chat/completions`: echo the prompt, one token (word) at a
     /// time, counting tokens as they are produced.
     fn complete(&self, req: &Request, stream: &TcpStream, chat: bool) -> Outcome {
+        if self.draining.load(SeqCst) {
+            return error_reply(
+                503,
+                "ServiceUnavailableError",
+                "The server is shutting down",
+                None,
+            );
+        }
         let ask = match self.ask(req, chat) {
             Ok(a) => a,
             Err(o) => return o,
@@ -744,6 +769,7 @@ impl Engine {
                 return;
             }
         };
+        self.answering.fetch_add(1, SeqCst);
         let status = match self.route(&req, &stream) {
             Outcome::Reply(status, ct, body) => {
                 let _ = http::respond(&stream, status, ct, &body);
@@ -752,6 +778,7 @@ impl Engine {
             Outcome::Done(status) => Some(status),
             Outcome::Held | Outcome::Dropped => None,
         };
+        self.answering.fetch_sub(1, SeqCst);
         if self.settings.access_log {
             let st = status.map_or("-".to_string(), |s| format!("{s} {}", http::reason(s)));
             crate::out_line(&format!(

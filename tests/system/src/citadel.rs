@@ -264,19 +264,27 @@ impl Citadel {
     }
 
     pub fn install_with(name: &str, setup: Setup, opts: &BootOptions) -> Result<Citadel> {
+        let mut c = Self::install_bare(name, opts)?;
+        c.setup = setup;
+        c.prepare()?;
+        Ok(c)
+    }
+
+    /// Boot box `name` and install the .deb and the stand-in; no config, no models (the engine
+    /// tier writes its own).
+    pub fn install_bare(name: &str, opts: &BootOptions) -> Result<Citadel> {
         let deb = deb()?;
         let standin = standin()?;
         let slot = Slot::take();
         let sb = SdBox::boot(&sdbox::cache_dir(), name, opts)?;
         let c = Citadel {
             sb,
-            setup,
+            setup: Setup::default(),
             _slot: Some(slot),
         };
         c.sb.install(&deb, "/var/tmp/citadel.deb")?;
         c.sb.ok(&["dpkg", "-i", "/var/tmp/citadel.deb"])?;
         c.sb.install(&standin, STANDIN_IN_BOX)?;
-        c.prepare()?;
         Ok(c)
     }
 
@@ -480,11 +488,24 @@ impl Citadel {
         bearer: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
+        self.http_t(method, url, bearer, body, 5)
+    }
+
+    /// [`Citadel::http`] with a timeout of `secs` seconds.
+    pub fn http_t(
+        &self,
+        method: &str,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+        secs: u64,
+    ) -> (u16, String) {
+        let secs = secs.to_string();
         let mut argv = vec![
             "curl",
             "-s",
             "-m",
-            "5",
+            &secs,
             "-X",
             method,
             "-w",
@@ -499,7 +520,10 @@ impl Citadel {
             argv.extend(["-H", "Content-Type: application/json", "-d", b]);
         }
         argv.push(url);
-        let o = self.sb.exec_t(&argv, Duration::from_secs(10));
+        let o = self.sb.exec_t(
+            &argv,
+            Duration::from_secs(secs.parse::<u64>().unwrap_or(5) + 5),
+        );
         let (b, code) = o
             .stdout
             .rsplit_once('\n')
@@ -517,15 +541,14 @@ impl Citadel {
         .0
     }
 
-    /// The engine process of a model: the child of start-model (MainPID) inside the box.
+    /// The engine process of a model: the first child of start-model (MainPID) inside the box
+    /// (later children are orphans it reaps as subreaper).
     pub fn engine_pid(&self, model: &str) -> Option<i32> {
         let main = self.main_pid(&citadel_common::paths::model_unit(model));
         if main <= 0 {
             return None;
         }
-        let o = self
-            .sb
-            .exec(&["pgrep", "-P", &main.to_string(), "-f", "citadel-standin"]);
+        let o = self.sb.exec(&["pgrep", "-o", "-P", &main.to_string()]);
         o.stdout
             .split_whitespace()
             .next()

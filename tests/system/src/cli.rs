@@ -23,6 +23,11 @@ pub enum Cmd {
         /// Box name.
         #[arg(long, default_value = "citadel-demo")]
         name: String,
+        /// The engine: `standin` (fast, the default) or `vllm` (the real vLLM CPU build: its
+        /// venv is installed once into /var/cache/citadel-test/vllm, about 10 GB; each model
+        /// then loads in a minute or more).
+        #[arg(long, default_value = "standin", value_parser = ["standin", "vllm"])]
+        engine: String,
     },
     /// Boot a box with the package installed and the test config (not started); it keeps
     /// running until `destroy`.
@@ -52,7 +57,11 @@ pub enum Cmd {
         name: String,
     },
     /// Build the cached base rootfs now (otherwise the first box builds it).
-    Base,
+    Base {
+        /// The engine tier's rootfs instead (the base plus libnuma1, g++, python3-dev).
+        #[arg(long)]
+        engine: bool,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -67,7 +76,14 @@ pub fn run(cli: &Cli) -> ExitCode {
     }
     let dir = sdbox::cache_dir();
     match &cli.command {
-        Cmd::Base => match sdbox::ensure_base(&dir) {
+        Cmd::Base { engine } => match sdbox::ensure_rootfs(
+            &dir,
+            if *engine {
+                &sdbox::ENGINE_BASE
+            } else {
+                &sdbox::BASE
+            },
+        ) {
             Ok(p) => {
                 println!("{}", p.display());
                 ExitCode::SUCCESS
@@ -132,7 +148,7 @@ pub fn run(cli: &Cli) -> ExitCode {
             println!("box {name} destroyed");
             ExitCode::SUCCESS
         }
-        Cmd::Demo { name } => match demo(name) {
+        Cmd::Demo { name, engine } => match demo(name, engine == "vllm") {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
@@ -150,36 +166,71 @@ fn show(o: &crate::run::Output) {
     }
 }
 
-fn demo(name: &str) -> Result<(), String> {
+/// The real-engine demo's config: two models on the tiny model, 1 s monitor sweeps.
+fn vllm_demo_setup() -> crate::engine::EngineSetup {
+    let m = |name, port, gpu| crate::engine::EngineModel {
+        name,
+        port,
+        gpu,
+        max_model_len: 256,
+        enabled: true,
+    };
+    crate::engine::EngineSetup {
+        models: vec![m("alpha", 18101, 0), m("beta", 18102, 1)],
+        drain_secs: 30,
+        stop_grace_secs: 60,
+        monitor_interval_secs: 3,
+        probe_timeout_secs: 2,
+        failure_threshold: 3,
+        deep_probe_interval_secs: 10,
+        deep_probe_timeout_secs: 30,
+        stall_secs: 60,
+    }
+}
+
+fn demo(name: &str, vllm: bool) -> Result<(), String> {
     let t0 = Instant::now();
     step(t0, "the package (built by demo.sh: CITADEL_DEB)");
     let deb = citadel::deb()?;
     println!("{}", deb.display());
-    step(
-        t0,
-        &format!("booting box {name} (Debian 12, systemd as PID 1) and installing the package"),
-    );
     let opts = BootOptions {
         keep: true,
         ..BootOptions::default()
     };
-    let c = Citadel::install_with(
-        name,
-        Setup {
-            monitor_interval_secs: 2,
-            ..Setup::default()
-        },
-        &opts,
-    )?;
+    let (c, victim, start_secs) = if vllm {
+        step(
+            t0,
+            &format!(
+                "the real vLLM (CPU build): venv {} (installed once, cached), box {name} with its run-time needs (libnuma1, g++, python3-dev), the package, a tiny model generated in the box",
+                crate::engine::venv_path().display()
+            ),
+        );
+        let c = crate::engine::install(name, &vllm_demo_setup(), true)?;
+        (c, "beta", 1800)
+    } else {
+        step(
+            t0,
+            &format!("booting box {name} (Debian 12, systemd as PID 1) and installing the package"),
+        );
+        let c = Citadel::install_with(
+            name,
+            Setup {
+                monitor_interval_secs: 2,
+                ..Setup::default()
+            },
+            &opts,
+        )?;
+        (c, MODELS[1].name, 180)
+    };
     show(&c.sb.exec(&["dpkg", "-l", "citadel"]));
     step(t0, "citadel-service check");
     show(&c.citadel_service(&["check"], Duration::from_secs(30)));
     step(
         t0,
-        "systemctl enable the three models; citadel-service start (waits until every model serves)",
+        "citadel-service enable; citadel-service start (waits until every model serves)",
     );
-    c.enable_models()?;
-    let o = c.citadel_service(&["start"], Duration::from_secs(180));
+    show(&c.citadel_service(&["enable"], Duration::from_secs(60)));
+    let o = c.citadel_service(&["start"], Duration::from_secs(start_secs));
     show(&o);
     if !o.success() {
         return Err(format!(
@@ -190,7 +241,6 @@ fn demo(name: &str) -> Result<(), String> {
     step(t0, "citadel-service status");
     show(&c.citadel_service(&["status"], Duration::from_secs(30)));
 
-    let victim = MODELS[1].name;
     let unit = citadel_common::paths::model_unit(victim);
     let pid = c
         .engine_pid(victim)
@@ -202,12 +252,16 @@ fn demo(name: &str) -> Result<(), String> {
         ),
     );
     c.sb.ok(&["kill", "-9", &pid.to_string()])?;
-    let back = wait_for(Duration::from_secs(90), Duration::from_millis(500), || {
-        let st = c.show(&unit, &["ActiveState", "NRestarts"]);
-        (st.get("ActiveState").map(String::as_str) == Some("active")
-            && st.get("NRestarts").is_some_and(|n| n != "0"))
-        .then_some(())
-    });
+    let back = wait_for(
+        Duration::from_secs(start_secs),
+        Duration::from_millis(500),
+        || {
+            let st = c.show(&unit, &["ActiveState", "NRestarts"]);
+            (st.get("ActiveState").map(String::as_str) == Some("active")
+                && st.get("NRestarts").is_some_and(|n| n != "0"))
+            .then_some(())
+        },
+    );
     show(&c.sb.exec(&[
         "journalctl",
         "--no-pager",

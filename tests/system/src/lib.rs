@@ -8,6 +8,8 @@
 //!   overlayfs per box, commands through `nsenter`, each with a timeout, torn down on drop;
 //! - [`citadel`]: a box with the .deb installed (`CITADEL_DEB`, built by `tests/run.sh`),
 //!   the stand-in engine, a three-model test config and fake models on a tmpfs;
+//! - [`engine`]: the engine tier's box: the real vLLM (CPU build, cached venv bind-mounted),
+//!   a second cached rootfs with its run-time needs, the tiny model generated in the box;
 //! - [`run`]: host commands with a timeout.
 //!
 //! Every test of `tests/system/tests/*.rs` is `#[ignore = "system tier: ..."]` (or `engine
@@ -18,5 +20,6 @@
 
 pub mod citadel;
 pub mod cli;
+pub mod engine;
 pub mod run;
 pub mod sdbox;

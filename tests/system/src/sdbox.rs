@@ -99,26 +99,63 @@ fn mirror() -> String {
         .to_string()
 }
 
+/// A cached rootfs: a directory name under the cache dir, the packages on top of minbase, and
+/// the recipe line of its stamp (a changed recipe rebuilds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rootfs {
+    pub name: &'static str,
+    pub packages: &'static str,
+    pub recipe: &'static str,
+}
+
+/// The base every box boots from (shared by every helper: never delete it).
+pub const BASE: Rootfs = Rootfs {
+    name: "base",
+    packages: PACKAGES,
+    recipe: RECIPE,
+};
+
+/// The engine tier's base: [`BASE`] plus what the real vLLM CPU build needs at run time
+/// (libnuma for its compiled ops, g++ and the Python headers for torch.compile's C++ code,
+/// Debian's python3 for the venv bind-mounted from the host). A second cached rootfs, so the
+/// shared base never changes.
+pub const ENGINE_BASE: Rootfs = Rootfs {
+    name: "base-engine",
+    packages: "systemd,systemd-sysv,dbus,procps,iproute2,curl,ca-certificates,libnuma1,g++,python3,python3-dev",
+    recipe: "citadel-sdbox base-engine v1",
+};
+
 /// Build the base rootfs unless a current one exists; returns its path. Safe to call from
 /// several processes at once (a file lock), cheap once built.
 pub fn ensure_base(dir: &Path) -> Result<PathBuf> {
-    let base = dir.join("base");
+    ensure_rootfs(dir, &BASE)
+}
+
+/// Build rootfs `r` under `dir` unless a current one exists; returns its path (see
+/// [`ensure_base`]).
+pub fn ensure_rootfs(dir: &Path, r: &Rootfs) -> Result<PathBuf> {
+    let packages = r.packages;
+    let base = dir.join(r.name);
     let stamp = base.join(".citadel-sdbox-ok");
-    let want = format!("{RECIPE}\npackages={PACKAGES}\nsuite={SUITE}\n");
+    let want = format!("{}\npackages={packages}\nsuite={SUITE}\n", r.recipe);
     if fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(base);
     }
     fs::create_dir_all(dir).map_err(io_err(dir.display()))?;
-    let lock_path = dir.join(".create.lock");
+    let lock_path = if r.name == BASE.name {
+        dir.join(".create.lock")
+    } else {
+        dir.join(format!(".create-{}.lock", r.name))
+    };
     let lock_file = fs::File::create(&lock_path).map_err(io_err(lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("{}: flock: {e}", lock_path.display()))?;
     if fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(base);
     }
-    let tmp = dir.join("base.tmp");
+    let tmp = dir.join(format!("{}.tmp", r.name));
     let done = tmp.join(".bootstrap-done");
-    let done_want = format!("packages={PACKAGES}\nsuite={SUITE}\n");
+    let done_want = format!("packages={packages}\nsuite={SUITE}\n");
     // A finished bootstrap of the same package list (an earlier run died while customising)
     // is reused; anything else is built afresh.
     if !fs::read_to_string(&done).is_ok_and(|s| s == done_want) {
@@ -127,10 +164,11 @@ pub fn ensure_base(dir: &Path) -> Result<PathBuf> {
         }
         let t0 = Instant::now();
         eprintln!(
-            "sdbox: building the Debian {SUITE} base rootfs with mmdebstrap (about a minute, once)"
+            "sdbox: building the Debian {SUITE} {} rootfs with mmdebstrap (a minute or more, once)",
+            r.name
         );
         let mut c = Command::new(MMDEBSTRAP);
-        c.args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
+        c.args(["--variant=minbase", &format!("--include={packages}"), SUITE])
             .arg(&tmp)
             .arg(mirror());
         let o = run::run(c, None, Duration::from_secs(1200));
@@ -144,7 +182,8 @@ pub fn ensure_base(dir: &Path) -> Result<PathBuf> {
         }
         fs::write(&done, &done_want).map_err(io_err(done.display()))?;
         eprintln!(
-            "sdbox: base rootfs bootstrapped in {:.0}s",
+            "sdbox: {} rootfs bootstrapped in {:.0}s",
+            r.name,
             t0.elapsed().as_secs_f64()
         );
     }
@@ -221,6 +260,10 @@ pub struct BootOptions {
     pub keep: bool,
     pub boot_timeout: Duration,
     pub stop_timeout: Duration,
+    /// The rootfs the box's overlay sits on.
+    pub rootfs: Rootfs,
+    /// Host directories bind-mounted read-only at the same path inside the box.
+    pub bind_ro: Vec<PathBuf>,
 }
 
 impl Default for BootOptions {
@@ -230,6 +273,8 @@ impl Default for BootOptions {
             keep: false,
             boot_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
+            rootfs: BASE,
+            bind_ro: vec![],
         }
     }
 }
@@ -338,7 +383,7 @@ impl SdBox {
         if !valid_name(name) {
             return Err(format!("bad box name {name:?}"));
         }
-        let base = ensure_base(dir)?;
+        let base = ensure_rootfs(dir, &opts.rootfs)?;
         teardown(dir, name, opts.stop_timeout);
         let bdir = dir.join("boxes").join(name);
         let root = bdir.join("root");
@@ -379,6 +424,9 @@ impl SdBox {
             "--link-journal=no".into(),   // never touch the host's /var/log/journal
             "--timezone=copy".into(),
         ];
+        for b in &opts.bind_ro {
+            args.push(format!("--bind-ro={}", b.display()));
+        }
         if opts.private_network {
             args.push("--private-network".into());
         } else {

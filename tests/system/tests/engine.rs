@@ -1,0 +1,777 @@
+//! The engine tier: the installed package under a real systemd (systemd-nspawn, Debian 12) with
+//! the REAL vLLM (CPU build, venv built once and cached by tests/system/engine/setup-vllm.sh,
+//! bind-mounted read-only) serving a tiny random-weight model generated in the box.
+//!
+//! One box (`eng-main`) is shared by scenarios 1-6 and the stand-in comparison, in this order,
+//! because every real-engine load costs 70-110 s on a 2-core machine (more while other work
+//! compiles): two models load in parallel (scenario 1), and only scenarios 3, 4, 5 and the
+//! benchmark stop reload one. Each scenario prints its figures as `[engine sN] ...` lines.
+//!
+//! Needs root, systemd-nspawn and network to PyPI the first time (the venv); a missing
+//! prerequisite is a failure, never a skip.
+
+use citadel_common::paths::{model_unit, UNIT_MONITOR};
+use citadel_system_tests::citadel::Citadel;
+use citadel_system_tests::engine::{self, Answer, EngineModel, EngineSetup};
+use citadel_system_tests::run::wait_for;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const SEC: Duration = Duration::from_secs(1);
+/// One real-engine load, generously (the machine is shared).
+const LOAD: Duration = Duration::from_secs(900);
+const A: u16 = 18201;
+const B: u16 = 18202;
+const C: u16 = 18203;
+const STANDIN_PORT: u16 = 18299;
+
+fn setup() -> EngineSetup {
+    let m = |name, port, gpu, len, enabled| EngineModel {
+        name,
+        port,
+        gpu,
+        max_model_len: len,
+        enabled,
+    };
+    EngineSetup {
+        models: vec![
+            m("a", A, 0, 256, true),
+            m("b", B, 1, 256, true),
+            // Scenario 6: longer than the tiny model's 512 positions, a real vLLM start error.
+            m("c", C, 2, 4096, false),
+        ],
+        drain_secs: 30,
+        // Short, so the "before the drain fix" stop (SIGKILL after the grace) costs 20 s, not 60.
+        stop_grace_secs: 20,
+        monitor_interval_secs: 3,
+        probe_timeout_secs: 2,
+        failure_threshold: 3,
+        deep_probe_interval_secs: 6,
+        deep_probe_timeout_secs: 30,
+        stall_secs: 15,
+    }
+}
+
+fn say(scenario: &str, line: &str) {
+    println!("[engine {scenario}] {line}");
+}
+
+/// Processes of a model's engine (its process group: start-model's child and everything it
+/// spawned), as (pid, args).
+fn engine_procs(c: &Citadel, unit: &str) -> Vec<(i64, String)> {
+    let main = c.main_pid(unit);
+    if main <= 0 {
+        return vec![];
+    }
+    let ps = c.sb.exec(&["ps", "-eo", "pid=,ppid=,pgid=,args="]).stdout;
+    let rows: Vec<(i64, i64, i64, String)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pid = w.next()?.parse().ok()?;
+            let ppid = w.next()?.parse().ok()?;
+            let pgid = w.next()?.parse().ok()?;
+            Some((pid, ppid, pgid, w.collect::<Vec<_>>().join(" ")))
+        })
+        .collect();
+    let Some(engine) = rows.iter().find(|r| r.1 == main).map(|r| r.0) else {
+        return vec![];
+    };
+    rows.into_iter()
+        .filter(|r| r.2 == engine)
+        .map(|r| (r.0, r.3))
+        .collect()
+}
+
+fn alive(c: &Citadel, pid: i64) -> bool {
+    c.sb.exec(&["kill", "-0", &pid.to_string()]).success()
+}
+
+/// A metric's value for `model` (first matching sample), from the real `/metrics`.
+fn metric(c: &Citadel, port: u16, name: &str, model: &str) -> Option<f64> {
+    let (st, body) = c.http_t(
+        "GET",
+        &format!("http://127.0.0.1:{port}/metrics"),
+        None,
+        None,
+        30,
+    );
+    if st != 200 {
+        return None;
+    }
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| l.contains(&format!("model_name=\"{model}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn complete(c: &Citadel, port: u16, model: &str, tokens: u32) -> (u16, String) {
+    let body = format!(
+        r#"{{"model":"{model}","prompt":"hello world","max_tokens":{tokens},"ignore_eos":true}}"#
+    );
+    c.http_t(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/completions"),
+        None,
+        Some(&body),
+        120,
+    )
+}
+
+/// A streamed completion in a host thread (curl inside the box); joins to the raw SSE body and
+/// the moment it ended.
+fn stream(
+    c: &Citadel,
+    port: u16,
+    model: &str,
+    tokens: u32,
+) -> std::thread::JoinHandle<(String, Instant)> {
+    let leader = c.sb.leader();
+    let body = format!(
+        r#"{{"model":"{model}","prompt":"hello world","max_tokens":{tokens},"ignore_eos":true,"stream":true}}"#
+    );
+    let url = format!("http://127.0.0.1:{port}/v1/completions");
+    std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(citadel_system_tests::sdbox::NSENTER);
+        cmd.args([
+            "-t",
+            &leader.to_string(),
+            "-a",
+            "--",
+            "/usr/bin/curl",
+            "-sN",
+        ])
+        .args(["-m", "300", "-H", "Content-Type: application/json", "-d"])
+        .arg(&body)
+        .arg(&url)
+        .env_clear();
+        let out = citadel_system_tests::run::run(cmd, None, Duration::from_secs(320)).stdout;
+        (out, Instant::now())
+    })
+}
+
+/// Wait until `model` has a request running (the stream is in flight).
+fn wait_running(c: &Citadel, port: u16, model: &str) {
+    wait_for(Duration::from_secs(120), SEC / 5, || {
+        (metric(c, port, "vllm:num_requests_running", model)? >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no request running on {model}\n{}", c.journal_tail(40)));
+}
+
+/// The latest "is ready after X s" of start-model in a unit's journal.
+fn load_secs(c: &Citadel, unit: &str) -> Option<f64> {
+    c.unit_log(unit)
+        .lines()
+        .rev()
+        .find_map(|l| l.split("is ready after ").nth(1))
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+}
+
+fn mono_usec(c: &Citadel, unit: &str, prop: &str) -> u64 {
+    c.prop(unit, prop).parse().unwrap_or(0)
+}
+
+/// CLOCK_MONOTONIC in µs: the clock of systemd's `*TimestampMonotonic`, shared by the box.
+fn monotonic_usec() -> u64 {
+    let mut ts = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+#[test]
+#[ignore = "engine tier: needs root + systemd-nspawn + the real vLLM venv"]
+fn real_engine_scenarios_1_to_6_and_the_standin_comparison() {
+    if let Some(why) = engine::missing_prerequisite() {
+        panic!("the engine tier cannot run here: {why}");
+    }
+    let t0 = Instant::now();
+    let setup = setup();
+    let c = engine::install("eng-main", &setup, false).unwrap_or_else(|e| panic!("{e}"));
+    say(
+        "setup",
+        &format!(
+            "box with the .deb, the real vLLM and the tiny model in {:.0} s",
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    s1_start_two_real_models(&c);
+    comparison_with_the_standin(&c);
+    s2_busy_is_not_hung(&c);
+    s3_drain_on_restart(&c);
+    s4_engine_core_killed(&c);
+    // From here on new starts run with drain_secs = 0 (vLLM's abort), for the "before" stop.
+    let before = EngineSetup {
+        drain_secs: 0,
+        ..setup.clone()
+    };
+    engine::write_config(&c, &before, &engine::venv_path()).unwrap();
+    s5_api_server_killed(&c);
+    bench_stops(&c);
+    s6_real_load_failure(&c, &setup);
+    say(
+        "total",
+        &format!("engine tier took {:.0} s", t0.elapsed().as_secs_f64()),
+    );
+}
+
+/// 1. `citadel-service start` of two real models: active only once /health is 200; a
+///    completion through each; the monitor reports both healthy; its metrics exist and move.
+fn s1_start_two_real_models(c: &Citadel) {
+    let units = [model_unit("a"), model_unit("b")];
+    let t0 = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Watch while `start` runs: a unit is never active while its /health is not 200.
+    let watcher = {
+        let leader = c.sb.leader();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let sb = citadel_system_tests::sdbox::SdBox::attach(
+                &citadel_system_tests::sdbox::cache_dir(),
+                "eng-main",
+            )
+            .expect("attach");
+            assert_eq!(sb.leader(), leader);
+            let mut bad = vec![];
+            let mut polls = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for (u, port) in [("a", A), ("b", B)] {
+                    let st = sb
+                        .exec(&[
+                            "systemctl",
+                            "show",
+                            "-p",
+                            "ActiveState",
+                            "--value",
+                            &model_unit(u),
+                        ])
+                        .stdout;
+                    if st.trim() == "active" {
+                        let h = sb
+                            .exec(&[
+                                "curl",
+                                "-s",
+                                "-m",
+                                "20",
+                                "-o",
+                                "/dev/null",
+                                "-w",
+                                "%{http_code}",
+                                &format!("http://127.0.0.1:{port}/health"),
+                            ])
+                            .stdout;
+                        if h.trim() != "200" {
+                            bad.push(format!("{u} active with /health {h:?}"));
+                        }
+                    }
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (polls, bad)
+        })
+    };
+    let o = c.citadel_service(&["start"], LOAD * 2);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (polls, bad) = watcher.join().unwrap();
+    assert!(
+        o.success(),
+        "citadel-service start:\n{}\n{}",
+        o.describe(),
+        c.journal_tail(80)
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+    say(
+        "s1",
+        &format!(
+            "citadel-service start of a and b returned 0 after {:.0} s ({polls} polls: never active without /health 200)",
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    for (u, port, name) in [(&units[0], A, "a"), (&units[1], B, "b")] {
+        assert_eq!(c.active_state(u), "active");
+        let load = load_secs(c, u).expect("no 'is ready after' line");
+        let tokens0 = metric(c, port, "vllm:generation_tokens_total", name)
+            .unwrap_or_else(|| panic!("{name}: no vllm:generation_tokens_total"));
+        let running = metric(c, port, "vllm:num_requests_running", name);
+        assert!(running.is_some(), "{name}: no vllm:num_requests_running");
+        let t = Instant::now();
+        let (st, body) = complete(c, port, name, 8);
+        assert_eq!(st, 200, "{name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["choices"][0]["text"].is_string(), "{body}");
+        let took = t.elapsed().as_secs_f64();
+        let tokens1 = metric(c, port, "vllm:generation_tokens_total", name).unwrap();
+        assert!(tokens1 >= tokens0 + 8.0, "{name}: {tokens0} -> {tokens1}");
+        say(
+            "s1",
+            &format!(
+                "{name}: spawn to READY {load:.1} s; 8-token completion 200 in {took:.2} s; vllm:generation_tokens_total {tokens0} -> {tokens1}"
+            ),
+        );
+    }
+    // The monitor's view, from the real /health and /metrics.
+    wait_for(Duration::from_secs(60), SEC, || {
+        let o = c.citadel_service(&["status", "--json"], Duration::from_secs(30));
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).ok()?;
+        let text = v.to_string();
+        (text.matches("\"healthy\"").count() >= 2).then_some(text)
+    })
+    .map(|t| {
+        say(
+            "s1",
+            &format!(
+                "monitor: a and b healthy ({} bytes of status --json)",
+                t.len()
+            ),
+        )
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the monitor did not report both healthy\n{}",
+            c.sb.exec(&["cat", "/run/citadel/health.json"]).stdout
+        )
+    });
+}
+
+/// The same request script against the real engine (model a) and the stand-in (in the same
+/// box, on the same model directory): status codes, JSON shapes and metric names.
+fn comparison_with_the_standin(c: &Citadel) {
+    c.sb.ok(&[
+        "systemd-run",
+        "--unit=eng-standin",
+        "--property=Type=exec",
+        citadel_system_tests::citadel::STANDIN_IN_BOX,
+        "serve",
+        engine::TINY,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &STANDIN_PORT.to_string(),
+        "--served-model-name",
+        "a",
+        "--max-model-len",
+        "256",
+    ])
+    .unwrap();
+    wait_for(Duration::from_secs(30), SEC / 5, || {
+        (c.health(STANDIN_PORT) == 200).then_some(())
+    })
+    .expect("stand-in not serving");
+    let real = engine::request_script(c, A, "a");
+    let standin = engine::request_script(c, STANDIN_PORT, "a");
+    let _ = c.sb.exec(&["systemctl", "stop", "eng-standin"]);
+    let readme = std::fs::read_to_string(
+        citadel_system_tests::citadel::workspace_root().join("tests/standin/README.md"),
+    )
+    .unwrap_or_default();
+    let mut unlisted = vec![];
+    for (r, s) in real.iter().zip(&standin) {
+        assert_eq!(r.request, s.request);
+        assert_eq!(
+            r.status, s.status,
+            "{}: real {} vs stand-in {}",
+            r.request, r.status, s.status
+        );
+        let diff = differences(r, s);
+        say(
+            "compare",
+            &format!(
+                "{}: status {} both; {} differences{}",
+                r.request,
+                r.status,
+                diff.len(),
+                if diff.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", diff.join("; "))
+                }
+            ),
+        );
+        unlisted.extend(
+            diff.into_iter()
+                .filter(|d| !readme.contains(d.as_str()))
+                .map(|d| format!("{}: {d}", r.request)),
+        );
+    }
+    assert!(
+        unlisted.is_empty(),
+        "differences between the stand-in and the real engine that tests/standin/README.md does not list (fix the stand-in or list them):\n{}",
+        unlisted.join("\n")
+    );
+}
+
+/// What the stand-in answers differently: `only real: X` / `only stand-in: X`.
+fn differences(real: &Answer, standin: &Answer) -> Vec<String> {
+    let mut d: Vec<String> = real
+        .shape
+        .difference(&standin.shape)
+        .map(|x| format!("only real: {x}"))
+        .collect();
+    d.extend(
+        standin
+            .shape
+            .difference(&real.shape)
+            .map(|x| format!("only stand-in: {x}")),
+    );
+    d
+}
+
+/// 2. Busy is not hung: a client keeps model a generating across several monitor sweeps; no
+///    restart.
+fn s2_busy_is_not_hung(c: &Citadel) {
+    let unit = model_unit("a");
+    let pid0 = c.main_pid(&unit);
+    let n0 = c.n_restarts(&unit);
+    let mon0 = c.unit_log(UNIT_MONITOR).lines().count();
+    let tok0 = metric(c, A, "vllm:generation_tokens_total", "a").unwrap();
+    let t0 = Instant::now();
+    let mut requests = 0;
+    let mut max_running = 0.0f64;
+    // At least 5 sweeps (interval 3 s) and past stall_secs (15 s) of continuous work.
+    while t0.elapsed() < Duration::from_secs(25) {
+        let h = stream(c, A, "a", 200);
+        if let Some(r) = metric(c, A, "vllm:num_requests_running", "a") {
+            max_running = max_running.max(r);
+        }
+        let (body, _) = h.join().unwrap();
+        assert!(body.contains("finish_reason\":\"length"), "{body}");
+        requests += 1;
+    }
+    let busy = t0.elapsed().as_secs_f64();
+    let tok1 = metric(c, A, "vllm:generation_tokens_total", "a").unwrap();
+    let mon = c.unit_log(UNIT_MONITOR);
+    let new: Vec<&str> = mon.lines().skip(mon0).collect();
+    assert_eq!(
+        c.main_pid(&unit),
+        pid0,
+        "a was restarted while busy:\n{}",
+        new.join("\n")
+    );
+    assert_eq!(c.n_restarts(&unit), n0);
+    assert!(
+        !new.iter()
+            .any(|l| l.contains("a: ") && l.contains("restart")),
+        "the monitor restarted a busy model:\n{}",
+        new.join("\n")
+    );
+    say(
+        "s2",
+        &format!(
+            "{requests} streamed completions of 200 tokens back to back for {busy:.0} s (about {} sweeps at 3 s); {} tokens generated ({:.0}/s); max num_requests_running {max_running}; no restart, same MainPID",
+            (busy / 3.0) as u32,
+            tok1 - tok0,
+            (tok1 - tok0) / busy
+        ),
+    );
+}
+
+/// 3. Drain: a streaming completion in flight during `citadel-service restart a`: it ends with
+///    a finish_reason, the stop takes less than drain + 10 s, no SIGKILL, a serves again.
+fn s3_drain_on_restart(c: &Citadel) {
+    let unit = model_unit("a");
+    let log0 = c.unit_log(&unit).lines().count();
+    let h = stream(c, A, "a", 240);
+    wait_running(c, A, "a");
+    let t0 = Instant::now();
+    let o = c.citadel_service(&["restart", "a"], LOAD);
+    let total = t0.elapsed().as_secs_f64();
+    assert!(o.success(), "{}\n{}", o.describe(), c.journal_tail(60));
+    let (body, ended) = h.join().unwrap();
+    assert!(
+        ended > t0,
+        "the stream had ended before the restart began: nothing was drained"
+    );
+    let finish = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["finish_reason"].as_str().map(String::from))
+        .next_back();
+    assert_eq!(finish.as_deref(), Some("length"), "stream cut:\n{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let log = c.unit_log(&unit);
+    let new: Vec<&str> = log.lines().skip(log0).collect();
+    let stop = new
+        .iter()
+        .find_map(|l| l.split("drained and exited with status 0 after ").nth(1))
+        .and_then(|r| r.split(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no drain line:\n{}", new.join("\n")));
+    assert!(stop < 30.0 + 10.0, "stop took {stop} s");
+    assert!(
+        !new.iter().any(|l| l.contains("SIGKILL")
+            || l.contains("was killed")
+            || l.contains("status=9/KILL")),
+        "{}",
+        new.join("\n")
+    );
+    assert_eq!(c.health(A), 200);
+    let (st, _) = complete(c, A, "a", 4);
+    assert_eq!(st, 200);
+    let load = load_secs(c, &unit).unwrap();
+    say(
+        "s3",
+        &format!(
+            "restart with a 240-token stream in flight: it ended {:.1} s into the restart with finish_reason \"length\" and [DONE]; stop (drain) {stop:.1} s (< drain_secs 30 + 10); no SIGKILL; reload {load:.1} s; restart command {total:.0} s; serves again",
+            ended.duration_since(t0).as_secs_f64()
+        ),
+    );
+}
+
+/// 4. EngineCore SIGKILLed: the unit restarts and b serves again; what /health said meanwhile.
+fn s4_engine_core_killed(c: &Citadel) {
+    let unit = model_unit("b");
+    let n0 = c.n_restarts(&unit);
+    let procs = engine_procs(c, &unit);
+    let core = procs
+        .iter()
+        .find(|(_, a)| a.contains("VLLM::EngineCore"))
+        .unwrap_or_else(|| panic!("no VLLM::EngineCore in {procs:?}"))
+        .0;
+    let t_kill = monotonic_usec();
+    c.sb.ok(&["kill", "-KILL", &core.to_string()]).unwrap();
+    // /health right after: does the API server still say 200?
+    let mut seen: Vec<(f64, u16)> = vec![];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        let h = c
+            .http_t(
+                "GET",
+                &format!("http://127.0.0.1:{B}/health"),
+                None,
+                None,
+                2,
+            )
+            .0;
+        if seen.last().map(|x| x.1) != Some(h) {
+            seen.push((t0.elapsed().as_secs_f64(), h));
+        }
+        if c.n_restarts(&unit) > n0 {
+            break;
+        }
+        std::thread::sleep(SEC / 5);
+    }
+    wait_for(LOAD, SEC, || {
+        (c.n_restarts(&unit) > n0 && c.active_state(&unit) == "active").then_some(())
+    })
+    .unwrap_or_else(|| panic!("b did not come back\n{}", c.journal_tail(60)));
+    let t_main = mono_usec(c, &unit, "ExecMainStartTimestampMonotonic");
+    let t_ready = mono_usec(c, &unit, "ActiveEnterTimestampMonotonic");
+    let t_exit = mono_usec(c, &unit, "ActiveExitTimestampMonotonic");
+    assert_eq!(c.health(B), 200);
+    let (st, _) = complete(c, B, "b", 4);
+    assert_eq!(st, 200);
+    let seen: Vec<String> = seen
+        .iter()
+        .map(|(t, h)| {
+            format!(
+                "{} at {t:.1} s",
+                if *h == 0 {
+                    "no answer".into()
+                } else {
+                    h.to_string()
+                }
+            )
+        })
+        .collect();
+    say(
+        "s4",
+        &format!(
+            "SIGKILL of VLLM::EngineCore (pid {core}): /health after the kill: {}; crash to unit leaving active {:.2} s; left active to new main process {:.2} s (RestartSec=1); crash to new main process {:.2} s; crash to serving {:.1} s; serves again",
+            seen.join(", then "),
+            t_exit.saturating_sub(t_kill) as f64 / 1e6,
+            t_main.saturating_sub(t_exit) as f64 / 1e6,
+            t_main.saturating_sub(t_kill) as f64 / 1e6,
+            t_ready.saturating_sub(t_kill) as f64 / 1e6
+        ),
+    );
+}
+
+/// 5. The API server SIGKILLed: no EngineCore or worker survives, the unit restarts cleanly.
+fn s5_api_server_killed(c: &Citadel) {
+    let unit = model_unit("a");
+    let n0 = c.n_restarts(&unit);
+    let procs = engine_procs(c, &unit);
+    assert!(procs.len() >= 3, "{procs:?}");
+    // The API server leads the group: its pid is the group id (start-model's child).
+    let api = c.engine_pid("a").expect("no engine process") as i64;
+    assert!(procs.iter().any(|p| p.0 == api), "{api} not in {procs:?}");
+    let t_kill = monotonic_usec();
+    c.sb.ok(&["kill", "-KILL", &api.to_string()]).unwrap();
+    wait_for(LOAD, SEC / 2, || (c.n_restarts(&unit) > n0).then_some(()))
+        .unwrap_or_else(|| panic!("a not restarted\n{}", c.journal_tail(60)));
+    let t_main = mono_usec(c, &unit, "ExecMainStartTimestampMonotonic");
+    let t_exit = mono_usec(c, &unit, "ActiveExitTimestampMonotonic");
+    let survivors: Vec<&(i64, String)> = procs.iter().filter(|(p, _)| alive(c, *p)).collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the killed engine survived: {survivors:?}"
+    );
+    wait_for(LOAD, SEC, || {
+        (c.active_state(&unit) == "active").then_some(())
+    })
+    .unwrap_or_else(|| panic!("a did not come back\n{}", c.journal_tail(60)));
+    let t_ready = mono_usec(c, &unit, "ActiveEnterTimestampMonotonic");
+    assert_eq!(c.health(A), 200);
+    say(
+        "s5",
+        &format!(
+            "SIGKILL of the API server (pid {api}) of a: none of its {} processes survived ({}); crash to unit leaving active {:.2} s; left active to new main process {:.2} s; crash to new main process {:.2} s; crash to serving {:.1} s",
+            procs.len(),
+            procs
+                .iter()
+                .map(|p| p.1.chars().take(40).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            t_exit.saturating_sub(t_kill) as f64 / 1e6,
+            t_main.saturating_sub(t_exit) as f64 / 1e6,
+            t_main.saturating_sub(t_kill) as f64 / 1e6,
+            t_ready.saturating_sub(t_kill) as f64 / 1e6
+        ),
+    );
+}
+
+/// The benchmark stops: with a client streaming, before the fix (a runs with drain_secs 0
+/// since scenario 5) and after (b, drain_secs 30); without a client after the fix (b).
+fn bench_stops(c: &Citadel) {
+    let mut rows = BTreeMap::new();
+    for (name, port, label) in [
+        ("a", A, "drain_secs 0 (before)"),
+        ("b", B, "drain_secs 30 (after)"),
+    ] {
+        let unit = model_unit(name);
+        let h = stream(c, port, name, 240);
+        wait_running(c, port, name);
+        let t0 = Instant::now();
+        let o = c.sb.exec_t(&["systemctl", "stop", &unit], LOAD);
+        let took = t0.elapsed().as_secs_f64();
+        assert!(o.success(), "{}", o.describe());
+        let (body, _) = h.join().unwrap();
+        let finished = body.contains("finish_reason\":\"length");
+        let killed = c
+            .unit_log(&unit)
+            .lines()
+            .rev()
+            .take(30)
+            .any(|l| l.contains("was killed"));
+        rows.insert(label, (took, finished, killed));
+        say(
+            "bench",
+            &format!(
+                "stop of {name} with a client streaming, {label}: {took:.1} s; stream finished: {finished}; group SIGKILLed: {killed}"
+            ),
+        );
+    }
+    assert!(rows["drain_secs 30 (after)"].1, "{rows:?}");
+    // Without a client: a (drain_secs 0, before) and b (drain_secs 30, after), both loaded
+    // again at once, then stopped idle one after the other.
+    engine::write_config(
+        c,
+        &EngineSetup {
+            drain_secs: 0,
+            ..setup()
+        },
+        &engine::venv_path(),
+    )
+    .unwrap();
+    c.sb.ok(&["systemctl", "start", "--no-block", &model_unit("a")])
+        .unwrap();
+    // start-model has read the config once it reports loading.
+    wait_for(Duration::from_secs(120), SEC / 5, || {
+        c.prop(&model_unit("a"), "StatusText")
+            .starts_with("loading")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("a not loading\n{}", c.journal_tail(40)));
+    engine::write_config(c, &setup(), &engine::venv_path()).unwrap();
+    c.sb.ok(&["systemctl", "start", "--no-block", &model_unit("b")])
+        .unwrap();
+    for name in ["a", "b"] {
+        c.wait_state(&model_unit(name), "active", LOAD)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (name, label) in [
+        ("a", "drain_secs 0 (before)"),
+        ("b", "drain_secs 30 (after)"),
+    ] {
+        let unit = model_unit(name);
+        let t0 = Instant::now();
+        c.sb.exec_t(&["systemctl", "stop", &unit], LOAD)
+            .ok()
+            .unwrap();
+        say(
+            "bench",
+            &format!(
+                "stop of {name} without a client, {label}: {:.1} s (its load before: {:.1} s)",
+                t0.elapsed().as_secs_f64(),
+                load_secs(c, &unit).unwrap_or(0.0)
+            ),
+        );
+    }
+}
+
+/// 6. A real load failure (max_model_len 4096 > the tiny model's 512): each attempt fails with
+///    the engine's own error line in the journal; `citadel-service start` shows each attempt and
+///    stops waiting when the same failure repeats; the monitor does not loop on it.
+fn s6_real_load_failure(c: &Citadel, setup: &EngineSetup) {
+    let mut s = setup.clone();
+    for m in &mut s.models {
+        m.enabled = m.name == "c";
+    }
+    engine::write_config(c, &s, &engine::venv_path()).unwrap();
+    // The monitor reads the config at start: now it watches c too.
+    c.sb.exec_t(
+        &["systemctl", "restart", UNIT_MONITOR],
+        Duration::from_secs(60),
+    )
+    .ok()
+    .unwrap();
+    let unit = model_unit("c");
+    let mon0 = c.unit_log(UNIT_MONITOR).lines().count();
+    let t0 = Instant::now();
+    let o = c.citadel_service(&["start", "c"], LOAD);
+    let took = t0.elapsed().as_secs_f64();
+    let _ = c.sb.exec(&["systemctl", "stop", &unit]);
+    assert!(!o.success(), "{}", o.describe());
+    let all = format!("{}{}", o.stdout, o.stderr);
+    let attempts: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("attempt") && l.contains("failed"))
+        .collect();
+    assert!(attempts.len() >= 2, "{all}");
+    assert!(
+        all.contains("max_model_len"),
+        "no engine cause line:\n{all}"
+    );
+    assert!(
+        all.contains("same failure"),
+        "did not give up early:\n{all}"
+    );
+    let log = c.unit_log(&unit);
+    let cause = log
+        .lines()
+        .find(|l| l.contains("max_model_len") && l.contains("4096"))
+        .unwrap_or_else(|| panic!("the engine's error is not in the journal:\n{log}"));
+    let mon = c.unit_log(UNIT_MONITOR);
+    let new: Vec<&str> = mon.lines().skip(mon0).collect();
+    assert!(
+        !new.iter()
+            .any(|l| l.contains("c: ") && l.contains("restart --no-block")),
+        "the monitor restarted c:\n{}",
+        new.join("\n")
+    );
+    say(
+        "s6",
+        &format!(
+            "max_model_len 4096 on a 512-position model: {} failed attempts shown, citadel-service start gave up after {took:.0} s (same failure twice); journal: {:?}; the monitor issued no restart",
+            attempts.len(),
+            cause.trim()
+        ),
+    );
+    for a in attempts {
+        say("s6", a.trim());
+    }
+}
