@@ -66,6 +66,12 @@ elif [[ ! -x /usr/bin/systemd-nspawn || ! -x /usr/bin/mmdebstrap ]]; then
 fi
 venv=${CITADEL_VLLM_VENV:-/var/cache/citadel-test/vllm}
 why_engine=$why_system
+# The engine tier's real vLLM (CPU build): built once and cached by setup-vllm.sh (about 10 GB
+# and 5-10 minutes the first time, seconds after; idempotent, locked). Under CI=true always.
+if [[ -z $why_system ]] || $ci; then
+  log "engine tier: the real vLLM venv (tests/system/engine/setup-vllm.sh $venv)"
+  bash tests/system/engine/setup-vllm.sh "$venv" >/dev/null || why_engine="tests/system/engine/setup-vllm.sh could not make the venv at $venv"
+fi
 [[ -z $why_engine && ! -x $venv/bin/vllm ]] && why_engine="no real vLLM venv at $venv (see shared/docs/VLLM.md)"
 why_root=""
 $root || why_root="not root"
@@ -172,7 +178,8 @@ run_tier root "$why_root"
 run_tier gpu "$why_gpu"
 run_tier nogpu "$why_nogpu"
 run_tier system "$why_system" "${box_lock[@]}"
-run_tier engine "$why_engine" "${box_lock[@]}"
+# The engine tier prints its figures (scenarios 1-6, the benchmark stops): not captured.
+run_tier engine "$why_engine" "${box_lock[@]}" env RUST_TEST_NOCAPTURE=1
 n_other=$(sort -u "$out/names.other" | grep -c . || true)
 ((n_other)) && summary+=("other: $n_other ignored tests with no tier in their reason, never run by this script")
 
