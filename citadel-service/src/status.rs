@@ -58,6 +58,12 @@ pub struct Row {
     pub gpu_memory_bytes: Option<u64>,
     /// The service's `STATUS=` text.
     pub status_text: String,
+    /// systemd's Result of the last run: success, exit-code, signal, start-limit-hit ...
+    pub result: String,
+    /// The last exit status, when the last run ended with a non-zero exit (Result=exit-code).
+    pub exit_status: Option<i32>,
+    /// What that exit status means in the Citadel contract (78: invalid configuration ...).
+    pub exit_meaning: Option<String>,
     /// ActiveState is `active`.
     pub up: bool,
 }
@@ -149,6 +155,13 @@ pub fn build(
                     .then(|| gpu_memory.and_then(|g| g.get(&m.service).copied()))
                     .flatten(),
                 status_text: s.status_text.clone(),
+                result: s.result.clone(),
+                exit_status: (s.result == "exit-code" && s.exec_main_status != 0)
+                    .then_some(s.exec_main_status),
+                exit_meaning: (s.result == "exit-code" && s.exec_main_status != 0)
+                    .then(|| citadel_common::Exit::from_code(i64::from(s.exec_main_status)))
+                    .flatten()
+                    .map(|e| e.meaning().to_string()),
                 up,
             }
         })
@@ -220,6 +233,12 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
         out.push_str(&reasons.join("\n"));
         out.push('\n');
     }
+    let down = why_down(r);
+    if !down.is_empty() {
+        out.push_str("\nwhy not running:\n");
+        out.push_str(&down.join("\n"));
+        out.push('\n');
+    }
     out.push('\n');
     let h = &r.health_source;
     out.push_str(&match h.kind.as_str() {
@@ -260,6 +279,31 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
     ));
     out.push('\n');
     out
+}
+
+/// One line per unit whose last run failed: the exit status and what it means, and the
+/// `reset-failed` step when systemd's start limit was hit.
+fn why_down(r: &StatusReport) -> Vec<String> {
+    let mut v = vec![];
+    for s in r.services.iter().filter(|s| !s.up) {
+        if s.result == "start-limit-hit" {
+            v.push(format!(
+                "  {}: systemd's start limit was hit; after fixing the cause: systemctl reset-failed {} && citadel-service start {}",
+                s.service, s.unit, s.service
+            ));
+        } else if let Some(code) = s.exit_status {
+            v.push(format!(
+                "  {}: exited {code}: {}",
+                s.service,
+                s.exit_meaning
+                    .as_deref()
+                    .unwrap_or("not a Citadel exit status")
+            ));
+        } else if !s.result.is_empty() && s.result != "success" && s.state == "failed" {
+            v.push(format!("  {}: {}", s.service, s.result));
+        }
+    }
+    v
 }
 
 /// `status --json`.
@@ -320,5 +364,29 @@ mod tests {
             None,
         );
         assert!(!r.all_up);
+        // A failed run: the exit status and its meaning; the start limit: reset-failed.
+        units[2].status.result = "exit-code".into();
+        units[2].status.exec_main_status = 78;
+        units[1] = unit("citadel-model@coder.service", "failed", false);
+        units[1].status.result = "start-limit-hit".into();
+        let r = build(
+            "c.toml",
+            &members,
+            &units,
+            Duration::from_secs(125),
+            &BTreeMap::new(),
+            r.health_source.clone(),
+            None,
+        );
+        assert_eq!(r.services[2].exit_status, Some(78));
+        let t = render_table(&r, 0, false);
+        assert!(
+            t.contains("  phi3: exited 78: invalid configuration (run citadel-service check)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  coder: systemd's start limit was hit; after fixing the cause: systemctl reset-failed citadel-model@coder.service && citadel-service start coder\n"),
+            "{t}"
+        );
     }
 }

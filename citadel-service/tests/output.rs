@@ -147,6 +147,9 @@ fn status_json() {
             "latency_ms",
             "gpu_memory_bytes",
             "status_text",
+            "result",
+            "exit_status",
+            "exit_meaning",
             "up"
         ])
     );
