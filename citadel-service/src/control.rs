@@ -170,7 +170,15 @@ pub fn start(
             );
         }
     }
-    bring_up(host, verb, &service.to_start(cfg), opts, out).map(|_| Exit::Ok)
+    bring_up(host, verb, &service.to_start(cfg), opts, out)?;
+    // The box now runs this config: `apply` compares the next edit with it.
+    if opts.is_some() && matches!(service, Service::All | Service::Models) {
+        match crate::snapshot::save(cfg) {
+            Ok(p) => log::debug!("running snapshot: {}", p.display()),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// `stop`: stop every unit behind the name (disabled models too), wait, and report whatever is
@@ -259,27 +267,39 @@ pub fn stop(
     Ok(Exit::Ok)
 }
 
-/// `enable`: the target, the infrastructure units, the monitor and the enabled models'
-/// instances come up at boot; instances of models disabled in the config are disabled.
-/// `disable`: all of them off.
+/// `enable`: the target, the infrastructure units, the monitor and the models target come up
+/// at boot; which models the target pulls is the config's business (citadel-generator), so
+/// per-model links left by older versions are removed. `disable`: all of them off.
 pub fn set_enabled(
     host: &dyn Host,
     cfg: &Config,
     enable: bool,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
-    let (on, off) = boot_units(cfg);
+    let legacy = host.model_links();
+    let (on, off) = boot_units(cfg, &legacy);
     if enable {
         host.set_enabled(true, &on)?;
         let _ = writeln!(out, "enabled: {}", on.join(" "));
-        if !off.is_empty() {
+        if !legacy.is_empty() {
             host.set_enabled(false, &off)?;
             let _ = writeln!(
                 out,
-                "disabled (enabled = false in the config): {}",
-                off.join(" ")
+                "removed per-model boot links (the config decides which models run): {}",
+                legacy.join(" ")
             );
         }
+        let wanted: Vec<&str> = cfg.enabled_models().map(|m| m.name.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "models wanted at boot (from {}): {}",
+            cfg.file.display(),
+            if wanted.is_empty() {
+                "none".to_string()
+            } else {
+                wanted.join(" ")
+            }
+        );
     } else {
         let every: Vec<String> = on.into_iter().chain(off).collect();
         host.set_enabled(false, &every)?;
@@ -416,8 +436,23 @@ mod tests {
     fn enable_follows_the_config() {
         let host = FakeHost::new();
         set_enabled(&host, &cfg(), true, &mut vec![]).unwrap();
-        let calls = host.recorded();
-        assert_eq!(calls[0], "enable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service citadel-model@coder.service citadel-model@phi3.service");
-        assert_eq!(calls[1], "disable citadel-model@vision.service");
+        assert_eq!(
+            host.recorded(),
+            ["enable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service"],
+            "no model is enabled one by one, and without old links nothing is disabled"
+        );
+        let mut host = FakeHost::new();
+        host.model_links = vec!["citadel-model@removed.service".into()];
+        let mut out = vec![];
+        set_enabled(&host, &cfg(), true, &mut out).unwrap();
+        assert_eq!(host.recorded()[1], "disable citadel-model@coder.service citadel-model@phi3.service citadel-model@vision.service citadel-model@removed.service");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("models wanted at boot (from test.toml): coder phi3"),
+            "{text}"
+        );
+        let host = FakeHost::new();
+        set_enabled(&host, &cfg(), false, &mut vec![]).unwrap();
+        assert_eq!(host.recorded(), ["disable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service citadel-model@coder.service citadel-model@phi3.service citadel-model@vision.service"]);
     }
 }

@@ -1,6 +1,7 @@
 //! `deploy`: the phased rollout. Phase 1 infrastructure (storage, gpu); phase 2 one test model
 //! (default `phi3`) must reach healthy; phase 3 every enabled model; phase 4 the monitor and
-//! `citadel-ai.target`. Each phase enables and starts its units, waits, and verifies (units
+//! `citadel-ai.target`. Each phase enables (models excepted: citadel-generator makes the config's
+//! enabled models wanted at boot) and starts its units, waits, and verifies (units
 //! active; models also answer `/health` with 200) before the next one runs. `--phase N` runs
 //! one phase after checking that the phase before it is in place. Running it again is
 //! harmless: enabling an enabled unit and starting an active one change nothing.
@@ -216,7 +217,13 @@ pub fn run(
         let _ = writeln!(out, "=== phase {p}: {name} ({}) ===", units.join(" "));
         let fail = |f: Failure| f.context(format!("deploy phase {p} ({name}) failed"));
         crate::control::check_installed(host, &members).map_err(fail)?;
-        host.set_enabled(true, &units).map_err(fail)?;
+        // Models are wanted at boot by citadel-generator (from the config), never one by one.
+        let enable: Vec<String> = members
+            .iter()
+            .filter(|m| m.kind != Kind::Model)
+            .map(|m| m.unit.clone())
+            .collect();
+        host.set_enabled(true, &enable).map_err(fail)?;
         bring_up(host, Verb::Start, &members, Some(&opts.wait), out).map_err(fail)?;
         // Targets are not waited for by bring_up; make sure they are up too.
         let targets: Vec<Member> = members
@@ -240,6 +247,12 @@ pub fn run(
         }
         verify_health(host, cfg, &members, probe, out).map_err(fail)?;
         let _ = writeln!(out, "phase {p} done");
+        if p == 3 {
+            // Every enabled model runs this config: `apply` compares the next edit with it.
+            if let Err(e) = crate::snapshot::save(cfg) {
+                log::warn!("{e}");
+            }
+        }
     }
     let _ = writeln!(out, "deploy complete");
     Ok(Exit::Ok)

@@ -56,7 +56,7 @@ Examples:
 pub const ENABLE: &str = "\
 Examples:
   citadel-service enable
-      bring the box up at every boot (the enabled models of the config)";
+      bring the box up at every boot (which models: the config's enabled ones, read by citadel-generator)";
 
 pub const DISABLE: &str = "\
 Examples:
@@ -69,6 +69,13 @@ Examples:
       probe every enabled model now; CPU, memory, disk and GPU use
   citadel-service health --json --timeout 2
       the same as JSON, each probe given at most 2 seconds";
+
+pub const APPLY: &str = "\
+Examples:
+  citadel-service apply --dry-run
+      what the edited config would start, stop, restart or reload, and why
+  citadel-service apply
+      carry it out: changed models restart one at a time, the others keep running";
 
 pub const DEPLOY: &str = "\
 Examples:
@@ -113,8 +120,8 @@ mod tests {
     #[test]
     fn every_example_has_a_command_and_what_it_does() {
         for t in [
-            MAIN, CHECK, START, STOP, RESTART, STATUS, LOGS, ENABLE, DISABLE, HEALTH, DEPLOY,
-            EXPORT,
+            MAIN, CHECK, START, STOP, RESTART, STATUS, LOGS, ENABLE, DISABLE, HEALTH, APPLY,
+            DEPLOY, EXPORT,
         ] {
             let ex = parse(t);
             assert!(!ex.is_empty() && ex.len() <= 2, "{t}");

@@ -15,6 +15,8 @@
 //! not run as root); 2 usage (unknown service name, bad option); 69 a unit is not installed or
 //! systemd/journalctl cannot be run; 78 invalid config.
 
+pub mod apply;
+pub mod changes;
 pub mod check;
 pub mod control;
 pub mod deploy;
@@ -26,6 +28,7 @@ pub mod logs;
 pub mod output;
 pub mod probes;
 pub mod services;
+pub mod snapshot;
 pub mod status;
 pub mod systemd;
 pub mod wait;
@@ -163,7 +166,7 @@ pub enum Command {
         #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
         since: Option<String>,
     },
-    /// Start the target, infrastructure, monitor and enabled models at boot (root).
+    /// Start the box at boot: target, infrastructure, monitor; the models the config enables (root).
     #[command(after_help = examples::ENABLE)]
     Enable,
     /// Do not start any Citadel unit at boot (root).
@@ -178,6 +181,19 @@ pub enum Command {
         /// Seconds each /health probe may take (default: [monitor] probe_timeout_secs).
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+    },
+    /// Apply the edited config: restart only what changed, one model at a time (root).
+    #[command(after_help = examples::APPLY)]
+    Apply {
+        /// Print the plan and change nothing (no root needed).
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan (or the errors) as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Give up waiting for one model to serve after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 1800)]
+        timeout: u64,
     },
     /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+target (root).
     #[command(after_help = examples::DEPLOY)]
@@ -248,6 +264,10 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
         Command::Stop { service, .. } => drop(service.required("stop")?),
         Command::Restart(a) => drop(a.service.required("restart")?),
         _ => {}
+    }
+    if let Command::Apply { .. } = &command {
+        // apply validates the file itself (and prints the errors as JSON with --json).
+        return apply_command(&command, &cli.common.config, &RealHost::default());
     }
     let cfg = match Config::load(&cli.common.config) {
         Ok(cfg) => cfg,
@@ -434,6 +454,7 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             control::set_enabled(host, cfg, false, &mut out)
         }
         Command::Health { json, timeout } => health_command(host, cfg, *json, *timeout),
+        Command::Apply { .. } => apply_command(&command, &cfg.file, host),
         Command::Deploy {
             phase,
             test_model,
@@ -458,6 +479,27 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             }
         },
     }
+}
+
+fn apply_command(
+    command: &Command,
+    file: &std::path::Path,
+    host: &dyn Host,
+) -> Result<Exit, Failure> {
+    let Command::Apply {
+        dry_run,
+        json,
+        timeout,
+    } = command
+    else {
+        return Err(Failure::other("not an apply command"));
+    };
+    let opts = apply::ApplyOptions {
+        dry_run: *dry_run,
+        json: *json,
+        wait: wait_options(*timeout),
+    };
+    apply::run(host, file, &opts, &mut std::io::stdout())
 }
 
 /// The monitor's health, read from its state file, as status cells and a source line.

@@ -142,23 +142,26 @@ pub fn valid_names(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The units `enable` turns on so the box comes up at boot, and the ones it turns off
-/// (instances of models disabled in the config).
-pub fn boot_units(cfg: &Config) -> (Vec<String>, Vec<String>) {
-    let mut on = vec![
+/// The units `enable` turns on so the box comes up at boot, and the per-model links it removes.
+/// Models are not enabled one by one: citadel-generator makes the models target want exactly
+/// the enabled models of the config at boot and on every daemon-reload. Links that older
+/// versions made with `systemctl enable citadel-model@NAME` would pull a model whatever the
+/// config says, so `enable` and `disable` remove them (every model of the config, plus
+/// `legacy`: the instances found linked in /etc).
+pub fn boot_units(cfg: &Config, legacy: &[String]) -> (Vec<String>, Vec<String>) {
+    let on = vec![
         paths::TARGET_AI.to_string(),
         paths::TARGET_MODELS.to_string(),
         paths::UNIT_STORAGE.to_string(),
         paths::UNIT_GPU.to_string(),
         paths::UNIT_MONITOR.to_string(),
     ];
-    on.extend(cfg.enabled_models().map(|m| m.unit()));
-    let off = cfg
-        .models
-        .iter()
-        .filter(|m| !m.enabled)
-        .map(|m| m.unit())
-        .collect();
+    let mut off: Vec<String> = cfg.models.iter().map(|m| m.unit()).collect();
+    for u in legacy {
+        if !off.contains(u) {
+            off.push(u.clone());
+        }
+    }
     (on, off)
 }
 
@@ -254,9 +257,21 @@ enabled = false
 
     #[test]
     fn boot_units_follow_the_config() {
-        let (on, off) = boot_units(&cfg());
+        let legacy = ["citadel-model@old.service".to_string()];
+        let (on, off) = boot_units(&cfg(), &legacy);
         assert!(on.contains(&"citadel-ai.target".to_string()));
-        assert!(on.contains(&"citadel-model@phi3.service".to_string()));
-        assert_eq!(off, ["citadel-model@vision.service"]);
+        assert!(
+            !on.iter().any(|u| u.starts_with("citadel-model@")),
+            "{on:?}"
+        );
+        assert_eq!(
+            off,
+            [
+                "citadel-model@coder.service",
+                "citadel-model@phi3.service",
+                "citadel-model@vision.service",
+                "citadel-model@old.service"
+            ]
+        );
     }
 }

@@ -47,6 +47,15 @@ pub trait Host {
     fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure>;
     /// `systemctl enable|disable UNITS...`; returns what systemctl printed.
     fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure>;
+    /// `systemctl daemon-reload` (generators run again), waiting for it.
+    fn daemon_reload(&self) -> Result<(), Failure>;
+    /// `systemctl reload UNIT`, waiting for the reload job (the unit's `ExecReload=`).
+    fn reload(&self, unit: &str) -> Result<(), Failure>;
+    /// Run a helper of the package (`/usr/lib/citadel/NAME ARGS...`); its exit code and
+    /// its output (stdout then stderr).
+    fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure>;
+    /// Model instances linked into the models target by `systemctl enable` (in /etc).
+    fn model_links(&self) -> Vec<String>;
     /// The last `lines` journal lines of a unit.
     fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
     /// Why the unit's last attempt failed, as start-model said it: its last error-priority
@@ -102,6 +111,36 @@ impl Host for RealHost {
         Ok(format!("{}{}", out.stdout, out.stderr))
     }
 
+    fn daemon_reload(&self) -> Result<(), Failure> {
+        self.systemctl.run_ok(&["daemon-reload"]).map(|_| ())
+    }
+
+    fn reload(&self, unit: &str) -> Result<(), Failure> {
+        self.systemctl.run_ok(&["reload", unit]).map(|_| ())
+    }
+
+    fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure> {
+        let program = Path::new(paths::LIBEXEC_DIR).join(name);
+        let out = Command::new(&program)
+            .args(args)
+            .output()
+            .map_err(|e| Failure::unavailable(format!("cannot run {}: {e}", program.display())))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    fn model_links(&self) -> Vec<String> {
+        model_links_in(
+            &Path::new(paths::ETC_UNIT_DIR).join(format!("{}.wants", paths::TARGET_MODELS)),
+        )
+    }
+
     fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
         let n = lines.to_string();
         let out = Command::new(paths::JOURNALCTL)
@@ -149,6 +188,19 @@ pub fn cause_of(line: &str) -> Option<String> {
     let mark = citadel_common::vllm::CAUSE_MARK;
     let text = line.find(mark).map_or(line, |i| &line[i + mark.len()..]);
     Some(citadel_common::vllm::escape(text))
+}
+
+/// The model instances linked in a `.wants/` directory (sorted; none when it is missing).
+pub fn model_links_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| paths::model_of_unit(n).is_some_and(|m| !m.is_empty()))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The PIDs in `control_group` and its children, looked up under a cgroup root: the unified
@@ -213,6 +265,9 @@ pub mod fake {
         /// [`Host::last_cause`] per unit, one entry per poll step like `script` (the last stays).
         pub causes: BTreeMap<String, Vec<String>>,
         pub leftover_pids: BTreeMap<String, Vec<u32>>,
+        pub model_links: Vec<String>,
+        /// Exit codes of helpers run with `run_helper` (default 0).
+        pub helper_codes: BTreeMap<String, i32>,
         pub calls: Mutex<Vec<String>>,
         step: Mutex<usize>,
         /// Start of the fake clock.
@@ -298,6 +353,22 @@ pub mod fake {
             self.record(format!("{v} {}", names.join(" ")));
             Ok(String::new())
         }
+        fn daemon_reload(&self) -> Result<(), Failure> {
+            self.record("daemon-reload".into());
+            Ok(())
+        }
+        fn reload(&self, unit: &str) -> Result<(), Failure> {
+            self.record(format!("reload {unit}"));
+            Ok(())
+        }
+        fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure> {
+            self.record(format!("{name} {}", args.join(" ")).trim().to_string());
+            let code = self.helper_codes.get(name).copied().unwrap_or(0);
+            Ok((code, format!("{name} exited {code}")))
+        }
+        fn model_links(&self) -> Vec<String> {
+            self.model_links.clone()
+        }
         fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
             self.record(format!("journal {unit} {lines}"));
             Ok(self.journal.get(unit).cloned().unwrap_or_default())
@@ -343,6 +414,24 @@ mod tests {
         );
         assert!(cgroup_pids_under(d.path(), "/system.slice/gone.service").is_empty());
         assert!(cgroup_pids_under(d.path(), "").is_empty());
+    }
+
+    #[test]
+    fn model_links_are_the_instances_in_a_wants_dir() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "citadel-model@b.service",
+            "citadel-model@a.service",
+            "other.service",
+            "citadel-model@.service",
+        ] {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        assert_eq!(
+            model_links_in(d.path()),
+            ["citadel-model@a.service", "citadel-model@b.service"]
+        );
+        assert!(model_links_in(&d.path().join("missing")).is_empty());
     }
 
     #[test]

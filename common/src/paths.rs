@@ -13,12 +13,22 @@ pub const JOURNALCTL: &str = "/usr/bin/journalctl";
 /// Exists only while systemd is PID 1 (sd_booted(3)).
 pub const SYSTEMD_RUN_DIR: &str = "/run/systemd/system";
 
+/// Where the package installs its unit files (Debian 12: /lib is /usr/lib).
+pub const SYSTEM_UNIT_DIR: &str = "/lib/systemd/system";
+/// Where `systemctl enable` puts its links.
+pub const ETC_UNIT_DIR: &str = "/etc/systemd/system";
+/// The kernel log: where a systemd generator logs (generators have no journal).
+pub const KMSG: &str = "/dev/kmsg";
+
 /// Units.
 pub const TARGET_AI: &str = "citadel-ai.target";
 pub const TARGET_MODELS: &str = "citadel-models.target";
 pub const UNIT_STORAGE: &str = "citadel-storage.service";
 pub const UNIT_GPU: &str = "citadel-gpu.service";
 pub const UNIT_MONITOR: &str = "citadel-monitor.service";
+
+/// The template every model unit is an instance of.
+pub const MODEL_TEMPLATE: &str = "citadel-model@.service";
 
 /// The template instance that runs one model.
 pub fn model_unit(name: &str) -> String {

@@ -22,4 +22,9 @@ pub struct Args {
     /// With --once: print the result as JSON (the state-file schema) instead of a table.
     #[arg(long, requires = "once")]
     pub json: bool,
+    /// Make the monitor running as PID re-read its config (SIGHUP) and wait until it has:
+    /// exit 0 when the new config is in use, 78 when the monitor refused it (it keeps the old
+    /// one), 75 when it did not answer in time. The unit's ExecReload=.
+    #[arg(long, value_name = "PID", conflicts_with = "once")]
+    pub reload: Option<i32>,
 }

@@ -11,8 +11,8 @@
 //! One concern per module: [`args`] (command line), [`settings`] (settings, targets,
 //! authority), [`monitor`] (the sweep), [`sweep`] (parallel probes), [`deep`] (deep-probe
 //! scheduling), [`decide`] (the pure decision), [`budget`] (restart budget), [`webhook`],
-//! [`transitions`] (transition logging), [`signals`], [`output`] (state file, textfile,
-//! table) and [`run`] (the run loop).
+//! [`transitions`] (transition logging), [`signals`], [`reload`] (SIGHUP config reload),
+//! [`output`] (state file, textfile, table) and [`run`] (the run loop).
 
 pub mod args;
 pub mod budget;
@@ -21,6 +21,7 @@ pub mod deep;
 pub mod metrics;
 pub mod monitor;
 pub mod output;
+pub mod reload;
 pub mod run;
 pub mod settings;
 mod signals;

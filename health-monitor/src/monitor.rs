@@ -117,6 +117,34 @@ impl Monitor {
         self
     }
 
+    /// Swap in a reloaded config: new settings and models; what the monitor remembers about
+    /// models still present (failures, restart budget, deep-probe schedule) is kept.
+    pub fn reconfigure(
+        &mut self,
+        settings: Settings,
+        targets: Vec<Target>,
+        api_key: Option<String>,
+    ) {
+        let names: std::collections::BTreeSet<&str> =
+            targets.iter().map(|t| t.name.as_str()).collect();
+        self.records.retain(|n, _| names.contains(n.as_str()));
+        self.deep.retain(|n, _| names.contains(n.as_str()));
+        self.webhook = match (&settings.webhook_url, self.authority) {
+            (Some(url), Authority::Supervise) => Some(output::Webhook {
+                url: url.clone(),
+                timeout: settings.webhook_timeout,
+            }),
+            _ => None,
+        };
+        self.settings = settings;
+        self.targets = targets;
+        self.api_key = api_key;
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn authority(&self) -> Authority {
         self.authority
     }

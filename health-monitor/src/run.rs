@@ -4,13 +4,17 @@
 use crate::args::Args;
 use crate::monitor::{GpuReader, Monitor};
 use crate::output;
+use crate::reload;
 use crate::settings::{Settings, Target};
 use crate::signals::{install_signal_handlers, sleep_until, spawn_stop_relay};
+use citadel_common::config::Config;
 use citadel_common::health::GpuHealth;
 use citadel_common::systemctl::{Systemctl, Systemd};
 use citadel_common::{notify, Exit, Failure};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// Per-GPU readings through `citadel_common::gpu` (NVML, or `CITADEL_FAKE_GPU`); `None` when
@@ -39,19 +43,68 @@ pub fn gpu_reader() -> Option<GpuReader> {
     }))
 }
 
-/// The binary: `--once` or the service loop.
-pub fn run(args: &Args) -> Result<Exit, Failure> {
-    let cfg = args.common.load_config()?;
-    let settings = Settings::from_config(&cfg);
-    let targets = Target::from_config(&cfg);
-    let api_key = match citadel_common::apikey::read(&cfg) {
+fn api_key_for(cfg: &Config, settings: &Settings) -> Option<String> {
+    match citadel_common::apikey::read(cfg) {
         Ok(k) => k,
         Err(e) if settings.deep_interval.is_some() => {
             log::error!("{e}; deep probes go without an API key");
             None
         }
         Err(_) => None,
-    };
+    }
+}
+
+/// How long `--reload` waits for the monitor: a sweep in progress finishes first.
+fn reload_wait(cfg: &Config) -> Duration {
+    Duration::from_secs(cfg.monitor.probe_timeout_secs + cfg.monitor.deep_probe_timeout_secs + 10)
+}
+
+/// SIGHUP taken: reload, or keep the running config and say why. Always ends with `READY=1`.
+fn reload_now(args: &Args, m: &mut Monitor, runtime_dir: &mut PathBuf) {
+    match reload::reload_config(&args.common.config) {
+        Ok(cfg) => {
+            let settings = Settings::from_config(&cfg);
+            let key = api_key_for(&cfg, &settings);
+            log::info!(
+                "reloaded {}: watching {} models every {}s",
+                cfg.file.display(),
+                cfg.enabled_models().count(),
+                settings.interval.as_secs()
+            );
+            m.reconfigure(settings, Target::from_config(&cfg), key);
+            reload::Loaded::of(&cfg, None).write(runtime_dir);
+            *runtime_dir = cfg.paths.runtime_dir.clone();
+        }
+        Err(e) => {
+            log::error!("reload refused, the running config stays in use: {e}");
+            let mut l = reload::Loaded::read(&reload::ack_file(runtime_dir)).unwrap_or_else(|| {
+                reload::Loaded {
+                    pid: std::process::id(),
+                    loaded_unix_ms: 0,
+                    config: args.common.config.display().to_string(),
+                    models: vec![],
+                    interval_secs: m.settings().interval.as_secs(),
+                    error: None,
+                }
+            });
+            l.pid = std::process::id();
+            l.loaded_unix_ms = reload::unix_ms();
+            l.error = Some(e);
+            l.write(runtime_dir);
+        }
+    }
+    notify::ready("reloaded");
+}
+
+/// The binary: `--once`, `--reload PID` or the service loop.
+pub fn run(args: &Args) -> Result<Exit, Failure> {
+    let cfg = args.common.load_config()?;
+    if let Some(pid) = args.reload {
+        return reload::signal_and_wait(pid, &cfg.paths.runtime_dir, reload_wait(&cfg));
+    }
+    let settings = Settings::from_config(&cfg);
+    let targets = Target::from_config(&cfg);
+    let api_key = api_key_for(&cfg, &settings);
     install_signal_handlers()?;
     let stop = Arc::new(AtomicBool::new(false));
     let systemd: Arc<dyn Systemd> = Arc::new(Systemctl::default());
@@ -83,6 +136,9 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         m = m.with_gpu(g);
     }
     let _relay = spawn_stop_relay(stop.clone());
+    reload::install_hup_handler()?;
+    let mut runtime_dir = cfg.paths.runtime_dir.clone();
+    reload::Loaded::of(&cfg, None).write(&runtime_dir);
     log::info!(
         "watching {} models every {}s (probe timeout {}s, restart after {} failures, at most {} restarts per {}s)",
         cfg.enabled_models().count(),
@@ -104,8 +160,11 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
             ready = true;
         }
         notify::watchdog();
-        if !sleep_until(start + settings.interval, &stop) {
+        if !sleep_until(start + m.settings().interval, &stop) {
             break;
+        }
+        if reload::take() {
+            reload_now(args, &mut m, &mut runtime_dir);
         }
     }
     notify::stopping("stopping");

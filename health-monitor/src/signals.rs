@@ -28,7 +28,8 @@ pub(crate) fn install_signal_handlers() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Sleep until `until`, in small steps, petting the watchdog; false when stopped.
+/// Sleep until `until` (or a reload is asked for), in small steps, petting the watchdog;
+/// false when stopped.
 pub(crate) fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
     let pet = notify::watchdog_interval().map(|w| w / 2);
     let mut last_pet = Instant::now();
@@ -37,7 +38,7 @@ pub(crate) fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
             return false;
         }
         let now = Instant::now();
-        if now >= until {
+        if now >= until || crate::reload::pending() {
             return true;
         }
         if pet.is_some_and(|p| now.duration_since(last_pet) >= p) {

@@ -65,7 +65,7 @@ fn the_main_page_links_one_page_per_subcommand_and_each_exists() {
     let main = render(&dir.join("citadel-service.1"));
     for sub in [
         "check", "start", "stop", "restart", "status", "logs", "enable", "disable", "health",
-        "deploy",
+        "apply", "deploy",
     ] {
         assert!(
             main.contains(&format!("citadel-service-{sub}(1)")),

@@ -331,7 +331,8 @@ impl Citadel {
         for (name, text) in &s.faults {
             self.set_faults(name, text)?;
         }
-        Ok(())
+        // The generator ran at install with the shipped config; now it reads the test config.
+        self.sb.ok(&["systemctl", "daemon-reload"]).map(|_| ())
     }
 
     /// Replace the stand-in fault file of one model (read at its next start).
@@ -346,16 +347,10 @@ impl Citadel {
             .map(|_| ())
     }
 
-    /// Enable the three model instances (what `citadel-service enable` does for them).
+    /// Make the models target want the config's enabled models: citadel-generator reads the
+    /// config on daemon-reload (models are no longer enabled one by one).
     pub fn enable_models(&self) -> Result<()> {
-        let mut argv = vec!["systemctl".to_string(), "enable".into(), "--quiet".into()];
-        argv.extend(
-            MODELS
-                .iter()
-                .map(|m| citadel_common::paths::model_unit(m.name)),
-        );
-        let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.sb.ok(&a).map(|_| ())
+        self.sb.ok(&["systemctl", "daemon-reload"]).map(|_| ())
     }
 
     /// Enable the models and start the whole box; Ok once `systemctl start` returned 0.

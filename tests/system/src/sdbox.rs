@@ -411,6 +411,25 @@ impl SdBox {
             .trim()
             .replace('-', "");
         fs::write(root.join("etc/machine-id"), format!("{id}\n")).map_err(io_err("machine-id"))?;
+        Self::launch(name, &bdir, opts)
+    }
+
+    /// Reboot: power the box off cleanly and boot it again from the same disk (the overlay
+    /// keeps /etc and /var; /run and mounts made inside are gone, as after a real reboot).
+    pub fn reboot(&mut self, opts: &BootOptions) -> Result<()> {
+        self.stop();
+        let again = Self::launch(&self.name, &self.dir, opts)?;
+        let keep = self.keep;
+        // The handle being replaced must not tear down the box it is replaced by.
+        self.keep = true;
+        *self = again;
+        self.keep = keep;
+        Ok(())
+    }
+
+    /// Start systemd-nspawn on the mounted overlay of `bdir` and wait until the box is up.
+    fn launch(name: &str, bdir: &Path, opts: &BootOptions) -> Result<SdBox> {
+        let root = bdir.join("root");
 
         let mut args: Vec<String> = vec![
             "-q".into(),
@@ -476,7 +495,7 @@ impl SdBox {
         });
         let mut sb = SdBox {
             name: name.to_string(),
-            dir: bdir.clone(),
+            dir: bdir.to_path_buf(),
             root,
             nspawn: Some(nspawn),
             leader: Pid::from_raw(0),

@@ -1,0 +1,132 @@
+use super::*;
+use citadel_common::config::Limits;
+
+fn cfg_with(paths: &str, extra: &str) -> Config {
+    Config::parse_with(
+        &format!(
+            r#"{paths}
+[engine]
+stop_grace_secs = 45
+drain_secs = 20
+{extra}
+[models.phi3]
+path = "phi3"
+port = 11403
+gpus = [0]
+gpu_memory_utilization = 0.3
+[models.coder]
+path = "coder"
+port = 11405
+gpus = [1]
+gpu_memory_utilization = 0.4
+[models.vision]
+path = "vision"
+port = 11406
+gpus = [1]
+gpu_memory_utilization = 0.4
+enabled = false
+"#
+        ),
+        Path::new("/etc/citadel/citadel.toml"),
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+fn links(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Link { path, target } => {
+                Some(format!("{} -> {}", path.display(), target.display()))
+            }
+            Item::File { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_enabled_models_are_wanted() {
+    let items = items(&cfg_with("", ""));
+    assert_eq!(
+        links(&items),
+        [
+            "citadel-models.target.wants/citadel-model@coder.service -> /lib/systemd/system/citadel-model@.service",
+            "citadel-models.target.wants/citadel-model@phi3.service -> /lib/systemd/system/citadel-model@.service",
+        ]
+    );
+    // Default paths: the model drop-in holds only the stop timeout, and the monitor needs none.
+    let files: Vec<&Path> = items
+        .iter()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .map(Item::path)
+        .collect();
+    assert_eq!(
+        files,
+        [Path::new(
+            "citadel-model@.service.d/50-citadel-generator.conf"
+        )]
+    );
+}
+
+#[test]
+fn the_stop_timeout_covers_the_grace() {
+    let c = cfg_with("", "");
+    assert_eq!(stop_timeout_secs(&c), 20 + 45 + STOP_MARGIN_SECS);
+    let d = model_drop_in(&c);
+    assert!(d.contains("\n[Service]\n"), "{d}");
+    assert!(d.contains("\nTimeoutStopSec=95\n"), "{d}");
+    assert!(!d.contains("ReadWritePaths"), "{d}");
+}
+
+#[test]
+fn moved_dirs_become_read_write_paths_quoted_and_escaped() {
+    let c = cfg_with(
+        "[paths]\ncache_dir = \"/srv/cache 100%\"\nruntime_dir = \"/run/cit\\\"adel\"\n",
+        "[monitor]\nstate_file = \"/var/lib/citadel-health/health.json\"\n",
+    );
+    let d = model_drop_in(&c);
+    assert!(
+        d.contains("\nReadWritePaths=\"-/run/cit\\\"adel\" \"-/srv/cache 100%%\"\n"),
+        "{d}"
+    );
+    let m = monitor_drop_in(&c).expect("the monitor writes outside its defaults");
+    assert!(
+        m.contains("\nReadWritePaths=\"-/run/cit\\\"adel\" \"-/var/lib/citadel-health\"\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn write_creates_links_and_files_and_undoes_a_partial_write() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cfg_with("", "");
+    let it = items(&c);
+    write(d.path(), &it).unwrap();
+    let link = d
+        .path()
+        .join("citadel-models.target.wants/citadel-model@phi3.service");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/lib/systemd/system/citadel-model@.service")
+    );
+    assert!(std::fs::read_to_string(
+        d.path()
+            .join("citadel-model@.service.d/50-citadel-generator.conf")
+    )
+    .unwrap()
+    .contains("TimeoutStopSec=95"));
+    // A second run into the same (non-empty) dir fails on the first item and leaves the first
+    // run's tree as it was; a run that fails half-way removes what it made.
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::create_dir(fresh.path().join("citadel-model@.service.d")).unwrap();
+    std::fs::write(
+        fresh
+            .path()
+            .join("citadel-model@.service.d/50-citadel-generator.conf"),
+        "",
+    )
+    .unwrap();
+    assert!(write(fresh.path(), &it).is_err());
+    assert!(!fresh.path().join("citadel-models.target.wants").exists());
+}
