@@ -12,6 +12,7 @@ pub fn json_report(result: &Result<Config, ConfigError>) -> serde_json::Value {
             let plan = Plan::of(cfg);
             serde_json::json!({
                 "valid": true,
+                "warnings": cfg.warnings(),
                 "config": plan.config,
                 "models": plan.models,
                 "gpus": plan.gpus.iter().map(|g| serde_json::json!({
@@ -21,12 +22,15 @@ pub fn json_report(result: &Result<Config, ConfigError>) -> serde_json::Value {
                 })).collect::<Vec<_>>(),
             })
         }
-        Err(e) => serde_json::json!({
-            "valid": false,
-            "config": e.file.display().to_string(),
-            "errors": e.issues,
-            "messages": e.lines(),
-        }),
+        Err(e) => {
+            let mut doc = citadel_common::exit::error_document(Exit::Config, &e.lines().join("\n"));
+            let obj = doc.as_object_mut().expect("an object");
+            obj.insert("valid".into(), false.into());
+            obj.insert("config".into(), e.file.display().to_string().into());
+            obj.insert("errors".into(), serde_json::json!(e.issues));
+            obj.insert("messages".into(), serde_json::json!(e.lines()));
+            doc
+        }
     }
 }
 
@@ -41,6 +45,9 @@ pub fn run(file: &Path, json: bool) -> Result<Exit, Failure> {
     }
     match result {
         Ok(cfg) => {
+            for w in cfg.warnings() {
+                log::warn!("{w}");
+            }
             if !json {
                 print!("{}", Plan::of(&cfg).render());
                 let enabled = cfg.enabled_models().count();
@@ -55,12 +62,14 @@ pub fn run(file: &Path, json: bool) -> Result<Exit, Failure> {
         }
         Err(e) => {
             let n = e.issues.len();
-            Err(Failure::config(format!(
+            let f = Failure::config(format!(
                 "{}\n{}: {n} problem{} found",
                 e,
                 e.file.display(),
                 if n == 1 { "" } else { "s" }
-            )))
+            ));
+            // With --json the document above already holds the errors (and an `error` member).
+            Err(if json { f.with_document_printed() } else { f })
         }
     }
 }

@@ -255,6 +255,21 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+impl Cli {
+    /// Was `--json` asked for (check, status, health)? Then every outcome, errors included, is
+    /// one JSON document on stdout.
+    pub fn json(&self) -> bool {
+        matches!(
+            self.command,
+            Some(
+                Command::Check { json: true }
+                    | Command::Status { json: true, .. }
+                    | Command::Health { json: true, .. }
+            )
+        )
+    }
+}
+
 /// Run one command.
 pub fn run(cli: &Cli) -> Result<Exit, Failure> {
     let command = cli.command_or_status();

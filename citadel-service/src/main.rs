@@ -1,9 +1,8 @@
 //! citadel-service: the one command an operator uses to run the box. See `citadel-service --help`.
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = citadel_service::Cli::parse();
+    let cli: citadel_service::Cli = citadel_common::exit::parse_args();
     cli.common.init_logging();
-    citadel_common::exit::report(citadel_service::run(&cli))
+    citadel_common::exit::report_as(citadel_service::run(&cli), cli.json())
 }

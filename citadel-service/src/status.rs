@@ -180,15 +180,18 @@ fn dash<T: ToString>(v: Option<T>) -> String {
 }
 
 /// The table, with a footer saying where health came from and how many services are up.
-/// `now_unix` dates the monitor's sweep.
+/// `now_unix` dates the monitor's sweep. Every text from the state file (which the service
+/// account can write) or from systemd is printed with its control characters escaped; only
+/// the table's own colours are escape sequences.
 pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
+    use citadel_common::text::escape_controls as esc;
     let mut rows = vec![[
         "SERVICE", "UNIT", "STATE", "PID", "UPTIME", "RESTARTS", "PORT", "HEALTH", "GPU MEM",
     ]
     .map(String::from)
     .to_vec()];
     for s in &r.services {
-        let mut state = paint(&s.state, tone_of(&s.state), color);
+        let mut state = paint(&esc(&s.state), tone_of(&s.state), color);
         if s.load_state == "not-found" {
             state = paint("not-installed", output::Tone::Bad, color);
         } else if !s.enabled {
@@ -198,7 +201,7 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
         }
         let health = match &s.health {
             Some(h) => {
-                let mut cell = paint(h, tone_of(h), color);
+                let mut cell = paint(&esc(h), tone_of(h), color);
                 if let Some(l) = s.latency_ms.filter(|_| h == "healthy") {
                     cell.push_str(&format!(" ({l} ms)"));
                 }
@@ -207,8 +210,8 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
             None => "-".into(),
         };
         rows.push(vec![
-            s.service.clone(),
-            s.unit.clone(),
+            esc(&s.service).into_owned(),
+            esc(&s.unit).into_owned(),
             state,
             dash(s.pid),
             dash(s.uptime_secs.map(output::duration)),
@@ -225,7 +228,7 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
         .filter_map(|s| {
             s.health_reason
                 .as_ref()
-                .map(|x| format!("  {}: {x}", s.service))
+                .map(|x| format!("  {}: {}", esc(&s.service), esc(x)))
         })
         .collect();
     if !reasons.is_empty() {

@@ -23,6 +23,11 @@ impl CommonArgs {
     }
     /// Load and validate the config named by `--config`.
     pub fn load_config(&self) -> Result<crate::config::Config, crate::Failure> {
-        crate::config::Config::load(&self.config).map_err(|e| crate::Failure::config(e.to_string()))
+        let cfg = crate::config::Config::load(&self.config)
+            .map_err(|e| crate::Failure::config(e.to_string()))?;
+        for w in cfg.warnings() {
+            log::warn!("{w}");
+        }
+        Ok(cfg)
     }
 }

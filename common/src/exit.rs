@@ -72,6 +72,9 @@ impl From<Exit> for ExitCode {
 pub struct Failure {
     pub exit: Exit,
     pub message: String,
+    /// The binary already printed its one JSON document (a report saying what failed): with
+    /// `--json`, [`report_as`] prints no second one.
+    pub document_printed: bool,
 }
 
 impl Failure {
@@ -79,6 +82,7 @@ impl Failure {
         Failure {
             exit,
             message: message.into(),
+            document_printed: false,
         }
     }
     /// Exit 1: something unexpected.
@@ -101,6 +105,18 @@ impl Failure {
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(Exit::Config, message)
     }
+    /// Mark that stdout already holds this run's JSON document.
+    pub fn with_document_printed(mut self) -> Self {
+        self.document_printed = true;
+        self
+    }
+
+    /// The one JSON document of a failed `--json` run:
+    /// `{"error": {"exit": 78, "kind": "config", "message": "...", "lines": [...]}}`.
+    pub fn json(&self) -> serde_json::Value {
+        error_document(self.exit, &self.message)
+    }
+
     /// Prefix the message with what we were doing.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = format!("{what}: {}", self.message);
@@ -122,16 +138,82 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// The name of an exit code in the error document.
+pub fn kind(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Ok => "ok",
+        Exit::Failure => "failure",
+        Exit::Usage => "usage",
+        Exit::Unavailable => "unavailable",
+        Exit::TempFail => "temporary",
+        Exit::Config => "config",
+    }
+}
+
+/// `{"error": {"exit", "kind", "message", "lines"}}`: the first line is the message, every
+/// line is in `lines`. The one place the error document is built.
+pub fn error_document(exit: Exit, message: &str) -> serde_json::Value {
+    let lines: Vec<&str> = message.lines().collect();
+    serde_json::json!({
+        "error": {
+            "exit": exit.code(),
+            "kind": kind(exit),
+            "message": lines.first().copied().unwrap_or(""),
+            "lines": lines,
+        }
+    })
+}
+
 /// Log the failure (one line per message line, at error level) and turn the result into the
-/// process exit code. Used as the last line of every `main`.
+/// process exit code. Used as the last line of every `main` without `--json`.
 pub fn report(result: Result<Exit, Failure>) -> ExitCode {
+    report_as(result, false)
+}
+
+/// [`report`], and with `json` a failure is also one JSON document on stdout
+/// ([`Failure::json`]) unless the binary printed its own: `--json` always prints exactly one
+/// valid document, with the same exit code.
+pub fn report_as(result: Result<Exit, Failure>, json: bool) -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(f) => {
             for line in f.message.lines() {
                 log::error!("{line}");
             }
+            if json && !f.document_printed {
+                println!("{}", f.json());
+            }
             f.exit.into()
+        }
+    }
+}
+
+/// Parse the command line. A usage error with `--json` among the arguments is also an error
+/// document on stdout (exit 2); help and version print as usual.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let informational = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if !informational && std::env::args_os().any(|a| a == "--json") {
+                let text = e.kind().as_str().map_or_else(
+                    || e.to_string().lines().next().unwrap_or("").to_string(),
+                    |k| k.to_string(),
+                );
+                let msg = e
+                    .to_string()
+                    .lines()
+                    .find(|l| l.starts_with("error:"))
+                    .map_or(text, |l| l.trim_start_matches("error:").trim().to_string());
+                println!("{}", error_document(Exit::Usage, &msg));
+            }
+            e.exit()
         }
     }
 }

@@ -90,10 +90,15 @@ pub struct HealthState {
     pub gpus: Vec<GpuHealth>,
 }
 
+/// The largest health state file read (16 MiB).
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+
 impl HealthState {
-    /// Read the state file; `Ok(None)` when there is none (monitor not running yet).
+    /// Read the state file; `Ok(None)` when there is none (monitor not running yet). Only a
+    /// regular file of at most [`MAX_STATE_BYTES`] is read: the service account can write the
+    /// runtime directory, and a FIFO or `/dev/zero` there must not hang or flood `status`.
     pub fn read(path: &Path) -> Result<Option<HealthState>, String> {
-        match std::fs::read_to_string(path) {
+        match crate::safefs::read_regular_text(path, MAX_STATE_BYTES) {
             Ok(s) => serde_json::from_str(&s)
                 .map(Some)
                 .map_err(|e| format!("{}: {e}", path.display())),

@@ -2,7 +2,8 @@
 //!
 //! One crate, used by all five binaries, so that a path, an exit code or the way we talk to
 //! systemd is written exactly once:
-//! - [`config`]: the one TOML file that describes the box, and its validation;
+//! - [`config`]: the one TOML file that describes the box, and its validation
+//!   ([`config::hostile`]: the rules that keep a hostile config off the system);
 //! - [`plan`]: the per-model and per-GPU view of a validated config (`citadel-service check`);
 //! - [`exit`]: the exit-code contract shared with the unit files;
 //! - [`logging`]: journal-friendly logging (priority prefixes, no timestamps);
@@ -22,7 +23,8 @@
 //! - [`classify`] and [`incident`]: why a model went down (the engine's output classified, one
 //!   actionable line) and the bounded incident store in `state_dir/incidents`;
 //! - [`gpufault`]: GPU faults at run time (Xid lines, NVML health) and what they call for;
-//! - [`alert`]: webhook payloads (plain JSON or Alertmanager's `/api/v2/alerts`).
+//! - [`alert`]: webhook payloads (plain JSON or Alertmanager's `/api/v2/alerts`);
+//! - [`text`]: control characters escaped wherever config, engine or state text is printed.
 
 pub mod access;
 pub mod alert;
@@ -47,6 +49,7 @@ pub mod report;
 pub mod safefs;
 pub mod salvage;
 pub mod systemctl;
+pub mod text;
 pub mod vllm;
 
 pub use exit::{Exit, Failure};

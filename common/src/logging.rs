@@ -6,6 +6,9 @@
 //!   timestamp (the journal adds its own).
 //! - On a terminal: `level: message`, still without timestamps.
 //! - `-v` / `-q` move the level; `RUST_LOG` overrides it entirely.
+//! - One event, one line: control characters in a message (a newline from a config value or
+//!   from the engine, a terminal escape) are escaped ([`crate::text::escape_controls`]), so no
+//!   text can forge a second journal line.
 
 use log::{Level, LevelFilter};
 use std::io::Write;
@@ -70,8 +73,10 @@ pub fn init(verbose: u8, quiet: u8) {
     }
     b.target(env_logger::Target::Stderr);
     b.format(move |buf, record| {
+        let text = record.args().to_string();
+        let msg = crate::text::escape_controls(&text);
         if journal {
-            writeln!(buf, "<{}>{}", priority(record.level()), record.args())
+            writeln!(buf, "<{}>{msg}", priority(record.level()))
         } else {
             let tag = match record.level() {
                 Level::Error => "error",
@@ -80,7 +85,7 @@ pub fn init(verbose: u8, quiet: u8) {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            writeln!(buf, "{tag}: {}", record.args())
+            writeln!(buf, "{tag}: {msg}")
         }
     });
     // A second init (tests) is harmless.

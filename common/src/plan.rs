@@ -56,7 +56,10 @@ impl Plan {
     /// Human-readable tables.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("config: {}\n\n", self.config));
+        s.push_str(&format!(
+            "config: {}\n\n",
+            crate::text::escape_controls(&self.config)
+        ));
         let mut rows = vec![vec![
             "MODEL".to_string(),
             "ENABLED".into(),

@@ -80,13 +80,53 @@ pub fn option_name(token: &str) -> Option<String> {
     }
 }
 
-/// Problems with a model's `extra_args`, one message each.
+/// Flags that make `vllm serve` print something and exit 0 instead of serving.
+pub const EXIT_FLAGS: &[&str] = &["--help", "-h", "--version", "-v", "-V"];
+
+/// Problems with a model's `extra_args`, one message each. Besides the flag rules, every token
+/// must be an option or the value of the option before it (by the option's arity): a stray
+/// positional (`$(id)`: no shell runs it, vLLM sees a second model) is refused, and so is any
+/// help or version flag (vLLM prints and exits 0, which looks like a clean stop).
 pub fn check_extra_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let known = flags();
+    // What the previous option still takes.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Takes {
+        Nothing,
+        One,
+        AtLeastOne,
+        AnyMore,
+    }
+    let mut takes = Takes::Nothing;
     for a in args {
-        let Some(name) = option_name(a) else { continue };
-        if MANAGED_FLAGS.contains(&name.as_str()) {
+        let Some(name) = option_name(a) else {
+            takes = match takes {
+                Takes::One => Takes::Nothing,
+                Takes::AtLeastOne | Takes::AnyMore => Takes::AnyMore,
+                Takes::Nothing => {
+                    out.push(format!(
+                        "{a:?} is not an option nor the value of one: vllm serve would take it as a positional argument (extra_args are passed as they are, no shell runs them)"
+                    ));
+                    Takes::Nothing
+                }
+            };
+            continue;
+        };
+        let inline_value = a.contains('=');
+        takes = match known.get(name.as_str()) {
+            _ if inline_value => Takes::Nothing,
+            Some(Arity::Value) => Takes::One,
+            Some(Arity::Values) => Takes::AtLeastOne,
+            Some(Arity::Switch) => Takes::Nothing,
+            // Unknown (reported below): let the next token be its value, not a second problem.
+            None => Takes::One,
+        };
+        if EXIT_FLAGS.contains(&name.as_str()) {
+            out.push(format!(
+                "{a:?} makes vllm serve print and exit 0 instead of serving"
+            ));
+        } else if MANAGED_FLAGS.contains(&name.as_str()) {
             out.push(format!(
                 "{a:?} repeats a flag start-model sets from the model's own keys (port, gpus, tensor_parallel_size, gpu_memory_utilization, max_model_len, served_model_name, engine.api_key_file, engine.drain_secs)"
             ));
@@ -240,12 +280,27 @@ mod tests {
     }
 
     #[test]
+    fn positionals_and_exit_flags_are_refused() {
+        let v = |a: &[&str]| check_extra_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(v(&["--dtype", "bfloat16", "--enforce-eager"]).is_empty());
+        assert!(v(&["--max-num-seqs=8", "--dtype", "-1"]).is_empty());
+        assert_eq!(v(&["--enforce-eager", "$(id)"]).len(), 1);
+        assert_eq!(v(&["$(id)"]).len(), 1);
+        assert_eq!(v(&["--dtype=x", "y"]).len(), 1);
+        for f in ["--help", "-h", "--version", "--help=all"] {
+            let p = v(&[f]);
+            assert!(p.len() == 1 && p[0].contains("exit 0"), "{f}: {p:?}");
+        }
+    }
+
+    #[test]
     fn extra_args_are_checked() {
         let ok: Vec<String> = [
             "--enforce-eager",
             "--dtype",
             "bfloat16",
             "--max-num-seqs=8",
+            "--seed",
             "-1",
         ]
         .map(String::from)

@@ -169,7 +169,8 @@ fn finish(report: &Report, json: bool) -> Result<Exit, Failure> {
                 .filter(|c| exit != Exit::Unavailable || c.unavailable)
                 .map(Check::line)
                 .collect();
-            Err(Failure::new(exit, lines.join("\n")))
+            let f = Failure::new(exit, lines.join("\n"));
+            Err(if json { f.with_document_printed() } else { f })
         }
     }
 }

@@ -17,7 +17,8 @@ pub struct Metrics {
     pub generation_tokens: f64,
 }
 
-/// Parse a `/metrics` page. `None` when either metric is missing (not vLLM, or cut off).
+/// Parse a `/metrics` page. `None` when either metric is missing (not vLLM, or cut off) or is
+/// not a finite, non-negative number.
 pub fn parse(text: &str) -> Option<Metrics> {
     let mut running = None;
     let mut tokens = None;
@@ -32,10 +33,14 @@ pub fn parse(text: &str) -> Option<Metrics> {
         };
         *slot = Some(slot.unwrap_or(0.0) + value);
     }
-    Some(Metrics {
+    let m = Metrics {
         running: running?,
         generation_tokens: tokens?,
-    })
+    };
+    // NaN, infinities or negative counts are not a reading the stall detector can use (NaN
+    // never equals itself: a frozen counter would look like progress forever).
+    let usable = |v: f64| v.is_finite() && v >= 0.0;
+    (usable(m.running) && usable(m.generation_tokens)).then_some(m)
 }
 
 /// One sample line: `name{labels} value [timestamp]` -> (name, value). Comments, blank lines

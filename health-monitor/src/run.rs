@@ -115,6 +115,10 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         let report = m.sweep(Instant::now());
         drop(relay);
         let Some(report) = report else {
+            // Stopped during the sweep: with --json still one document.
+            if args.json {
+                println!("{}", serde_json::json!({"stopped": true, "models": []}));
+            }
             return Ok(Exit::Ok);
         };
         if args.json {

@@ -1,5 +1,7 @@
-//! The probes of one sweep. Every model is probed in its own thread (`/health` and `/metrics`
-//! side by side, each with the probe timeout, bodies bounded); the sweep collects the answers
+//! The probes of one sweep. Every model's `/health` and `/metrics` are probed in threads of
+//! their own (side by side, each with the probe timeout, bodies bounded, each its own verdict:
+//! only `/health` decides liveness here, a bad `/metrics` only costs the stall detector that
+//! sweep); the sweep collects the answers
 //! until a deadline of one probe timeout plus a small margin, so a hung server never delays the
 //! others, and stops waiting at once when asked to stop (SIGTERM).
 //!
@@ -12,6 +14,7 @@
 use crate::decide::{Answer, DeepOutcome};
 use crate::metrics::{self, Metrics};
 use citadel_common::probe::{ProbeError, Prober};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -45,55 +48,61 @@ pub fn read_metrics(base_url: &str, timeout: Duration) -> Option<Metrics> {
     (r.status == 200).then(|| metrics::parse(&r.body)).flatten()
 }
 
-/// `GET /health` and `GET /metrics` at the same time, each bounded by `timeout`.
-pub fn probe_model(base_url: &str, timeout: Duration) -> ProbeResult {
-    let (tx, rx) = mpsc::channel();
-    let base = base_url.to_string();
-    let metrics_thread = std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let _ = tx.send(read_metrics(&base, timeout));
-        });
-    let health = Prober::with_max_body(timeout, HEALTH_MAX_BODY)
+/// `GET /health`, bounded by `timeout`.
+pub fn read_health(base_url: &str, timeout: Duration) -> Result<Answer, ProbeError> {
+    Prober::with_max_body(timeout, HEALTH_MAX_BODY)
         .get(&format!("{base_url}/health"), None)
         .map(|r| Answer {
             status: r.status,
             latency: r.latency,
-        });
-    let metrics = match metrics_thread {
-        Ok(_) => rx.recv_timeout(timeout + MARGIN).ok().flatten(),
-        Err(_) => None,
-    };
-    ProbeResult { health, metrics }
+        })
 }
 
-/// Probe every `(index, base_url)` in parallel; answers by index. Waits at most
-/// `timeout + MARGIN`; a probe that has not answered by then counts as timed out. `None` when
-/// `stop` was raised while waiting (the sweep is abandoned).
+/// One probe's answer, as its own thread sends it.
+enum Part {
+    Health(Result<Answer, ProbeError>),
+    Metrics(Option<Metrics>),
+}
+
+/// Probe every `(index, base_url)` in parallel; answers by index. `/health` and `/metrics`
+/// are separate probes, each in its own thread with its own verdict: a `/metrics` that hangs
+/// or answers garbage leaves that model's `metrics` at `None` (the stall detector sits out the
+/// sweep) and never touches the `/health` answer that arrived in time. Waits at most
+/// `timeout + MARGIN`; a `/health` that has not answered by then counts as timed out. `None`
+/// when `stop` was raised while waiting (the sweep is abandoned).
 pub fn probe_all(
     targets: &[(usize, String)],
     timeout: Duration,
     stop: &AtomicBool,
 ) -> Option<Vec<(usize, ProbeResult)>> {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel::<(usize, Part)>();
     let mut pending = 0usize;
-    let mut out = Vec::with_capacity(targets.len());
+    let mut health: BTreeMap<usize, Result<Answer, ProbeError>> = BTreeMap::new();
+    let mut metrics: BTreeMap<usize, Option<Metrics>> = BTreeMap::new();
     for (i, base) in targets {
-        let (i, base, tx) = (*i, base.clone(), tx.clone());
+        let (i, base_h, tx_h) = (*i, base.clone(), tx.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("probe-{i}"))
+            .name(format!("health-{i}"))
             .spawn(move || {
-                let _ = tx.send((i, probe_model(&base, timeout)));
+                let _ = tx_h.send((i, Part::Health(read_health(&base_h, timeout))));
             });
         match spawned {
             Ok(_) => pending += 1,
-            Err(e) => out.push((
-                i,
-                ProbeResult {
-                    health: Err(ProbeError::Other(format!("cannot start probe thread: {e}"))),
-                    metrics: None,
-                },
-            )),
+            Err(e) => {
+                health.insert(
+                    i,
+                    Err(ProbeError::Other(format!("cannot start probe thread: {e}"))),
+                );
+            }
+        }
+        let (base_m, tx_m) = (base.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("metrics-{i}"))
+            .spawn(move || {
+                let _ = tx_m.send((i, Part::Metrics(read_metrics(&base_m, timeout))));
+            });
+        if spawned.is_ok() {
+            pending += 1;
         }
     }
     drop(tx);
@@ -107,25 +116,33 @@ pub fn probe_all(
             break;
         }
         match rx.recv_timeout(left.min(STOP_POLL)) {
-            Ok(r) => {
+            Ok((i, part)) => {
                 pending -= 1;
-                out.push(r);
+                match part {
+                    Part::Health(h) => {
+                        health.insert(i, h);
+                    }
+                    Part::Metrics(m) => {
+                        metrics.insert(i, m);
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    for (i, _) in targets {
-        if !out.iter().any(|(j, _)| j == i) {
-            out.push((
+    let out = targets
+        .iter()
+        .map(|(i, _)| {
+            (
                 *i,
                 ProbeResult {
-                    health: Err(ProbeError::Timeout),
-                    metrics: None,
+                    health: health.remove(i).unwrap_or(Err(ProbeError::Timeout)),
+                    metrics: metrics.remove(i).flatten(),
                 },
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     Some(out)
 }
 

@@ -4,6 +4,13 @@
 //! start-model makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`), so the engine's
 //! orphaned children (an EngineCore whose API server died) are re-parented to us and can be
 //! reaped; after a stop, `kill(-pgid, 0)` must answer ESRCH: no process of the group remains.
+//!
+//! A descendant can leave the group (`setsid`, `setpgid`): the process group alone would miss
+//! it, and it would keep the port. So start-model also tracks every descendant of the engine
+//! by its parent links in `/proc` (refreshed while it runs, and before every stop), adopts the
+//! orphans as subreaper, and on every way out signals, kills and reaps each of them too (by pid
+//! and start time, so a reused pid is never hit). The unit's cgroup (`KillMode=mixed`) is the
+//! backstop, not the only line.
 
 use citadel_common::launch::LaunchSpec;
 use citadel_common::vllm::CauseFinder;
@@ -13,7 +20,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -61,6 +68,9 @@ pub struct Stopped {
 
 /// How many of the engine's last stderr lines the exit message quotes.
 pub const TAIL_LINES: usize = 20;
+/// The longest engine output line kept and echoed; a longer one keeps its end (the part that
+/// says what went wrong), marked with how much was cut.
+pub const MAX_LINE: usize = 16 * 1024;
 /// How often waits look again.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -149,9 +159,43 @@ impl std::fmt::Display for Ended {
     }
 }
 
+/// A process by pid and start time (`/proc/PID/stat` field 22): a reused pid is another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Proc {
+    pid: i32,
+    start: u64,
+}
+
+/// `(pid, ppid, session, start time, state)` of every process, from `/proc`.
+fn process_table() -> Vec<(i32, i32, i32, u64, char)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state(0) ppid(1) pgrp(2) session(3) ... starttime(19).
+            let state = f.first()?.chars().next()?;
+            Some((
+                pid,
+                f.get(1)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+                f.get(19)?.parse().ok()?,
+                state,
+            ))
+        })
+        .collect()
+}
+
 /// A running engine (leader of its own process group).
 pub struct Engine {
     pid: Pid,
+    /// Every descendant seen so far (the group and whoever left it).
+    known: std::collections::BTreeSet<Proc>,
+    tracked_at: Option<Instant>,
     ended: Option<Ended>,
     tail: Arc<Mutex<VecDeque<String>>>,
     cause: Arc<Mutex<CauseFinder>>,
@@ -159,19 +203,28 @@ pub struct Engine {
 }
 
 /// Copy `from` to `to` line by line (bytes untouched), handing each line's text to `seen`.
-fn echo_lines(from: impl std::io::Read, to: &mut dyn Write, mut seen: impl FnMut(&str)) {
-    let mut r = BufReader::new(from);
-    let mut line = Vec::new();
+fn echo_lines(mut from: impl std::io::Read, to: &mut dyn Write, mut seen: impl FnMut(&str)) {
+    let mut lines = LineCap::new(MAX_LINE);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut emit = |line: String| {
+        // Escaped: engine text can neither forge journal lines nor reach a terminal raw.
+        let _ = writeln!(to, "{}", citadel_common::text::escape_controls(&line));
+        let _ = to.flush();
+        seen(&line);
+    };
     loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
+        // Always drained at once, whatever the line length: the engine never blocks on a full
+        // pipe, and memory stays at MAX_LINE per line.
+        let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let _ = to.write_all(&line);
-                let _ = to.flush();
-                seen(String::from_utf8_lossy(&line).trim_end());
-            }
+            Ok(n) => n,
+        };
+        for line in lines.feed(&buf[..n]) {
+            emit(line);
         }
+    }
+    if let Some(line) = lines.finish() {
+        emit(line);
     }
 }
 
@@ -236,6 +289,8 @@ impl Engine {
         drop(child);
         Ok(Engine {
             pid,
+            known: Default::default(),
+            tracked_at: None,
             ended: None,
             tail,
             cause,
@@ -247,8 +302,80 @@ impl Engine {
         self.pid.as_raw() as u32
     }
 
+    /// Refresh the set of the engine's descendants: everything below the engine or below a
+    /// descendant already known, and our own children that left our session (`setsid`
+    /// orphans adopted as subreaper).
+    fn track(&mut self) {
+        self.tracked_at = Some(Instant::now());
+        let table = process_table();
+        let me = std::process::id() as i32;
+        let my_session = table.iter().find(|p| p.0 == me).map(|p| p.2);
+        let alive: std::collections::BTreeSet<Proc> = table
+            .iter()
+            .map(|p| Proc {
+                pid: p.0,
+                start: p.3,
+            })
+            .collect();
+        self.known.retain(|p| alive.contains(p));
+        let mut roots: std::collections::BTreeSet<i32> = self.known.iter().map(|p| p.pid).collect();
+        roots.insert(self.pid.as_raw());
+        loop {
+            let before = self.known.len();
+            for &(pid, ppid, session, start, _) in &table {
+                let adopted = ppid == me && Some(session) != my_session && pid != self.pid.as_raw();
+                let below = roots.contains(&ppid) && ppid != me;
+                if (below || adopted) && self.known.insert(Proc { pid, start }) {
+                    roots.insert(pid);
+                }
+            }
+            if self.known.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// Known descendants still there (and not zombies); reaps those that are our children.
+    fn descendants_alive(&mut self) -> Vec<Proc> {
+        let table = process_table();
+        let mut out = vec![];
+        for p in &self.known {
+            let Some(row) = table.iter().find(|r| r.0 == p.pid && r.3 == p.start) else {
+                continue;
+            };
+            if row.4 == 'Z' {
+                let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+                continue;
+            }
+            out.push(*p);
+        }
+        out
+    }
+
+    /// Signal every known descendant outside the group (the group gets `killpg`).
+    fn signal_descendants(&mut self, sig: Signal) {
+        for p in self.descendants_alive() {
+            match signal::kill(Pid::from_raw(p.pid), sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => log::warn!("sending {sig} to engine descendant {}: {e}", p.pid),
+            }
+        }
+    }
+
+    /// Is anything of the engine left: its group or a descendant that left it?
+    fn anything_alive(&mut self) -> bool {
+        let group = self.group_alive();
+        !self.descendants_alive().is_empty() || group
+    }
+
     /// Has the engine (the group leader) ended? Reaps it.
     pub fn poll(&mut self) -> Option<Ended> {
+        if self
+            .tracked_at
+            .map_or(true, |t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.track();
+        }
         if self.ended.is_none() {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, c)) => self.ended = Some(Ended::Exited(c)),
@@ -296,6 +423,7 @@ impl Engine {
     /// [`EXTEND_EVERY`] with the time the stop may still take (start-model extends the unit's
     /// stop timeout with it).
     pub fn stop(&mut self, plan: StopPlan, tick: &mut dyn FnMut(Duration)) -> Stopped {
+        self.track();
         let t0 = Instant::now();
         let budget = plan.drain + plan.grace;
         let mut next_tick = t0;
@@ -316,7 +444,8 @@ impl Engine {
                 std::thread::sleep(TICK);
             }
         };
-        let gone = |e: &mut Engine| !e.group_alive();
+        // Gone: the group and every descendant that left it.
+        let gone = |e: &mut Engine| !e.anything_alive();
         if plan.skip_drain {
             self.kill();
             return Stopped {
@@ -344,6 +473,7 @@ impl Engine {
         }
         // Whatever is left (everything, or what the API server left behind).
         self.signal_group(Signal::SIGTERM);
+        self.signal_descendants(Signal::SIGTERM);
         if wait(self, plan.grace, gone) {
             return Stopped {
                 end: self.ended,
@@ -362,9 +492,11 @@ impl Engine {
 
     /// SIGKILL the group now and wait (bounded) until none of it remains.
     pub fn kill(&mut self) -> Option<Ended> {
+        self.track();
         self.signal_group(Signal::SIGKILL);
+        self.signal_descendants(Signal::SIGKILL);
         let t0 = Instant::now();
-        while self.group_alive() {
+        while self.anything_alive() {
             if t0.elapsed() > Duration::from_secs(10) {
                 log::error!(
                     "process group {} still has members 10 s after SIGKILL (a process stuck in the kernel?)",
@@ -373,6 +505,7 @@ impl Engine {
                 break;
             }
             self.signal_group(Signal::SIGKILL);
+            self.signal_descendants(Signal::SIGKILL);
             std::thread::sleep(Duration::from_millis(20));
         }
         self.ended
@@ -397,10 +530,74 @@ impl Engine {
     }
 }
 
+/// Splits a byte stream into lines of at most `max` bytes each: of a longer line only the last
+/// `max` bytes are kept, behind a `[... N bytes cut]` marker. Memory is bounded by `max`.
+pub struct LineCap {
+    max: usize,
+    cur: Vec<u8>,
+    cut: u64,
+}
+
+impl LineCap {
+    pub fn new(max: usize) -> LineCap {
+        LineCap {
+            max,
+            cur: Vec::new(),
+            cut: 0,
+        }
+    }
+
+    /// Feed bytes; the lines they complete.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut out = vec![];
+        while let Some(i) = bytes.iter().position(|b| *b == b'\n') {
+            self.push(&bytes[..i]);
+            out.push(self.take());
+            bytes = &bytes[i + 1..];
+        }
+        self.push(bytes);
+        out
+    }
+
+    /// The last line, if it had no newline.
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.cur.is_empty() || self.cut > 0).then(|| self.take())
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        if b.len() >= self.max {
+            self.cut += (self.cur.len() + b.len() - self.max) as u64;
+            self.cur.clear();
+            self.cur.extend_from_slice(&b[b.len() - self.max..]);
+            return;
+        }
+        self.cur.extend_from_slice(b);
+        if self.cur.len() > self.max {
+            let extra = self.cur.len() - self.max;
+            self.cut += extra as u64;
+            self.cur.drain(..extra);
+        }
+    }
+
+    fn take(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.cur).trim_end().to_string();
+        let line = if self.cut > 0 {
+            format!("[... {} bytes cut] {text}", self.cut)
+        } else {
+            text
+        };
+        self.cur.clear();
+        self.cut = 0;
+        line
+    }
+}
+
 impl Drop for Engine {
-    /// Whatever the way out, no process of the group outlives us.
+    /// Whatever the way out, no process of the group (nor a descendant that left it) outlives
+    /// us.
     fn drop(&mut self) {
-        if self.group_alive() {
+        self.track();
+        if self.anything_alive() {
             self.kill();
         }
     }

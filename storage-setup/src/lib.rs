@@ -125,7 +125,12 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
                     " (and {more} more failed check(s): see the report)"
                 ));
             }
-            Err(Failure::new(exit, line))
+            let f = Failure::new(exit, line);
+            Err(if args.json {
+                f.with_document_printed()
+            } else {
+                f
+            })
         }
     }
 }

@@ -260,3 +260,43 @@ fn adversarial_a_bind_mount_of_root_is_not_the_models_mount() {
     let out = s.run(&[]);
     assert_fails(&out, 69, &["root filesystem", "/srv/m"]);
 }
+
+/// `--json` prints exactly one JSON document in every case: a bad config and a usage error
+/// are `{"error": ...}` with the same exit code; a failed check is the report itself.
+#[test]
+fn adversarial_json_errors_are_one_document() {
+    let side = tempfile::tempdir().unwrap();
+    let bad = side.path().join("bad.toml");
+    fs::write(&bad, "[engine]\ncommand = [\"/bin/true\"]\nbogus = 1\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("CITADEL_CONFIG", &bad)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap()
+    };
+    for (args, exit) in [
+        (vec!["--json"], 78),
+        (vec!["--json", "--check"], 78),
+        (vec!["--json", "--cleanup"], 78),
+        (vec!["--json", "--no-such-flag"], 2),
+    ] {
+        let out = run(&args);
+        assert_eq!(code(&out), exit, "{args:?}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: not one JSON document ({e}): {:?}", stdout(&out))
+        });
+        assert_eq!(v["error"]["exit"], exit, "{args:?}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+    }
+    // A failed check: its report is the one document.
+    let s = Sandbox {
+        mounted: vec![],
+        ..Sandbox::new()
+    };
+    let out = s.run(&["--json"]);
+    assert_eq!(code(&out), 69);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit"], 69, "{v}");
+}

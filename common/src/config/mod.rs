@@ -14,15 +14,19 @@
 //! - [`read`]: loading, TOML syntax errors and the key-by-key reader;
 //! - [`sections`]: reading each section, with its per-key rules;
 //! - [`rules`]: the cross-model rules (ports, per-GPU shares, served names, exposure), the
-//!   name predicates and the host limits.
+//!   name predicates and the host limits;
+//! - [`hostile`]: the rules that keep a hostile or careless config off the system (system
+//!   directories, overlapping roles, maxima of every timeout, NUL and control characters),
+//!   general so that every key, new ones included, goes through them.
 
 pub mod defaults;
+pub mod hostile;
 pub mod read;
 pub mod rules;
 mod sections;
 pub mod types;
 
-pub use read::show;
+pub use read::{show, MAX_CONFIG_BYTES};
 pub use rules::{gpu_shares, valid_model_name, GpuRow, Limits, MANAGED_ENV, MAX_DRAIN_SECS};
 pub use types::*;
 

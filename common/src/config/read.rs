@@ -1,24 +1,30 @@
 //! Loading: the file, its TOML syntax, and the key-by-key reader that collects every problem.
 
+use super::hostile::{self, Text};
 use super::rules::Limits;
 use super::types::*;
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use toml::{Table, Value};
 
+/// The largest config file read (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl Config {
-    /// Read and validate a config file.
+    /// Read and validate a config file. Only a regular file of at most [`MAX_CONFIG_BYTES`] is
+    /// read (a FIFO, a device or a huge file is refused before anything is read).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-            file: file.to_path_buf(),
-            issues: vec![Issue {
-                key: String::new(),
-                value: None,
-                message: format!("cannot read config file: {e}"),
-                line: None,
-                column: None,
-            }],
-        })?;
+        let text =
+            crate::safefs::read_regular_text(file, MAX_CONFIG_BYTES).map_err(|e| ConfigError {
+                file: file.to_path_buf(),
+                issues: vec![Issue {
+                    key: String::new(),
+                    value: None,
+                    message: format!("cannot read config file: {e}"),
+                    line: None,
+                    column: None,
+                }],
+            })?;
         Self::parse(&text, file)
     }
 
@@ -90,6 +96,8 @@ pub(super) fn normal_abs(p: &Path) -> bool {
 #[derive(Default)]
 pub(super) struct Reader {
     pub(super) issues: Vec<Issue>,
+    /// Every path key read, for the system-directory and overlap rules.
+    pub(super) paths: Vec<hostile::PathKey>,
 }
 
 /// A table being read: remembers which keys were consumed, to report the rest as unknown.
@@ -155,10 +163,17 @@ impl Reader {
         }
     }
 
+    /// A string; a NUL byte in it is refused here, for every key ([`hostile::string_problem`]).
     pub(super) fn string(&mut self, tab: &mut Tab<'_>, k: &'static str) -> Option<String> {
         match self.raw(tab, k) {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(v @ Value::String(s)) => match hostile::string_problem(s, Text::Any) {
+                Some(p) => {
+                    self.issue(tab.key(k), Some(v), p);
+                    None
+                }
+                None => Some(s.clone()),
+            },
             Some(v) => {
                 self.issue(tab.key(k), Some(v), "must be a string");
                 None
@@ -184,14 +199,24 @@ impl Reader {
         let v = self.raw(tab, k).cloned();
         let s = self.string_or(tab, k, default);
         let p = PathBuf::from(&s);
-        if !normal_abs(&p) {
-            self.issue(
-                tab.key(k),
-                v.as_ref(),
-                "must be an absolute path without '..'",
-            );
-        }
+        self.check_path(tab.key(k), v.as_ref(), &p);
         p
+    }
+
+    /// Absolute, no `..`, no control character; remembered for the system-directory and
+    /// overlap rules ([`hostile`]), which every path key goes through.
+    pub(super) fn check_path(&mut self, key: String, v: Option<&Value>, p: &Path) {
+        if let Some(problem) = hostile::string_problem(&p.to_string_lossy(), Text::Plain) {
+            self.issue(key, v, problem);
+        } else if !normal_abs(p) {
+            self.issue(key, v, "must be an absolute path without '..'");
+        } else {
+            self.paths.push(hostile::PathKey {
+                role: hostile::role_of(&key),
+                key,
+                path: p.to_path_buf(),
+            });
+        }
     }
 
     pub(super) fn opt_abs_path(&mut self, tab: &mut Tab<'_>, k: &'static str) -> Option<PathBuf> {
@@ -201,13 +226,7 @@ impl Reader {
             return None;
         }
         let p = PathBuf::from(&s);
-        if !normal_abs(&p) {
-            self.issue(
-                tab.key(k),
-                v.as_ref(),
-                "must be an absolute path without '..'",
-            );
-        }
+        self.check_path(tab.key(k), v.as_ref(), &p);
         Some(p)
     }
 
@@ -222,7 +241,8 @@ impl Reader {
         }
     }
 
-    /// An integer in `min..=max`.
+    /// An integer in `min..=max`, `max` lowered to the documented maximum of the key
+    /// ([`hostile::max_for`]: every timeout, interval and count has one).
     pub(super) fn int(
         &mut self,
         tab: &mut Tab<'_>,
@@ -230,6 +250,7 @@ impl Reader {
         min: i64,
         max: i64,
     ) -> Option<i64> {
+        let max = hostile::max_for(&tab.key(k)).map_or(max, |m| m.min(max));
         match self.raw(tab, k) {
             None => None,
             Some(v @ Value::Integer(i)) => {
@@ -273,7 +294,17 @@ impl Reader {
                 let mut out = Vec::new();
                 for x in a {
                     match x {
-                        Value::String(s) => out.push(s.clone()),
+                        Value::String(s) => {
+                            if let Some(p) = hostile::string_problem(s, Text::Any) {
+                                self.issue(
+                                    tab.key(k),
+                                    Some(v),
+                                    format!("element {:?}: {p}", s.escape_default().to_string()),
+                                );
+                                return None;
+                            }
+                            out.push(s.clone())
+                        }
                         _ => {
                             self.issue(tab.key(k), Some(v), "must be a list of strings");
                             return None;

@@ -114,6 +114,23 @@ pub fn gpu_shares(cfg: &Config) -> Vec<GpuRow> {
 
 impl Reader {
     pub(super) fn cross_checks(&mut self, cfg: &Config, limits: &Limits) {
+        // Paths: no system directory (or parent of one), nothing written inside a system tree,
+        // no overlapping roles (super::hostile).
+        let mut path_problems: Vec<super::hostile::Problem> = self
+            .paths
+            .iter()
+            .flat_map(super::hostile::path_problems)
+            .collect();
+        path_problems.extend(super::hostile::overlap_problems(&self.paths));
+        for (key, value, message) in path_problems {
+            self.issues.push(Issue {
+                key,
+                value: Some(value),
+                message,
+                line: None,
+                column: None,
+            });
+        }
         // Ports: unique, not privileged, not in the kernel's ephemeral range.
         let mut by_port: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
         for m in &cfg.models {

@@ -1,6 +1,7 @@
 //! Reading each section, with the rules that concern one key or one section.
 
 use super::defaults::model;
+use super::hostile::{self, Text};
 use super::read::{show, Reader, Tab};
 use super::rules::{valid_account_name, valid_model_name, Limits, MANAGED_ENV, MAX_DRAIN_SECS};
 use super::types::*;
@@ -113,7 +114,7 @@ impl Reader {
             );
         }
         let host = self.string_or(&mut t, "host", &d.host);
-        if host.is_empty() || host.contains(char::is_whitespace) {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
             let v = Value::String(host.clone());
             self.issue(
                 "engine.host".into(),
@@ -140,7 +141,12 @@ impl Reader {
                             "is set by start-model itself (from gpus / api_key_file)",
                         );
                     } else if let Value::String(s) = v {
-                        env.insert(k.clone(), s.clone());
+                        match hostile::string_problem(s, Text::Any) {
+                            Some(p) => self.issue(key, Some(v), p),
+                            None => {
+                                env.insert(k.clone(), s.clone());
+                            }
+                        }
                     } else {
                         self.issue(key, Some(v), "must be a string");
                     }
@@ -249,7 +255,7 @@ impl Reader {
         let webhook_url = self.string(&mut t, "webhook_url").filter(|s| !s.is_empty());
         if let Some(u) = &webhook_url {
             let rest = u.strip_prefix("http://").unwrap_or("");
-            if rest.is_empty() || rest.starts_with('/') {
+            if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_control) {
                 self.issue(
                     "monitor.webhook_url".into(),
                     webhook_v.as_ref(),
@@ -392,6 +398,11 @@ impl Reader {
         let path = self.string(&mut t, "path");
         match (&path, &path_v) {
             (None, None) => self.issue(t.key("path"), None, "is required"),
+            (Some(p), _) if hostile::string_problem(p, Text::Plain).is_some() => self.issue(
+                t.key("path"),
+                path_v.as_ref(),
+                hostile::string_problem(p, Text::Plain).unwrap_or_default(),
+            ),
             (Some(p), _)
                 if p.is_empty()
                     || Path::new(p)
@@ -487,13 +498,9 @@ impl Reader {
             .map(|i| i as u32);
         let served = self.string(&mut t, "served_model_name");
         if let Some(s) = &served {
-            if s.is_empty() || s.contains(char::is_whitespace) {
+            if let Some(problem) = hostile::served_name_problem(s) {
                 let v = Value::String(s.clone());
-                self.issue(
-                    t.key("served_model_name"),
-                    Some(&v),
-                    "must be a non-empty name without spaces",
-                );
+                self.issue(t.key("served_model_name"), Some(&v), problem);
             }
         }
         let load_timeout_secs =

@@ -27,16 +27,23 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    /// One line per issue: `FILE: KEY = VALUE: MESSAGE`.
+    /// One line per issue: `FILE: KEY = VALUE: MESSAGE`. Control characters in the file name,
+    /// key, value or message are escaped ([`crate::text::escape_controls`]): a key with a
+    /// newline cannot forge a second line.
     pub fn lines(&self) -> Vec<String> {
-        let f = self.file.display();
+        use crate::text::escape_controls as esc;
+        let file = self.file.display().to_string();
+        let f = esc(&file);
         self.issues
             .iter()
-            .map(|i| match (i.line, i.key.is_empty(), &i.value) {
-                (Some(l), _, _) => format!("{f}:{l}:{}: {}", i.column.unwrap_or(1), i.message),
-                (None, true, _) => format!("{f}: {}", i.message),
-                (None, false, Some(v)) => format!("{f}: {} = {v}: {}", i.key, i.message),
-                (None, false, None) => format!("{f}: {}: {}", i.key, i.message),
+            .map(|i| {
+                let (k, m) = (esc(&i.key), esc(&i.message));
+                match (i.line, i.key.is_empty(), &i.value) {
+                    (Some(l), _, _) => format!("{f}:{l}:{}: {m}", i.column.unwrap_or(1)),
+                    (None, true, _) => format!("{f}: {m}"),
+                    (None, false, Some(v)) => format!("{f}: {k} = {}: {m}", esc(v)),
+                    (None, false, None) => format!("{f}: {k}: {m}"),
+                }
             })
             .collect()
     }
@@ -197,6 +204,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is legal but probably not meant: one line each, `FILE: KEY: MESSAGE`. An empty (or
+    /// absent) `[models]` is a warning, not an error: storage and GPU setup still work, and
+    /// `citadel-service check` says that nothing will be served.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = vec![];
+        if self.models.is_empty() {
+            out.push(format!(
+                "{}: models: no models are configured ([models] is empty or absent): nothing will be served",
+                crate::text::escape_controls(&self.file.display().to_string())
+            ));
+        }
+        out
+    }
+
     /// Enabled models only.
     pub fn enabled_models(&self) -> impl Iterator<Item = &Model> {
         self.models.iter().filter(|m| m.enabled)
