@@ -1,10 +1,81 @@
-//! The broken-config corpus (tests/configs/broken): one file per validation rule. Each must make
-//! `citadel-service check` exit 78, name its key (and value) in a message that names the file,
-//! and write nothing anywhere.
+//! The broken-config corpus: one case per validation rule, each generated from the one valid
+//! base (`tests/configs/valid/three-models.toml`) and a small mutation
+//! (`tests/configs/broken/NN-rule.mutation`). Each must make `citadel-service check` exit 78,
+//! name its key (and value) in a message that names the file, and write nothing anywhere.
+//!
+//! A mutation file: its `#` lines head the generated config (a description, then
+//! `# expect-key: TEXT`, what the error must name); its `- LINE` lines are one block of the
+//! base, which must occur there exactly once; its `+ LINE` lines replace that block (`-` and
+//! `+` alone stand for an empty line).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The base every broken case is made from: the first valid config, without its comment.
+fn base() -> String {
+    let text = std::fs::read_to_string(&corpus("valid")[0]).unwrap();
+    let body: Vec<&str> = text
+        .split('\n')
+        .skip_while(|l| l.starts_with('#'))
+        .collect();
+    body.join("\n")
+}
+
+/// Apply one mutation to the base (panics, naming the file, when its block is not there once).
+fn mutate(base: &str, mutation: &str, name: &str) -> String {
+    let lines: Vec<&str> = mutation.lines().collect();
+    let head: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('#'))
+        .collect();
+    let side = |mark: char| -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(mark)?;
+                Some(rest.strip_prefix(' ').unwrap_or(rest))
+            })
+            .collect()
+    };
+    let (old, new) = (side('-'), side('+'));
+    let base: Vec<&str> = base.split('\n').collect();
+    let at: Vec<usize> = (0..=base.len().saturating_sub(old.len()))
+        .filter(|&i| !old.is_empty() && base[i..i + old.len()] == old[..])
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "{name}: the '-' block must occur exactly once in the base (found {} times)",
+        at.len()
+    );
+    let i = at[0];
+    let mut out: Vec<&str> = head;
+    out.extend(&base[..i]);
+    out.extend(&new);
+    out.extend(&base[i + old.len()..]);
+    out.join("\n")
+}
+
+/// Every broken case: (file name of its mutation, the generated config).
+fn broken() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/configs/broken");
+    let base = base();
+    let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mutation"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let m = std::fs::read_to_string(&p).unwrap();
+            let text = mutate(&base, &m, &name);
+            (name, text)
+        })
+        .collect();
+    v.sort();
+    v
+}
 
 fn corpus(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,19 +121,40 @@ fn check(config: &Path, cwd: &Path, json: bool) -> std::process::Output {
 }
 
 #[test]
+fn every_mutation_changes_the_valid_base_and_the_base_alone_is_valid() {
+    let base = base();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("citadel.toml");
+    std::fs::write(&cfg, &base).unwrap();
+    let out = check(&cfg, work.path(), false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, text) in broken() {
+        let body: Vec<&str> = text
+            .split('\n')
+            .skip_while(|l| l.starts_with('#'))
+            .collect();
+        assert_ne!(body.join("\n"), base, "{name} changes nothing");
+    }
+}
+
+#[test]
 fn corpus_has_at_least_twenty_rules() {
-    assert!(corpus("broken").len() >= 20);
+    assert!(broken().len() >= 20);
 }
 
 #[test]
 fn every_broken_config_exits_78_names_its_key_and_writes_nothing() {
     let mut failures = vec![];
-    for file in corpus("broken") {
-        let text = std::fs::read_to_string(&file).unwrap();
+    for (name, text) in broken() {
         let key = text
             .lines()
             .find_map(|l| l.strip_prefix("# expect-key: "))
-            .unwrap_or_else(|| panic!("{}: no '# expect-key:' line", file.display()))
+            .unwrap_or_else(|| panic!("{name}: no '# expect-key:' line"))
             .to_string();
         let work = tempfile::tempdir().unwrap();
         let cfg = work.path().join("citadel.toml");
@@ -71,7 +163,6 @@ fn every_broken_config_exits_78_names_its_key_and_writes_nothing() {
         let out = check(&cfg, work.path(), false);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let after = snapshot(work.path());
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
         if out.status.code() != Some(78) {
             failures.push(format!(
                 "{name}: exit {:?}, want 78\n{stderr}",
@@ -103,11 +194,13 @@ fn every_broken_config_exits_78_names_its_key_and_writes_nothing() {
 
 #[test]
 fn json_errors_are_one_document_on_stdout() {
-    let file = corpus("broken")
+    let (_, text) = broken()
         .into_iter()
-        .find(|p| p.to_string_lossy().contains("duplicate-port"))
+        .find(|(name, _)| name.contains("duplicate-port"))
         .unwrap();
     let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("citadel.toml");
+    std::fs::write(&file, text).unwrap();
     let out = check(&file, work.path(), true);
     assert_eq!(out.status.code(), Some(78));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
