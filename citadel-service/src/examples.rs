@@ -84,6 +84,18 @@ Examples:
   citadel-service deploy --phase 2 --test-model coder
       only phase 2, with the model coder";
 
+pub const WHY: &str = "\
+Examples:
+  citadel-service why phi3
+      is phi3 serving; if not: the cause, the fix, the first failure, the engine's excerpt
+  citadel-service why phi3 --json
+      the same as JSON (state, latest incident, quarantined GPUs)";
+
+pub const GPU: &str = "\
+Examples:
+  citadel-service gpu clear 1
+      lift GPU 1's quarantine after checking the GPU; then start its models";
+
 pub const EXPORT: &str = "\
 Examples:
   citadel-service export kubernetes --namespace llm --out k8s/

@@ -32,6 +32,7 @@ pub mod snapshot;
 pub mod status;
 pub mod systemd;
 pub mod wait;
+pub mod why;
 
 use citadel_common::cli::CommonArgs;
 use citadel_common::config::Config;
@@ -208,11 +209,38 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
+    /// Why a model is not serving: its state, the latest incident's cause, the fix, the log.
+    #[command(after_help = examples::WHY)]
+    Why {
+        /// The model (a [models.NAME] table of the config).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Print the answer (state, incident, quarantined GPUs) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GPU quarantine: `gpu clear N` lifts the quarantine of GPU N after a fatal fault (root).
+    #[command(after_help = examples::GPU)]
+    Gpu {
+        #[command(subcommand)]
+        action: GpuAction,
+    },
     /// Render the config for the cluster a box is outgrown into (stdout, or files in --out DIR).
     #[command(after_help = examples::EXPORT)]
     Export {
         #[command(subcommand)]
         target: ExportTarget,
+    },
+}
+
+/// What `gpu` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GpuAction {
+    /// Lift the quarantine of GPU N (its models stay stopped until started).
+    Clear {
+        /// The GPU index (NVML / nvidia-smi order).
+        #[arg(value_name = "N")]
+        gpu: u32,
     },
 }
 
@@ -485,6 +513,10 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             let probe = |m: &[(String, u16)]| probes::probe_all(&cfg.engine.host, m, timeout);
             deploy::run(host, cfg, &opts, &probe, &mut out)
         }
+        Command::Why { name, json } => why::run(host, cfg, name, *json),
+        Command::Gpu {
+            action: GpuAction::Clear { gpu },
+        } => why::gpu_clear(cfg, *gpu, &mut out),
         Command::Export { target } => match target {
             ExportTarget::Kubernetes { namespace, out } => {
                 export::run_kubernetes(cfg, namespace.as_deref(), out.as_deref())
@@ -591,7 +623,7 @@ fn status_command(
             None
         }
     };
-    let report = status::build(
+    let mut report = status::build(
         &cfg.file.display().to_string(),
         &members,
         &units,
@@ -600,6 +632,7 @@ fn status_command(
         src,
         gpu_mem.as_ref(),
     );
+    status::add_incident_classes(&mut report, &why::open_classes(cfg));
     if json {
         println!("{}", status::to_json(&report));
     } else {

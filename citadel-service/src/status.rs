@@ -64,6 +64,9 @@ pub struct Row {
     pub exit_status: Option<i32>,
     /// What that exit status means in the Citadel contract (78: invalid configuration ...).
     pub exit_meaning: Option<String>,
+    /// The class of the model's open incident (`citadel-service why NAME`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_class: Option<String>,
     /// ActiveState is `active`.
     pub up: bool,
 }
@@ -162,6 +165,7 @@ pub fn build(
                     .then(|| citadel_common::Exit::from_code(i64::from(s.exec_main_status)))
                     .flatten()
                     .map(|e| e.meaning().to_string()),
+                incident_class: None,
                 up,
             }
         })
@@ -172,6 +176,29 @@ pub fn build(
         health_source,
         gpu_memory_known: gpu_memory.is_some(),
         services,
+    }
+}
+
+/// Put the class of each model's open incident in its "why not healthy" line:
+/// `[max_model_len] <reason>; citadel-service why NAME`, and give a down model with no
+/// monitor reason a line of its own.
+pub fn add_incident_classes(r: &mut StatusReport, classes: &BTreeMap<String, String>) {
+    for s in &mut r.services {
+        let Some(class) = classes.get(&s.service) else {
+            continue;
+        };
+        if s.up && s.health.as_deref().map_or(true, |h| h == "healthy") {
+            continue;
+        }
+        let why = format!("citadel-service why {}", s.service);
+        s.health_reason = Some(match s.health_reason.take() {
+            Some(r) => format!("[{class}] {r}; {why}"),
+            None => format!(
+                "[{class}] {}; {why}",
+                if s.up { "not healthy" } else { "not running" }
+            ),
+        });
+        s.incident_class = Some(class.clone());
     }
 }
 

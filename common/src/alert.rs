@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 /// The payload shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Format {
     #[default]
     Json,

@@ -86,6 +86,9 @@ pub struct HealthState {
     /// How long the sweep took.
     pub sweep_ms: u64,
     pub models: Vec<ModelHealth>,
+    /// GPUs quarantined after a fatal fault (`citadel-service gpu clear N` lifts it).
+    #[serde(default)]
+    pub quarantined_gpus: Vec<u32>,
     #[serde(default)]
     pub gpus: Vec<GpuHealth>,
 }
@@ -145,6 +148,7 @@ mod tests {
                 reason: Some("loading".into()),
                 since_unix: 1,
             }],
+            quarantined_gpus: vec![],
             gpus: vec![],
         };
         s.write(&p).unwrap();

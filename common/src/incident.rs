@@ -343,6 +343,9 @@ impl Store {
 
     /// Open `state_dir/incidents`, creating it (mode 0750) when missing.
     pub fn create(state_dir: &Path) -> std::io::Result<Store> {
+        // The package's tmpfiles.d makes state_dir; elsewhere (tests, a moved state_dir) it
+        // is made here.
+        std::fs::create_dir_all(state_dir)?;
         let parent = DirFd::open(state_dir)?;
         match parent.mkdir(OsStr::new("incidents"), 0o750) {
             Ok(()) => {}

@@ -45,6 +45,7 @@ pub mod notify;
 pub mod paths;
 pub mod plan;
 pub mod probe;
+pub mod quarantine;
 pub mod report;
 pub mod safefs;
 pub mod salvage;

@@ -99,6 +99,8 @@ pub trait Systemd: Send + Sync {
     /// kills the engine at once instead of draining requests that will never finish; best
     /// effort), then `systemctl restart --no-block UNIT`: queue a restart job and return at once.
     fn restart_no_block(&self, unit: &str) -> Result<(), Failure>;
+    /// `systemctl stop --no-block UNIT` (a quarantined GPU's models).
+    fn stop_no_block(&self, unit: &str) -> Result<(), Failure>;
 }
 
 /// `systemctl`, by absolute path.
@@ -198,6 +200,10 @@ impl Systemd for Systemctl {
             log::warn!("{unit}: could not ask for a stop without drain: {e}");
         }
         self.run_ok(&["restart", "--no-block", unit]).map(|_| ())
+    }
+
+    fn stop_no_block(&self, unit: &str) -> Result<(), Failure> {
+        self.run_ok(&["stop", "--no-block", unit]).map(|_| ())
     }
 }
 

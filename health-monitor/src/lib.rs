@@ -12,12 +12,14 @@
 //! authority), [`monitor`] (the sweep), [`sweep`] (parallel probes), [`deep`] (deep-probe
 //! scheduling), [`decide`] (the pure decision), [`budget`] (restart budget), [`webhook`],
 //! [`transitions`] (transition logging), [`signals`], [`reload`] (SIGHUP config reload),
-//! [`output`] (state file, textfile, table) and [`run`] (the run loop).
+//! [`output`] (state file, textfile, table), [`incidents`] (incidents, GPU faults and
+//! quarantine, alerts) and [`run`] (the run loop).
 
 pub mod args;
 pub mod budget;
 pub mod decide;
 pub mod deep;
+pub mod incidents;
 pub mod metrics;
 pub mod monitor;
 pub mod output;
@@ -31,5 +33,5 @@ pub mod webhook;
 
 pub use args::Args;
 pub use monitor::{GpuReader, Monitor, SweepReport};
-pub use run::{gpu_reader, run};
+pub use run::{gpu_reader, gpu_snapshots, run};
 pub use settings::{Authority, Settings, StatusOnly, Target};

@@ -27,13 +27,13 @@ pub struct SweepReport {
 pub struct Monitor {
     pub(crate) settings: Settings,
     pub(crate) targets: Vec<Target>,
-    systemd: Arc<dyn Systemd>,
+    pub(crate) systemd: Arc<dyn Systemd>,
     pub(crate) authority: Authority,
     pub(crate) api_key: Option<String>,
     pub(crate) stop: Arc<AtomicBool>,
     records: BTreeMap<String, Record>,
     pub(crate) deep: BTreeMap<String, DeepSlot>,
-    pub(crate) webhook: Option<output::Webhook>,
+    pub(crate) watch: crate::incidents::Watch,
     systemd_error: Option<String>,
     output_error: Option<String>,
     gpu: Option<GpuReader>,
@@ -88,13 +88,10 @@ impl Monitor {
         api_key: Option<String>,
         stop: Arc<AtomicBool>,
     ) -> Monitor {
-        let webhook = match (&settings.webhook_url, authority) {
-            (Some(url), Authority::Supervise) => Some(output::Webhook {
-                url: url.clone(),
-                timeout: settings.webhook_timeout,
-            }),
-            _ => None,
-        };
+        let supervise = authority == Authority::Supervise;
+        let sink = sink_of(&settings, supervise);
+        let watch =
+            crate::incidents::Watch::new(settings.state_dir.clone().filter(|_| supervise), sink);
         Monitor {
             settings,
             targets,
@@ -104,7 +101,7 @@ impl Monitor {
             stop,
             records: BTreeMap::new(),
             deep: BTreeMap::new(),
-            webhook,
+            watch,
             systemd_error: None,
             output_error: None,
             gpu: None,
@@ -129,13 +126,11 @@ impl Monitor {
             targets.iter().map(|t| t.name.as_str()).collect();
         self.records.retain(|n, _| names.contains(n.as_str()));
         self.deep.retain(|n, _| names.contains(n.as_str()));
-        self.webhook = match (&settings.webhook_url, self.authority) {
-            (Some(url), Authority::Supervise) => Some(output::Webhook {
-                url: url.clone(),
-                timeout: settings.webhook_timeout,
-            }),
-            _ => None,
-        };
+        let supervise = self.authority == Authority::Supervise;
+        self.watch.set_outputs(
+            settings.state_dir.clone().filter(|_| supervise),
+            sink_of(&settings, supervise),
+        );
         self.settings = settings;
         self.targets = targets;
         self.api_key = api_key;
@@ -143,6 +138,16 @@ impl Monitor {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Watch the GPUs for faults (Xid lines, NVML health) and quarantine on fatal ones.
+    pub fn with_gpu_faults(
+        mut self,
+        kernel: Box<dyn citadel_common::gpufault::KernelLog + Send>,
+        gpus: crate::incidents::GpuSnap,
+    ) -> Monitor {
+        self.watch = self.watch.with_gpu_faults(kernel, gpus);
+        self
     }
 
     pub fn authority(&self) -> Authority {
@@ -161,10 +166,12 @@ impl Monitor {
         let enabled: Vec<usize> = (0..self.targets.len())
             .filter(|&i| self.targets[i].enabled)
             .collect();
-        let units: Vec<String> = enabled
+        let mut units: Vec<String> = enabled
             .iter()
             .map(|&i| self.targets[i].unit.clone())
             .collect();
+        // citadel-storage and citadel-gpu too, in the same call: their failure alerts.
+        units.extend(crate::incidents::INFRA_UNITS.iter().map(|u| u.to_string()));
         let statuses = match self.systemd.status(&units) {
             Ok(s) if s.len() == units.len() => {
                 if let Some(e) = self.systemd_error.take() {
@@ -180,6 +187,17 @@ impl Monitor {
             Err(e) => Some(self.note_systemd_error(e.message)),
         }
         .filter(|s| !s.is_empty());
+        if let Some(s) = &statuses {
+            let named: Vec<(Option<&str>, &UnitStatus)> = s
+                .iter()
+                .enumerate()
+                .map(|(k, u)| (enabled.get(k).map(|&i| self.targets[i].name.as_str()), u))
+                .collect();
+            self.watch.on_units(&named);
+        }
+        if self.authority == Authority::Supervise {
+            self.act_on_gpu_faults();
+        }
 
         let unit_of = |k: usize| statuses.as_ref().map(|s| s[k].clone());
         let observe = self.authority == Authority::Observe;
@@ -234,6 +252,8 @@ impl Monitor {
             {
                 self.fire_webhook(&t, &rec, action);
             }
+            self.watch
+                .on_health(&t.name, rec.state == ModelState::Healthy);
             let healthy_probe = matches!(
                 obs.health, Some(Ok(a)) if a.status == 200
             );
@@ -313,6 +333,7 @@ impl Monitor {
             updated_unix: unix,
             sweep_ms: took.as_millis() as u64,
             models,
+            quarantined_gpus: self.watch.quarantined().iter().map(|q| q.gpu).collect(),
             gpus: self.gpu.as_ref().map(|g| g()).unwrap_or_default(),
         }
     }
@@ -344,4 +365,17 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Where alerts go: the webhook of the settings, for the service only.
+fn sink_of(settings: &Settings, supervise: bool) -> Option<citadel_common::alert::Sink> {
+    settings
+        .webhook_url
+        .clone()
+        .filter(|_| supervise)
+        .map(|url| citadel_common::alert::Sink {
+            url,
+            format: settings.webhook_format,
+            timeout: settings.webhook_timeout,
+        })
 }

@@ -3,10 +3,8 @@
 //! the webhook.
 
 use citadel_common::health::{HealthState, ModelState};
-use citadel_common::probe::Prober;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 /// Every state, in the order the textfile lists them.
 pub const STATES: &[ModelState] = &[
@@ -168,40 +166,27 @@ pub fn textfile(s: &HealthState) -> String {
                 .collect(),
         );
     }
+    // Every GPU the monitor knows (read by NVML or quarantined): 1 when quarantined.
+    let mut gpus: Vec<u32> = s.gpus.iter().map(|g| g.index).collect();
+    gpus.extend(&s.quarantined_gpus);
+    gpus.sort_unstable();
+    gpus.dedup();
+    if !gpus.is_empty() {
+        family(
+            "citadel_gpu_quarantined",
+            "gauge",
+            "1 when the GPU is quarantined after a fatal fault (citadel-service gpu clear N lifts it).",
+            gpus.iter()
+                .map(|g| format!("{{gpu=\"{g}\"}} {}", u8::from(s.quarantined_gpus.contains(g))))
+                .collect(),
+        );
+    }
     o
 }
 
 /// Write the textfile atomically (mode 0644).
 pub fn write_textfile(path: &Path, s: &HealthState) -> std::io::Result<()> {
     citadel_common::fsutil::write_atomic(path, textfile(s).as_bytes(), 0o644)
-}
-
-/// The webhook: a JSON POST per event, each in its own thread with its own timeout, so the
-/// loop never waits for it. Failures are logged, never retried.
-#[derive(Debug, Clone)]
-pub struct Webhook {
-    pub url: String,
-    pub timeout: Duration,
-}
-
-impl Webhook {
-    pub fn send(&self, payload: serde_json::Value) {
-        let (url, timeout) = (self.url.clone(), self.timeout);
-        let spawned = std::thread::Builder::new()
-            .name("webhook".into())
-            .spawn(move || {
-                match Prober::new(timeout).post_json(&url, &payload.to_string(), None) {
-                    Ok(r) if (200..300).contains(&r.status) => {
-                        log::debug!("webhook {url}: HTTP {}", r.status)
-                    }
-                    Ok(r) => log::warn!("webhook {url} answered HTTP {}", r.status),
-                    Err(e) => log::warn!("webhook {url}: {e}"),
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("webhook {}: cannot start a thread: {e}", self.url);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -232,6 +217,7 @@ mod tests {
             updated_unix: 0,
             sweep_ms: 0,
             models,
+            quarantined_gpus: vec![1],
             gpus: vec![GpuHealth {
                 index: 0,
                 temperature_c: Some(41),
@@ -276,6 +262,8 @@ mod tests {
         assert!(t.contains("citadel_model_probe_latency_seconds{model=\"a\\\"b\"} 0.012\n"));
         assert!(t.contains("citadel_gpu_temperature_celsius{gpu=\"0\"} 41\n"));
         assert!(t.contains("citadel_gpu_memory_used_bytes{gpu=\"0\"} 1024\n"));
+        assert!(t.contains("citadel_gpu_quarantined{gpu=\"0\"} 0\n"), "{t}");
+        assert!(t.contains("citadel_gpu_quarantined{gpu=\"1\"} 1\n"), "{t}");
         // Every sample line parses as name{labels} value.
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().unwrap();

@@ -43,6 +43,19 @@ pub fn gpu_reader() -> Option<GpuReader> {
     }))
 }
 
+/// Full GPU snapshots for the fault checks: NVML opened once, or (the test hook) the readings
+/// file of `CITADEL_FAKE_GPU` read again at every sweep, so a test can change it.
+pub fn gpu_snapshots() -> crate::incidents::GpuSnap {
+    let fake = std::env::var_os(citadel_common::gpu::FAKE_GPU_ENV).is_some();
+    let mut source = citadel_common::gpu::open();
+    Box::new(move || {
+        if fake {
+            source = citadel_common::gpu::open();
+        }
+        source.snapshot().map(|s| s.gpus).map_err(|e| e.to_string())
+    })
+}
+
 fn api_key_for(cfg: &Config, settings: &Settings) -> Option<String> {
     match citadel_common::apikey::read(cfg) {
         Ok(k) => k,
@@ -138,6 +151,10 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     let mut m = Monitor::supervisor(settings.clone(), targets, systemd, api_key, stop.clone());
     if let Some(g) = gpu_reader() {
         m = m.with_gpu(g);
+        let kernel = citadel_common::gpufault::kernel_log(Some(
+            cfg.paths.runtime_dir.join("kernel-log.cursor"),
+        ));
+        m = m.with_gpu_faults(kernel, gpu_snapshots());
     }
     let _relay = spawn_stop_relay(stop.clone());
     reload::install_hup_handler()?;

@@ -27,6 +27,9 @@ pub struct Settings {
     pub textfile: Option<PathBuf>,
     pub webhook_url: Option<String>,
     pub webhook_timeout: Duration,
+    pub webhook_format: citadel_common::alert::Format,
+    /// Where incidents and the GPU quarantine live (`paths.state_dir`); `None`: not kept.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -48,6 +51,8 @@ impl Settings {
             textfile: m.textfile.clone(),
             webhook_url: m.webhook_url.clone(),
             webhook_timeout: s(m.webhook_timeout_secs),
+            webhook_format: m.webhook_format,
+            state_dir: Some(cfg.paths.state_dir.clone()),
         }
     }
 
@@ -73,6 +78,8 @@ pub struct Target {
     pub served_model_name: String,
     /// Disabled models are listed as such, never probed.
     pub enabled: bool,
+    /// Its GPUs (a quarantined GPU stops its models).
+    pub gpus: Vec<u32>,
 }
 
 impl Target {
@@ -86,6 +93,7 @@ impl Target {
                 base_url: citadel_common::probe::base_url(&cfg.engine.host, m.port),
                 served_model_name: m.served_model_name.clone(),
                 enabled: m.enabled,
+                gpus: m.gpus.clone(),
             })
             .collect()
     }
@@ -111,6 +119,11 @@ impl Systemd for StatusOnly {
     fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
         Err(Failure::other(format!(
             "refusing to restart {unit}: this monitor is read-only (--once)"
+        )))
+    }
+    fn stop_no_block(&self, unit: &str) -> Result<(), Failure> {
+        Err(Failure::other(format!(
+            "refusing to stop {unit}: this monitor is read-only (--once)"
         )))
     }
 }

@@ -48,6 +48,7 @@
 //! 69 model files, engine program or GPU missing; 75 port or GPU memory still busy (retry);
 //! 78 invalid config, unknown or disabled model, empty API key.
 
+pub mod incident;
 pub mod lock;
 pub mod preflight;
 pub mod spec;
@@ -56,6 +57,7 @@ pub mod supervise;
 use citadel_common::cli::CommonArgs;
 use citadel_common::config::{Config, Model};
 use citadel_common::gpu::GpuSource;
+use citadel_common::incident::{Event, ExitInfo};
 use citadel_common::probe::{base_url, ProbeError, Prober};
 use citadel_common::{launch, notify, Exit, Failure};
 use clap::Parser;
@@ -141,6 +143,7 @@ pub fn launch(
     let stop = || stop_requested().is_some();
     let name = &model.name;
 
+    refuse_quarantined(cfg, model)?;
     let key = spec::read_key(cfg, credentials_dir)?;
     let dir = model.resolved_path(&cfg.paths);
     preflight::model_files(&dir)?;
@@ -181,9 +184,15 @@ pub fn launch(
     let spec = launch::build(cfg, model, key.as_deref());
     log::info!("starting {name}: {}", display_argv(&spec.argv));
     let mut engine = Engine::spawn(&spec)?;
+    let run = Run {
+        cfg,
+        model,
+        gpu_source,
+        oom_kills: incident::oom_kills(),
+    };
     let grace = Duration::from_secs(cfg.engine.stop_grace_secs);
     let t0 = Instant::now();
-    if let Some(sig) = wait_ready(&mut engine, cfg, model)? {
+    if let Some(sig) = wait_ready(&mut engine, &run)? {
         // Nothing is in flight while loading: no drain.
         let plan = StopPlan {
             drain: Duration::ZERO,
@@ -199,6 +208,7 @@ pub fn launch(
         ));
     }
     locks.release();
+    incident::resolve(cfg, model);
     let serving = format!("serving {name} on {}", model.port);
     notify::ready(&serving);
     log::info!(
@@ -216,7 +226,7 @@ pub fn launch(
             return Ok(stop_engine(&mut engine, name, sig, plan, ""));
         }
         if let Some(end) = engine.poll() {
-            return Err(died(&mut engine, name, end, "while serving"));
+            return Err(died(&mut engine, &run, end, "while serving"));
         }
         std::thread::sleep(supervise::TICK);
     }
@@ -226,9 +236,9 @@ pub fn launch(
 /// the engine ends (exit 1) or `load_timeout_secs` passes (group killed, exit 1).
 fn wait_ready(
     engine: &mut Engine,
-    cfg: &Config,
-    model: &Model,
+    run: &Run<'_>,
 ) -> Result<Option<nix::sys::signal::Signal>, Failure> {
+    let (cfg, model) = (run.cfg, run.model);
     let name = &model.name;
     let t0 = Instant::now();
     let load_timeout = Duration::from_secs(model.load_timeout_secs);
@@ -251,14 +261,29 @@ fn wait_ready(
             return Ok(Some(sig));
         }
         if let Some(end) = engine.poll() {
-            return Err(died(engine, name, end, "while loading"));
+            return Err(died(engine, run, end, "while loading"));
         }
         let now = Instant::now();
         if now.duration_since(t0) >= load_timeout {
             engine.kill();
-            return Err(Failure::other(format!(
+            let what = format!(
                 "{name} did not answer {url} with 200 within {} s (models.{name}.load_timeout_secs); killed its process group",
                 load_timeout.as_secs()
+            );
+            let mut ctx = run.context();
+            ctx.load_timed_out = true;
+            let d = run.record(
+                engine,
+                Event::StartFailure,
+                ExitInfo {
+                    code: Some(1),
+                    signal: None,
+                },
+                ctx,
+            );
+            return Err(Failure::other(format!(
+                "{what}\n{}: {} -- fix: {}",
+                d.class, d.summary, d.fix
             ))
             .with_tail(engine));
         }
@@ -325,8 +350,80 @@ impl WithTail for Failure {
     }
 }
 
+/// What a failure report needs besides the engine.
+struct Run<'a> {
+    cfg: &'a Config,
+    model: &'a Model,
+    gpu_source: &'a dyn GpuSource,
+    /// The cgroup's OOM kill count when the engine was spawned.
+    oom_kills: Option<u64>,
+}
+
+impl Run<'_> {
+    fn context(&self) -> citadel_common::classify::Context {
+        let mut c = incident::context(self.model);
+        c.oom_kills = match (self.oom_kills, incident::oom_kills()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        c
+    }
+
+    /// Classify the engine's output and record the incident.
+    fn record(
+        &self,
+        engine: &Engine,
+        event: Event,
+        exit: ExitInfo,
+        mut ctx: citadel_common::classify::Context,
+    ) -> citadel_common::classify::Diagnosis {
+        let output = engine.output();
+        let holders = incident::gpu_holders(self.model, self.gpu_source);
+        ctx.gpu_holders = holders;
+        incident::record(
+            self.cfg,
+            self.model,
+            incident::Failed {
+                event,
+                exit,
+                output: &output,
+                context: ctx,
+            },
+        )
+    }
+}
+
+/// Exit 69 (no restart loop: the unit's `RestartPreventExitStatus=`) when one of the model's
+/// GPUs is quarantined, recording why.
+fn refuse_quarantined(cfg: &Config, model: &Model) -> Result<(), Failure> {
+    let qs = citadel_common::quarantine::list(&cfg.paths.state_dir).map_err(|e| {
+        Failure::unavailable(format!(
+            "cannot read the GPU quarantine in {}: {e}",
+            citadel_common::quarantine::dir(&cfg.paths.state_dir).display()
+        ))
+    })?;
+    let Some(q) = qs.iter().find(|q| model.gpus.contains(&q.gpu)) else {
+        return Ok(());
+    };
+    let what = format!(
+        "GPU {} is quarantined: {}; not starting {} on it until `citadel-service gpu clear {}`",
+        q.gpu, q.what, model.name, q.gpu
+    );
+    incident::refused(
+        cfg,
+        model,
+        citadel_common::classify::Class::GpuFault,
+        &what,
+        Some(q.gpu),
+        q.xid,
+    );
+    Err(Failure::unavailable(what))
+}
+
 /// The engine ended without being asked to: always a failure (exit 1), whatever its status.
-fn died(engine: &mut Engine, name: &str, end: supervise::Ended, when: &str) -> Failure {
+/// The incident (class, fix, excerpt of stdout and stderr) is recorded.
+fn died(engine: &mut Engine, run: &Run<'_>, end: supervise::Ended, when: &str) -> Failure {
+    let name = &run.model.name;
     let pid = engine.pid();
     // Its orphans (EngineCore, workers) must not keep the GPU.
     engine.kill();
@@ -336,8 +433,27 @@ fn died(engine: &mut Engine, name: &str, end: supervise::Ended, when: &str) -> F
         }
         _ => "",
     };
+    let exit = match end {
+        supervise::Ended::Exited(c) => ExitInfo {
+            code: Some(c),
+            signal: None,
+        },
+        supervise::Ended::Signaled(s) => ExitInfo {
+            code: None,
+            signal: Some(s.to_string()),
+        },
+    };
+    let mut ctx = run.context();
+    ctx.sigkilled = end == supervise::Ended::Signaled(nix::sys::signal::Signal::SIGKILL);
+    let event = if when == "while serving" {
+        Event::Crash
+    } else {
+        Event::StartFailure
+    };
+    let d = run.record(engine, event, exit, ctx);
     Failure::other(format!(
-        "engine of {name} (PID {pid}) {end} {when}, without a stop being asked{why}"
+        "engine of {name} (PID {pid}) {end} {when}, without a stop being asked{why}\n{}: {} -- fix: {}",
+        d.class, d.summary, d.fix
     ))
     .with_tail(engine)
 }

@@ -71,6 +71,11 @@ pub const TAIL_LINES: usize = 20;
 /// The longest engine output line kept and echoed; a longer one keeps its end (the part that
 /// says what went wrong), marked with how much was cut.
 pub const MAX_LINE: usize = 16 * 1024;
+/// How many lines of the engine's output (stdout and stderr, in arrival order) are kept for
+/// the incident record's classification and excerpt (`citadel_common::classify`).
+pub const OUTPUT_LINES: usize = 2000;
+/// Characters kept of one such line (the echo to the journal is not cut).
+pub const OUTPUT_LINE_CHARS: usize = 4096;
 /// How often waits look again.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -199,7 +204,19 @@ pub struct Engine {
     ended: Option<Ended>,
     tail: Arc<Mutex<VecDeque<String>>>,
     cause: Arc<Mutex<CauseFinder>>,
+    output: Arc<Mutex<VecDeque<String>>>,
     stderr_done: mpsc::Receiver<()>,
+    stdout_done: mpsc::Receiver<()>,
+}
+
+/// Keep `text` (cut) at the end of the bounded output buffer.
+fn keep(buf: &Mutex<VecDeque<String>>, text: &str) {
+    if let Ok(mut b) = buf.lock() {
+        if b.len() == OUTPUT_LINES {
+            b.pop_front();
+        }
+        b.push_back(text.chars().take(OUTPUT_LINE_CHARS).collect());
+    }
 }
 
 /// Copy `from` to `to` line by line (bytes untouched), handing each line's text to `seen`.
@@ -255,11 +272,13 @@ impl Engine {
         let pid = Pid::from_raw(child.id() as i32);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let cause = Arc::new(Mutex::new(CauseFinder::default()));
+        let output = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, stderr_done) = mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
-            let (tail, cause) = (tail.clone(), cause.clone());
+            let (tail, cause, output) = (tail.clone(), cause.clone(), output.clone());
             std::thread::spawn(move || {
                 echo_lines(stderr, &mut std::io::stderr(), |text| {
+                    keep(&output, text);
                     if let Ok(mut c) = cause.lock() {
                         c.feed(text);
                     }
@@ -273,16 +292,19 @@ impl Engine {
                 let _ = tx.send(());
             });
         }
+        let (tx_out, stdout_done) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             // vLLM logs (errors included) go to stdout: to the journal untouched, and read
             // for the cause of a failure.
-            let cause = cause.clone();
+            let (cause, output) = (cause.clone(), output.clone());
             std::thread::spawn(move || {
                 echo_lines(stdout, &mut std::io::stdout(), |text| {
+                    keep(&output, text);
                     if let Ok(mut c) = cause.lock() {
                         c.feed(text);
                     }
                 });
+                let _ = tx_out.send(());
             });
         }
         // We reap with waitpid ourselves; std's Child has nothing left to do.
@@ -294,7 +316,9 @@ impl Engine {
             ended: None,
             tail,
             cause,
+            output,
             stderr_done,
+            stdout_done,
         })
     }
 
@@ -518,6 +542,17 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|c| c.cause().map(String::from))
+    }
+
+    /// The engine's last output lines, stdout and stderr in arrival order (waits briefly for
+    /// both echo threads to drain their pipes): what the incident is classified from.
+    pub fn output(&self) -> Vec<String> {
+        let _ = self.stdout_done.recv_timeout(Duration::from_millis(500));
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(500));
+        self.output
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The engine's last stderr lines (waits briefly for the echo thread to drain the pipe).

@@ -127,6 +127,7 @@ impl MonitorPolicy {
             textfile: None,
             webhook_url: None,
             webhook_timeout_secs: 5,
+            webhook_format: crate::alert::Format::Json,
         }
     }
 }

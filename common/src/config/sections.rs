@@ -263,6 +263,18 @@ impl Reader {
                 );
             }
         }
+        let format_v = self.raw(&mut t, "webhook_format").cloned();
+        let webhook_format = match self.string(&mut t, "webhook_format") {
+            None => d.webhook_format,
+            Some(f) => crate::alert::Format::parse(&f).unwrap_or_else(|| {
+                self.issue(
+                    "monitor.webhook_format".into(),
+                    format_v.as_ref(),
+                    format!("must be one of {}", crate::alert::Format::NAMES.join(", ")),
+                );
+                d.webhook_format
+            }),
+        };
         let m = MonitorPolicy {
             interval_secs: self.u64_or(&mut t, "interval_secs", 1, d.interval_secs),
             probe_timeout_secs: self.u64_or(&mut t, "probe_timeout_secs", 1, d.probe_timeout_secs),
@@ -302,6 +314,7 @@ impl Reader {
                 1,
                 d.webhook_timeout_secs,
             ),
+            webhook_format,
         };
         if m.probe_timeout_secs >= m.interval_secs && m.interval_secs > 1 {
             self.issue(

@@ -145,6 +145,8 @@ pub struct MonitorPolicy {
     pub textfile: Option<PathBuf>,
     pub webhook_url: Option<String>,
     pub webhook_timeout_secs: u64,
+    /// `json` (default) or `alertmanager` (the `/api/v2/alerts` shape); see `crate::alert`.
+    pub webhook_format: crate::alert::Format,
 }
 
 /// `[storage]`: storage-setup's policy.

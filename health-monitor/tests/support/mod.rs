@@ -97,6 +97,7 @@ pub fn target(name: &str, port: u16) -> Target {
         base_url: format!("http://127.0.0.1:{port}"),
         served_model_name: name.into(),
         enabled: true,
+        gpus: vec![0],
     }
 }
 
@@ -116,6 +117,8 @@ pub fn settings() -> Settings {
         textfile: None,
         webhook_url: None,
         webhook_timeout: Duration::from_secs(1),
+        webhook_format: citadel_common::alert::Format::Json,
+        state_dir: None,
     }
 }
 
@@ -127,6 +130,7 @@ pub type RestartHook = Box<dyn FnMut(&FakeSystemd, &str) + Send>;
 pub struct FakeSystemd {
     pub units: Mutex<BTreeMap<String, UnitStatus>>,
     pub restarts: Mutex<Vec<String>>,
+    pub stops: Mutex<Vec<String>>,
     pub status_calls: AtomicUsize,
     /// Called on each restart, with the unit (e.g. to make it "activating").
     pub on_restart: Mutex<Option<RestartHook>>,
@@ -176,6 +180,16 @@ impl Systemd for FakeSystemd {
                 })
             })
             .collect())
+    }
+
+    fn stop_no_block(&self, unit: &str) -> Result<(), Failure> {
+        self.stops.lock().unwrap().push(unit.to_string());
+        let mut units = self.units.lock().unwrap();
+        if let Some(u) = units.get_mut(unit) {
+            u.active_state = "inactive".into();
+            u.main_pid = 0;
+        }
+        Ok(())
     }
 
     fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
