@@ -37,7 +37,8 @@ root=false
 [[ $(id -u) == 0 ]] && root=true
 
 need_pkgs=()
-for p in systemd-container mmdebstrap lintian debootstrap zsh fish; do
+# prometheus: promtool, for health-monitor/tests/observability.rs (promtool check rules).
+for p in systemd-container mmdebstrap lintian debootstrap zsh fish prometheus; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

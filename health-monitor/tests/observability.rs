@@ -199,11 +199,15 @@ fn used_names() -> Vec<(String, String)> {
         }
     }
     for v in d["templating"]["list"].as_array().unwrap() {
+        // label_values(METRIC, LABEL): the metric is the first argument.
         if let Some(q) = v["query"]
             .as_str()
-            .filter(|q| q.starts_with("label_values("))
+            .and_then(|q| q.strip_prefix("label_values("))
         {
-            out.push(("templating".into(), q.to_string()));
+            out.push((
+                "templating".into(),
+                q.split(',').next().unwrap().to_string(),
+            ));
         }
     }
     out
