@@ -166,6 +166,16 @@ pub enum Command {
         /// Only lines since this time (journalctl --since, e.g. "-1h", "today").
         #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
         since: Option<String>,
+        /// Only lines of this priority or more urgent (journalctl -p: err, warning, 0-7, ...).
+        #[arg(short, long, value_name = "PRIO", value_parser = logs::parse_priority)]
+        priority: Option<String>,
+        /// Only lines matching this pattern (journalctl --grep, PCRE2; case-insensitive when
+        /// all lower case).
+        #[arg(long, value_name = "PATTERN")]
+        grep: Option<String>,
+        /// Merge in the kernel's lines of the same time range (NVIDIA Xid, OOM killer).
+        #[arg(long)]
+        kernel: bool,
     },
     /// Start the box at boot: target, infrastructure, monitor; the models the config enables (root).
     #[command(after_help = examples::ENABLE)]
@@ -476,6 +486,9 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             follow,
             lines,
             since,
+            priority,
+            grep,
+            kernel,
         } => {
             let s = service(sa)?;
             let units: Vec<String> = s.members(cfg).into_iter().map(|m| m.unit).collect();
@@ -485,6 +498,9 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
                     follow: *follow,
                     lines: *lines,
                     since: since.clone(),
+                    priority: priority.clone(),
+                    grep: grep.clone(),
+                    kernel: *kernel,
                 },
             )
         }

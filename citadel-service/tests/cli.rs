@@ -68,6 +68,11 @@ fn every_command_and_service_name_parses() {
         cli.command,
         Some(Command::Logs { follow: true, lines: Some(50), ref since, .. }) if since.as_deref() == Some("-1h")
     ));
+    assert!(matches!(
+        parse(&["logs", "phi3", "-p", "err", "--grep", "Xid", "--kernel"]).command,
+        Some(Command::Logs { ref priority, ref grep, kernel: true, .. })
+            if priority.as_deref() == Some("err") && grep.as_deref() == Some("Xid")
+    ));
     parse(&["enable"]);
     parse(&["disable"]);
     parse(&["health", "--json", "--timeout", "3"]);
@@ -145,6 +150,7 @@ fn bad_command_lines_exit_2() {
         vec!["deploy", "--phase", "0"],
         vec!["start", "--timeout", "soon"],
         vec!["logs", "-n", "many"],
+        vec!["logs", "phi3", "-p", "loud"],
         vec!["enable", "phi3"],
     ] {
         let o = run(&args, &[]);
