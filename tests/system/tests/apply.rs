@@ -12,23 +12,34 @@ const SEC: Duration = Duration::from_secs(1);
 const WANTS: &str = "/run/systemd/generator/citadel-models.target.wants";
 const DROP_IN: &str = "/run/systemd/generator/citadel-model@.service.d/50-citadel-generator.conf";
 
-/// A box with the package installed whose models mount survives a reboot (a bind mount in
-/// fstab, like a real disk), so the box can be rebooted and come up again.
+/// A box with the package installed whose models mount comes back after a reboot: a tmpfs in
+/// fstab (a bind mount of the root filesystem is refused by storage-setup), seeded before
+/// storage runs from a copy kept on the box's disk, like a real models disk.
 fn install(name: &str, setup: Setup) -> Citadel {
     if let Some(why) = sdbox::missing_prerequisite() {
         panic!("system tier prerequisite missing: {why}");
     }
-    let c = Citadel::install(
-        name,
-        Setup {
-            mount_models: false,
-            ..setup
-        },
-    )
-    .unwrap_or_else(|e| panic!("box {name}: {e}"));
-    let fstab = format!("{MODELS_MOUNT} {MODELS_MOUNT} none bind 0 0\n");
+    let c = Citadel::install(name, setup).unwrap_or_else(|e| panic!("box {name}: {e}"));
+    c.sb.ok(&["mkdir", "-p", "/var/lib/ap-models"]).unwrap();
+    c.sb.ok(&[
+        "cp",
+        "-a",
+        &format!("{MODELS_MOUNT}/."),
+        "/var/lib/ap-models/",
+    ])
+    .unwrap();
+    let fstab = format!("citadel-models {MODELS_MOUNT} tmpfs size=64m,mode=0755 0 0\n");
     c.sb.write("/etc/fstab", fstab.as_bytes(), 0o644).unwrap();
-    c.sb.ok(&["mount", "--bind", MODELS_MOUNT, MODELS_MOUNT])
+    let seed = format!(
+        "[Unit]\nDescription=ap test: seed the models tmpfs\nRequiresMountsFor={MODELS_MOUNT}\nBefore=citadel-storage.service\nConditionPathExists=!{MODELS_MOUNT}/active\n[Service]\nType=oneshot\nExecStart=/bin/cp -a /var/lib/ap-models/. {MODELS_MOUNT}/\n[Install]\nWantedBy=citadel-storage.service\n"
+    );
+    c.sb.write(
+        "/etc/systemd/system/ap-models-seed.service",
+        seed.as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    c.sb.ok(&["systemctl", "enable", "ap-models-seed.service"])
         .unwrap();
     c
 }
