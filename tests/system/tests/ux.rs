@@ -143,7 +143,11 @@ printf '%s\\n' \"${COMPREPLY[@]}\"";
     }
 
     // -p, --grep and --kernel reach journalctl (kernel lines merged by an OR of matches).
-    for extra in [&["-p", "info"][..], &["--grep", MODELS[1].name], &["--kernel"]] {
+    for extra in [
+        &["-p", "info"][..],
+        &["--grep", MODELS[1].name],
+        &["--kernel"],
+    ] {
         let mut a = vec!["logs", MODELS[1].name, "-n", "20"];
         a.extend_from_slice(extra);
         let o = c.citadel_service(&a, 30 * SEC);
