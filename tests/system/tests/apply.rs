@@ -245,6 +245,8 @@ fn ap_apply_restarts_only_what_changed_and_the_config_decides_across_reboots() {
     // Its one line: at boot it goes to /dev/kmsg, which an nspawn box does not have (and
     // systemd 252 keeps no generator stderr), so run the installed generator by hand on the
     // same broken config, with its kernel-log path pointed at a file the test reads.
+    // (the real /dev/kmsg always exists; the generator opens its log for appending, never creates it)
+    c.sb.exec(&["/usr/bin/touch", "/run/citadel-generator-test.kmsg"]);
     let out = c.sb.exec(&[
         "/usr/bin/env",
         "CITADEL_KMSG=/run/citadel-generator-test.kmsg",

@@ -158,6 +158,36 @@ fn wait_running(c: &Citadel, port: u16, model: &str) {
     .unwrap_or_else(|| panic!("no request running on {model}\n{}", c.journal_tail(40)));
 }
 
+/// A 240-token stream seen running on `model`. It lasts about 2 s here (the tiny model's
+/// max_model_len is 256, so it cannot be longer), which a /metrics poll can miss: start it
+/// again, at most five times, until a poll sees it in flight.
+fn stream_in_flight(
+    c: &Citadel,
+    port: u16,
+    model: &str,
+) -> std::thread::JoinHandle<(String, Instant)> {
+    for _ in 0..5 {
+        let h = stream(c, port, model, 240);
+        let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
+            if metric(c, port, "vllm:num_requests_running", model)? >= 1.0 {
+                Some(true)
+            } else if h.is_finished() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if seen == Some(true) {
+            return h;
+        }
+        let _ = h.join();
+    }
+    panic!(
+        "no request seen running on {model} in five streams\n{}",
+        c.journal_tail(40)
+    )
+}
+
 /// The latest "is ready after X s" of start-model in a unit's journal.
 fn load_secs(c: &Citadel, unit: &str) -> Option<f64> {
     c.unit_log(unit)
@@ -643,8 +673,7 @@ fn bench_stops(c: &Citadel) {
         ("b", B, "drain_secs 30 (after)"),
     ] {
         let unit = model_unit(name);
-        let h = stream(c, port, name, 240);
-        wait_running(c, port, name);
+        let h = stream_in_flight(c, port, name);
         let t0 = Instant::now();
         let o = c.sb.exec_t(&["systemctl", "stop", &unit], LOAD);
         let took = t0.elapsed().as_secs_f64();
