@@ -51,12 +51,14 @@ pub fn phase_members(phase: u8, cfg: &Config, test_model: &str) -> Vec<Member> {
         3 => Service::Models.to_start(cfg),
         _ => {
             let mut v = Service::Monitor.members(cfg);
+            v.extend(Service::Gateway.to_start(cfg));
             v.push(Member {
                 service: "all".into(),
                 unit: paths::TARGET_AI.into(),
                 kind: Kind::Target,
                 enabled: true,
                 port: None,
+                listen: None,
             });
             v
         }

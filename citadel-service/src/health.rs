@@ -24,6 +24,9 @@ pub struct ModelCheck {
     pub latency_ms: Option<u64>,
     /// Why it is not healthy.
     pub error: Option<String>,
+    /// The gateway routes its served name now (when the gateway was asked).
+    #[serde(default)]
+    pub via_gateway: Option<bool>,
 }
 
 /// Usage of the filesystem holding `path`.
@@ -67,6 +70,53 @@ pub struct HealthReport {
     /// `nvml`, `monitor` (the monitor's last sweep) or `none`.
     pub gpu_source: String,
     pub warnings: Vec<String>,
+    /// The gateway, probed through its listen address (when `[gateway] enabled`).
+    pub gateway: Option<GatewayCheck>,
+}
+
+/// The gateway, probed the way a client reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayCheck {
+    pub unit: String,
+    pub url: String,
+    /// systemd ActiveState, when systemd answered.
+    pub unit_state: Option<String>,
+    /// `GET /health` through the gateway answered 200.
+    pub healthy: bool,
+    pub http_status: Option<u16>,
+    pub latency_ms: Option<u64>,
+    /// What `GET /v1/models` through the gateway lists (the names it routes now).
+    pub routable: Option<Vec<String>>,
+    pub error: Option<String>,
+}
+
+/// Add the gateway to the report. A gateway whose unit is active must answer (else the box is
+/// unhealthy); one that is not running is a warning (not deployed, or run without systemd).
+/// Each model gets `via_gateway`: whether the gateway routes its served name now.
+pub fn with_gateway(mut r: HealthReport, cfg: &Config, g: GatewayCheck) -> HealthReport {
+    let active = g.unit_state.as_deref() == Some("active");
+    if !g.healthy {
+        let why = g.error.clone().unwrap_or_else(|| "no answer".into());
+        if active {
+            r.healthy = false;
+        } else {
+            r.warnings.push(format!(
+                "gateway {} not answering ({why}): is it running?",
+                g.url
+            ));
+        }
+    }
+    if let Some(names) = &g.routable {
+        for m in &mut r.models {
+            let served = cfg.model(&m.name).map(|c| c.served_model_name.as_str());
+            m.via_gateway = Some(served.is_some_and(|s| names.iter().any(|n| n == s)));
+            if m.healthy && m.via_gateway == Some(false) {
+                m.error = Some("healthy, but the gateway does not route it (yet)".into());
+            }
+        }
+    }
+    r.gateway = Some(g);
+    r
 }
 
 /// Memory use above this fraction is a warning.
@@ -108,6 +158,7 @@ pub fn assemble(
                 http_status: p.http_status,
                 latency_ms: p.latency_ms,
                 error,
+                via_gateway: None,
             }
         })
         .collect();
@@ -141,6 +192,7 @@ pub fn assemble(
         gpus,
         gpu_source: gpu_source.to_string(),
         warnings,
+        gateway: None,
     }
 }
 
@@ -253,6 +305,19 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
             } else {
                 ""
             }
+        ));
+    }
+    if let Some(g) = &r.gateway {
+        let word = if g.healthy { "healthy" } else { "unhealthy" };
+        let routes = g
+            .routable
+            .as_ref()
+            .map_or(String::new(), |n| format!(", routes {}", n.join(" ")));
+        out.push_str(&format!(
+            "gateway {} ({}): {}{routes}\n",
+            g.url,
+            g.unit_state.as_deref().unwrap_or("-"),
+            paint(word, tone_of(word), color)
         ));
     }
     for w in &r.warnings {

@@ -5,7 +5,7 @@
 //! argv vectors (absolute paths), behind the [`systemd::Host`] trait so that tests use fakes.
 //!
 //! Service names: `all` (`citadel-ai.target`), `storage`, `gpu`, `models`
-//! (`citadel-models.target`), `monitor`, or a model name (`citadel-model@NAME.service`).
+//! (`citadel-models.target`), `monitor`, `gateway` (`citadel-gateway.service`), or a model name (`citadel-model@NAME.service`).
 //!
 //! Output: human tables on stdout (colour only on a terminal and never with `NO_COLOR`), JSON
 //! on stdout with `--json`, logs and errors on stderr.
@@ -76,7 +76,7 @@ impl Cli {
 /// The service a command acts on.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServiceArg {
-    /// all, storage, gpu, models, monitor, or a model name from the config. `stop` and
+    /// all, storage, gpu, models, monitor, gateway, or a model name from the config. `stop` and
     /// `restart` need it spelled out (`all` for everything); the others default to `all`.
     #[arg(value_name = "SERVICE")]
     pub service: Option<String>,
@@ -93,7 +93,7 @@ impl ServiceArg {
     pub fn required(&self, verb: &str) -> Result<&str, Failure> {
         self.service.as_deref().ok_or_else(|| {
             Failure::usage(format!(
-                "{verb} needs a service name: a model, storage, gpu, models, monitor, or all \
+                "{verb} needs a service name: a model, storage, gpu, models, monitor, gateway, or all \
                  for every Citadel unit (citadel-service {verb} all)"
             ))
         })
@@ -177,7 +177,7 @@ pub enum Command {
         #[arg(long)]
         kernel: bool,
     },
-    /// Start the box at boot: target, infrastructure, monitor; the models the config enables (root).
+    /// Start the box at boot: target, infrastructure, monitor, gateway; the models the config enables (root).
     #[command(after_help = examples::ENABLE)]
     Enable,
     /// Do not start any Citadel unit at boot (root).
@@ -206,7 +206,7 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
-    /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+target (root).
+    /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+gateway+target (root).
     #[command(after_help = examples::DEPLOY)]
     Deploy {
         /// Run only this phase (1-4).
@@ -674,19 +674,29 @@ fn health_command(
         .enabled_models()
         .map(|m| (m.name.clone(), m.port))
         .collect();
-    let units: Vec<String> = cfg.enabled_models().map(|m| m.unit()).collect();
+    let mut units: Vec<String> = cfg.enabled_models().map(|m| m.unit()).collect();
+    if cfg.gateway.enabled {
+        units.push(citadel_common::paths::UNIT_GATEWAY.to_string());
+    }
     let timeout = Duration::from_secs(timeout.unwrap_or(cfg.monitor.probe_timeout_secs).max(1));
-    // Probes, systemd and the resource readings run at the same time.
-    let (probes, states, resources) = std::thread::scope(|sc| {
+    // Probes (the models directly, and through the gateway), systemd and the resource
+    // readings run at the same time.
+    let (probes, gateway, states, resources) = std::thread::scope(|sc| {
         let p = sc.spawn(|| probes::probe_all(&cfg.engine.host, &models, timeout));
+        let g = sc.spawn(|| {
+            cfg.gateway
+                .enabled
+                .then(|| probes::probe_gateway(cfg, timeout))
+        });
         let r = sc.spawn(|| health::read_resources(&[cfg.paths.models_mount.clone(), "/".into()]));
         let states = if std::path::Path::new(citadel_common::paths::SYSTEMD_RUN_DIR).is_dir() {
             host.units(&units)
         } else {
             Err(Failure::unavailable("systemd is not running here"))
         };
-        (p.join(), states, r.join())
+        (p.join(), g.join(), states, r.join())
     });
+    let gateway = gateway.map_err(|_| Failure::other("the gateway probe panicked"))?;
     let probes = probes.map_err(|_| Failure::other("the probe thread panicked"))?;
     let resources = resources.map_err(|_| Failure::other("reading resources panicked"))?;
     let mut warnings = vec![];
@@ -722,7 +732,7 @@ fn health_command(
             }
         },
     };
-    let report = health::assemble(
+    let mut report = health::assemble(
         cfg,
         &probes,
         states.as_ref(),
@@ -731,6 +741,10 @@ fn health_command(
         source,
         warnings,
     );
+    if let Some(mut g) = gateway {
+        g.unit_state = states.as_ref().and_then(|s| s.get(&g.unit).cloned());
+        report = health::with_gateway(report, cfg, g);
+    }
     if json {
         println!("{}", health::to_json(&report));
     } else {

@@ -31,6 +31,67 @@ impl ProbeResult {
     }
 }
 
+/// The gateway as a client reaches it: `GET /health`, then `GET /v1/models` (with one of the
+/// client keys when `gateway.api_keys_file` is set and readable) for the names it routes.
+pub fn probe_gateway(
+    cfg: &citadel_common::config::Config,
+    timeout: Duration,
+) -> crate::health::GatewayCheck {
+    let l = cfg.gateway.listen;
+    let host = match l.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".to_string(),
+        ip => ip.to_string(),
+    };
+    let base = base_url(&host, l.port());
+    let prober = Prober::new(timeout);
+    let health = prober.get(&format!("{base}/health"), None);
+    let key = citadel_common::clientkeys::Keys::load(cfg.gateway.api_keys_file.as_deref());
+    let mut error = health.as_ref().err().map(|e| e.to_string());
+    let routable = match (&health, &key) {
+        (Ok(h), Ok(keys)) if h.status == 200 => {
+            match prober.get(&format!("{base}/v1/models"), keys.any()) {
+                Ok(r) if r.status == 200 => serde_json::from_str::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|v| {
+                        v["data"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                                .collect()
+                        })
+                    }),
+                Ok(r) => {
+                    error = Some(format!("GET /v1/models returned HTTP {}", r.status));
+                    None
+                }
+                Err(e) => {
+                    error = Some(format!("GET /v1/models: {e}"));
+                    None
+                }
+            }
+        }
+        (Ok(h), _) if h.status != 200 => {
+            error = Some(format!("/health returned HTTP {}", h.status));
+            None
+        }
+        (Ok(_), Err(e)) => {
+            error = Some(format!("client keys: {e}"));
+            None
+        }
+        _ => None,
+    };
+    crate::health::GatewayCheck {
+        unit: citadel_common::paths::UNIT_GATEWAY.into(),
+        url: base,
+        unit_state: None,
+        healthy: health.as_ref().is_ok_and(|h| h.status == 200),
+        http_status: health.as_ref().ok().map(|h| h.status),
+        latency_ms: health.as_ref().ok().map(|h| h.latency.as_millis() as u64),
+        routable,
+        error,
+    }
+}
+
 /// `GET http://HOST:PORT/health` for every `(name, port)` at once; returns in input order.
 pub fn probe_all(host: &str, models: &[(String, u16)], timeout: Duration) -> Vec<ProbeResult> {
     let prober = Prober::new(timeout);

@@ -2,7 +2,7 @@
 //!
 //! `all` -> `citadel-ai.target`, `storage` -> `citadel-storage.service`, `gpu` ->
 //! `citadel-gpu.service`, `models` -> `citadel-models.target`, `monitor` ->
-//! `citadel-monitor.service`, and a model name from the config -> `citadel-model@NAME.service`.
+//! `citadel-monitor.service`, `gateway` -> `citadel-gateway.service`, and a model name from the config -> `citadel-model@NAME.service`.
 //! `all` and `models` expand to the units behind them (the enabled models' instances) for
 //! starting, waiting and reporting.
 
@@ -10,7 +10,7 @@ use citadel_common::config::Config;
 use citadel_common::{paths, Failure};
 
 /// The fixed service names, in the order `--help` lists them.
-pub const FIXED_NAMES: [&str; 5] = ["all", "storage", "gpu", "models", "monitor"];
+pub const FIXED_NAMES: [&str; 6] = ["all", "storage", "gpu", "models", "monitor", "gateway"];
 
 /// One service name, resolved against the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub enum Service {
     Gpu,
     Models,
     Monitor,
+    Gateway,
     Model(String),
 }
 
@@ -32,6 +33,7 @@ pub enum Kind {
     Gpu,
     Model,
     Monitor,
+    Gateway,
 }
 
 /// One unit a command acts on or reports.
@@ -43,8 +45,10 @@ pub struct Member {
     pub kind: Kind,
     /// Models: `enabled` in the config. Everything else: true.
     pub enabled: bool,
-    /// Models: the port they serve on.
+    /// Models: the port they serve on; the gateway: its listen port.
     pub port: Option<u16>,
+    /// The gateway: its listen address (`gateway.listen`).
+    pub listen: Option<String>,
 }
 
 impl Service {
@@ -56,6 +60,7 @@ impl Service {
             "gpu" => Service::Gpu,
             "models" => Service::Models,
             "monitor" => Service::Monitor,
+            "gateway" => Service::Gateway,
             n if cfg.model(n).is_some() => Service::Model(n.to_string()),
             n => {
                 return Err(Failure::usage(format!(
@@ -74,6 +79,7 @@ impl Service {
             Service::Gpu => paths::UNIT_GPU.to_string(),
             Service::Models => paths::TARGET_MODELS.to_string(),
             Service::Monitor => paths::UNIT_MONITOR.to_string(),
+            Service::Gateway => paths::UNIT_GATEWAY.to_string(),
             Service::Model(n) => paths::model_unit(n),
         }
     }
@@ -87,6 +93,15 @@ impl Service {
             kind,
             enabled: true,
             port: None,
+            listen: None,
+        };
+        let gateway = || Member {
+            service: "gateway".into(),
+            unit: paths::UNIT_GATEWAY.into(),
+            kind: Kind::Gateway,
+            enabled: cfg.gateway.enabled,
+            port: Some(cfg.gateway.listen.port()),
+            listen: Some(cfg.gateway.listen.to_string()),
         };
         let models = || {
             cfg.models.iter().map(|m| Member {
@@ -96,6 +111,7 @@ impl Service {
                 enabled: m.enabled,
                 // 0: a model read from a broken config without a valid port.
                 port: (m.port != 0).then_some(m.port),
+                listen: None,
             })
         };
         match self {
@@ -108,6 +124,7 @@ impl Service {
                 ];
                 v.extend(models());
                 v.push(fixed("monitor", paths::UNIT_MONITOR, Kind::Monitor));
+                v.push(gateway());
                 v
             }
             Service::Storage => vec![fixed("storage", paths::UNIT_STORAGE, Kind::Storage)],
@@ -118,6 +135,7 @@ impl Service {
                 v
             }
             Service::Monitor => vec![fixed("monitor", paths::UNIT_MONITOR, Kind::Monitor)],
+            Service::Gateway => vec![gateway()],
             Service::Model(n) => models().filter(|m| &m.service == n).collect(),
         }
     }
@@ -149,7 +167,7 @@ pub fn valid_names(cfg: &Config) -> Vec<String> {
 /// config says, so `enable` and `disable` remove them (every model of the config, plus
 /// `legacy`: the instances found linked in /etc).
 pub fn boot_units(cfg: &Config, legacy: &[String]) -> (Vec<String>, Vec<String>) {
-    let on = vec![
+    let mut on = vec![
         paths::TARGET_AI.to_string(),
         paths::TARGET_MODELS.to_string(),
         paths::UNIT_STORAGE.to_string(),
@@ -161,6 +179,15 @@ pub fn boot_units(cfg: &Config, legacy: &[String]) -> (Vec<String>, Vec<String>)
         if !off.contains(u) {
             off.push(u.clone());
         }
+    }
+    let gateway = [
+        paths::SOCKET_GATEWAY.to_string(),
+        paths::UNIT_GATEWAY.to_string(),
+    ];
+    if cfg.gateway.enabled {
+        on.extend(gateway);
+    } else {
+        off.extend(gateway);
     }
     (on, off)
 }

@@ -51,6 +51,8 @@ pub struct Row {
     pub uptime_secs: Option<u64>,
     pub restarts: u32,
     pub port: Option<u16>,
+    /// The gateway: its listen address.
+    pub listen: Option<String>,
     pub health: Option<String>,
     pub health_reason: Option<String>,
     pub latency_ms: Option<u64>,
@@ -151,6 +153,7 @@ pub fn build(
                     .then(|| now_us.saturating_sub(s.active_enter_monotonic_usec) / 1_000_000),
                 restarts: s.n_restarts,
                 port: m.port,
+                listen: m.listen.clone(),
                 health: cell.map(|c| c.health.clone()),
                 health_reason: cell.and_then(|c| c.reason.clone()),
                 latency_ms: cell.and_then(|c| c.latency_ms),
@@ -243,7 +246,7 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
             dash(s.pid),
             dash(s.uptime_secs.map(output::duration)),
             s.restarts.to_string(),
-            dash(s.port),
+            s.listen.clone().unwrap_or_else(|| dash(s.port)),
             health,
             dash(s.gpu_memory_bytes.map(output::bytes)),
         ]);

@@ -382,6 +382,7 @@ mod tests {
             kind: Kind::Model,
             enabled: true,
             port: Some(11400),
+            listen: None,
         }
     }
 

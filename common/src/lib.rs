@@ -16,6 +16,7 @@
 //!   service account", shared by storage-setup and start-model;
 //! - [`fsutil`]: atomic writes; [`safefs`]: fd-relative, symlink-free directory operations and
 //!   capped reads of regular files, for helpers that treat every path as hostile;
+//! - [`clientkeys`]: the gateway's client keys (`gateway.api_keys_file`), constant-time checks;
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
 //! - [`launch`]: the argv and environment of one model server (start-model, exports);
@@ -31,6 +32,7 @@ pub mod alert;
 pub mod apikey;
 pub mod classify;
 pub mod cli;
+pub mod clientkeys;
 pub mod config;
 pub mod exit;
 pub mod fsutil;

@@ -26,6 +26,9 @@ pub const TARGET_MODELS: &str = "citadel-models.target";
 pub const UNIT_STORAGE: &str = "citadel-storage.service";
 pub const UNIT_GPU: &str = "citadel-gpu.service";
 pub const UNIT_MONITOR: &str = "citadel-monitor.service";
+pub const UNIT_GATEWAY: &str = "citadel-gateway.service";
+/// The gateway's listening socket (socket activation: restarts refuse no connection).
+pub const SOCKET_GATEWAY: &str = "citadel-gateway.socket";
 
 /// The template every model unit is an instance of.
 pub const MODEL_TEMPLATE: &str = "citadel-model@.service";

@@ -56,6 +56,8 @@ fn placeholder(name: &str, raw: Option<&Value>) -> Model {
         load_timeout_secs: 0,
         extra_args: vec![],
         enabled,
+        max_concurrent: None,
+        aliases: vec![],
     }
 }
 

@@ -209,6 +209,8 @@ mod tests {
             load_timeout_secs: 60,
             extra_args: vec![],
             enabled: true,
+            max_concurrent: None,
+            aliases: vec![],
         }
     }
 

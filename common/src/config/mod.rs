@@ -13,6 +13,7 @@
 //! - [`defaults`]: one `Default` per section (the values the README documents);
 //! - [`read`]: loading, TOML syntax errors and the key-by-key reader;
 //! - [`sections`]: reading each section, with its per-key rules;
+//! - `gateway`: `[gateway]` and the gateway's per-model keys, with their rules;
 //! - [`rules`]: the cross-model rules (ports, per-GPU shares, served names, exposure), the
 //!   name predicates and the host limits;
 //! - [`hostile`]: the rules that keep a hostile or careless config off the system (system
@@ -21,11 +22,13 @@
 
 pub mod defaults;
 pub mod hostile;
+mod gateway;
 pub mod read;
 pub mod rules;
 mod sections;
 pub mod types;
 
+pub use gateway::{Gateway, DEFAULT_LISTEN};
 pub use read::{show, MAX_CONFIG_BYTES};
 pub use rules::{gpu_shares, valid_model_name, GpuRow, Limits, MANAGED_ENV, MAX_DRAIN_SECS};
 pub use types::*;

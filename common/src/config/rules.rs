@@ -131,6 +131,7 @@ impl Reader {
                 column: None,
             });
         }
+        self.gateway_cross_checks(cfg);
         // Ports: unique, not privileged, not in the kernel's ephemeral range.
         let mut by_port: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
         for m in &cfg.models {

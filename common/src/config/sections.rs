@@ -13,7 +13,7 @@ use toml::{Table, Value};
 impl Reader {
     pub(super) fn config(&mut self, root: &Table, file: &Path, limits: &Limits) -> Config {
         const SECTIONS: &[&str] = &[
-            "paths", "service", "engine", "gpu", "monitor", "storage", "models",
+            "paths", "service", "engine", "gpu", "monitor", "storage", "gateway", "models",
         ];
         for (k, v) in root {
             if !SECTIONS.contains(&k.as_str()) {
@@ -30,6 +30,7 @@ impl Reader {
         let gpu = self.gpu(root);
         let monitor = self.monitor(root, &paths);
         let storage = self.storage(root);
+        let gateway = self.gateway(root);
         let models = self.models(root);
         let cfg = Config {
             file: file.to_path_buf(),
@@ -39,6 +40,7 @@ impl Reader {
             gpu,
             monitor,
             storage,
+            gateway,
             models,
         };
         self.cross_checks(&cfg, limits);
@@ -524,6 +526,7 @@ impl Reader {
             self.issue(t.key("extra_args"), extra_v.as_ref(), problem);
         }
         let enabled = self.boolean(&mut t, "enabled").unwrap_or(model::ENABLED);
+        let gw = self.gateway_model_keys(&mut t);
         self.finish(t);
 
         let gpus = gpus?;
@@ -551,6 +554,8 @@ impl Reader {
             load_timeout_secs,
             extra_args,
             enabled,
+            max_concurrent: gw.max_concurrent,
+            aliases: gw.aliases,
         })
     }
 }

@@ -174,6 +174,10 @@ pub struct Model {
     pub load_timeout_secs: u64,
     pub extra_args: Vec<String>,
     pub enabled: bool,
+    /// At most this many requests at once through the gateway (else `gateway.max_concurrent`).
+    pub max_concurrent: Option<u32>,
+    /// More names the gateway routes to this model.
+    pub aliases: Vec<String>,
 }
 
 impl Model {
@@ -201,6 +205,7 @@ pub struct Config {
     pub gpu: GpuPolicy,
     pub monitor: MonitorPolicy,
     pub storage: StoragePolicy,
+    pub gateway: super::gateway::Gateway,
     /// Sorted by name.
     pub models: Vec<Model>,
 }

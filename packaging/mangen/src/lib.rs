@@ -54,7 +54,7 @@ pub fn binaries() -> Vec<Binary> {
                 STATE_FILE,
                 ENV_FILE,
                 ("/lib/systemd/system/citadel-*", "the unit files it starts, stops and reads"),
-                ("/usr/lib/citadel/", "the helpers the units run (storage-setup, gpu-optimize, start-model, health-monitor)"),
+                ("/usr/lib/citadel/", "the helpers the units run (storage-setup, gpu-optimize, start-model, health-monitor, citadel-gateway)"),
                 ("/usr/share/doc/citadel/README.md", "the operator's guide: setup on a real box, troubleshooting"),
             ],
             env: &[
@@ -108,6 +108,23 @@ pub fn binaries() -> Vec<Binary> {
             env: &[
                 ("NOTIFY_SOCKET", "set by systemd: READY=1 after the first sweep, WATCHDOG=1"),
                 ("WATCHDOG_USEC", "set by systemd: the watchdog interval"),
+            ],
+        },
+        Binary {
+            name: "citadel-gateway",
+            section: "8",
+            command: citadel_gateway::Args::command,
+            files: &[
+                CONFIG_FILE,
+                STATE_FILE,
+                ("/etc/citadel/api-key", "the engines' API key, added upstream (the unit's LoadCredential=)"),
+                ("/etc/citadel/gateway-api-keys", "client keys when gateway.api_keys_file names it: one a line, NAME:KEY"),
+                ("/lib/systemd/system/citadel-gateway.socket", "the listening socket (ListenStream= must match gateway.listen)"),
+            ],
+            env: &[
+                ("LISTEN_FDS", "set by systemd: the socket of citadel-gateway.socket"),
+                ("CREDENTIALS_DIRECTORY", "set by systemd: where the api-key credential is"),
+                ("NOTIFY_SOCKET", "set by systemd: READY=1, STATUS= and STOPPING=1 go there"),
             ],
         },
     ]

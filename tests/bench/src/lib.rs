@@ -28,6 +28,7 @@
 
 pub mod boxbench;
 pub mod cleanup;
+pub mod gateway;
 pub mod host;
 pub mod machine;
 pub mod procs;

@@ -70,6 +70,10 @@ pub struct Setup {
     pub faults: BTreeMap<&'static str, String>,
     /// Per-model `load_timeout_secs`.
     pub load_timeout_secs: u64,
+    /// `engine.host` (anything but loopback needs `api_key`).
+    pub engine_host: &'static str,
+    /// The `[gateway]` table's lines (empty: the defaults).
+    pub gateway: String,
 }
 
 impl Default for Setup {
@@ -86,6 +90,8 @@ impl Default for Setup {
             api_key: None,
             faults: BTreeMap::new(),
             load_timeout_secs: 120,
+            engine_host: "127.0.0.1",
+            gateway: String::new(),
         }
     }
 }
@@ -101,7 +107,7 @@ group = "citadel"
 
 [engine]
 command = ["{STANDIN_IN_BOX}", "serve"]
-host = "127.0.0.1"
+host = "{host}"
 {api}stop_grace_secs = 5
 port_wait_secs = 10
 gpu_release_wait_secs = 5
@@ -130,7 +136,12 @@ restart_window_secs = 3600
 [storage]
 min_free_gib = 0
 backup_required = false
+
+[gateway]
+{gateway}
 "#,
+            host = self.engine_host,
+            gateway = self.gateway,
             api = if self.api_key.is_some() {
                 "api_key_file = \"/etc/citadel/api-key\"\n"
             } else {
@@ -375,6 +386,7 @@ impl Citadel {
             UNIT_STORAGE,
             UNIT_GPU,
             UNIT_MONITOR,
+            UNIT_GATEWAY,
         ]
         .into_iter()
         .map(String::from)

@@ -623,6 +623,8 @@ fn s15_units_verify_clean_and_security_scores() {
         "/lib/systemd/system/citadel-gpu.service",
         "/lib/systemd/system/citadel-model@.service",
         "/lib/systemd/system/citadel-monitor.service",
+        "/lib/systemd/system/citadel-gateway.service",
+        "/lib/systemd/system/citadel-gateway.socket",
     ];
     let mut argv = vec!["systemd-analyze", "verify", "--man=no"];
     argv.extend(units);
@@ -632,7 +634,11 @@ fn s15_units_verify_clean_and_security_scores() {
         "{}",
         o.describe()
     );
-    for unit in ["citadel-model@alpha.service", UNIT_MONITOR] {
+    for unit in [
+        "citadel-model@alpha.service",
+        UNIT_MONITOR,
+        citadel_common::paths::UNIT_GATEWAY,
+    ] {
         let o =
             c.sb.exec(&["systemd-analyze", "security", "--no-pager", unit]);
         let line = o

@@ -1,0 +1,468 @@
+//! One client request: the gateway's own routes (`/health`, `/metrics`, `GET /v1/models`),
+//! the key check, and every `/v1/*` POST routed by its `model` to the engine: availability,
+//! a slot in the model's limiter, the upstream request with the engine's key, the response
+//! streamed back. Every request ends in one [`Done`]: metrics and one access-log line.
+
+use crate::avail::Availability;
+use crate::body::{collect, Body, Finish};
+use crate::limit::{Refused, Slot};
+use crate::metrics::{Metrics, UpstreamError};
+use crate::reply::{self, Reply};
+use crate::routes::{Backend, Routes};
+use citadel_common::clientkeys::Keys;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::{json, Value};
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Everything a reload replaces at once.
+pub struct Snapshot {
+    pub routes: Routes,
+    pub keys: Keys,
+    /// `Bearer ENGINE_KEY`, added to every upstream request.
+    pub engine_auth: Option<HeaderValue>,
+    pub max_request_bytes: u64,
+    pub request_timeout: Duration,
+    pub access_log: bool,
+}
+
+pub struct State {
+    current: RwLock<Arc<Snapshot>>,
+    pub avail: Arc<Availability>,
+    pub metrics: Metrics,
+    client: Client<HttpConnector, Body>,
+    started_unix: u64,
+}
+
+/// Connecting to an engine on the same box.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client may take to send its request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle keep-alive connections to an engine are dropped after this (uvicorn closes at 5 s).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Headers that belong to one connection, never forwarded.
+fn hop_by_hop(h: &HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+impl State {
+    pub fn new(snapshot: Snapshot, avail: Arc<Availability>) -> State {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(http);
+        State {
+            current: RwLock::new(Arc::new(snapshot)),
+            avail,
+            metrics: Metrics::default(),
+            client,
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().expect("not poisoned"))
+    }
+
+    pub fn replace(&self, s: Snapshot) {
+        *self.current.write().expect("not poisoned") = Arc::new(s);
+    }
+}
+
+/// The end of one request: its metrics and its access-log line.
+struct Done {
+    state: Arc<State>,
+    log: bool,
+    key: String,
+    model: String,
+    status: u16,
+    method: Method,
+    path: String,
+    start: Instant,
+    _slot: Option<Slot>,
+}
+
+impl Finish for Done {
+    fn finish(&mut self, bytes: u64, complete: bool) {
+        let took = self.start.elapsed();
+        self.state.metrics.request(&self.model, self.status, took);
+        if self.log {
+            log::info!(
+                "access: key={} model={} status={} duration_ms={} bytes={bytes}{} \"{} {}\"",
+                self.key,
+                self.model,
+                self.status,
+                took.as_millis(),
+                if complete { "" } else { " incomplete" },
+                self.method,
+                self.path.escape_debug(),
+            );
+        }
+    }
+}
+
+struct Ctx {
+    state: Arc<State>,
+    snap: Arc<Snapshot>,
+    key: String,
+    model: String,
+    method: Method,
+    path: String,
+    start: Instant,
+}
+
+impl Ctx {
+    fn end(self, mut r: Reply, slot: Option<Slot>) -> Reply {
+        let done = Done {
+            log: self.snap.access_log,
+            state: self.state,
+            key: self.key,
+            model: self.model,
+            status: r.status().as_u16(),
+            method: self.method,
+            path: self.path,
+            start: self.start,
+            _slot: slot,
+        };
+        let body = std::mem::replace(r.body_mut(), Body::empty());
+        *r.body_mut() = body.on_finish(Box::new(done));
+        r
+    }
+}
+
+/// The service function.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let snap = state.snapshot();
+    let ctx = Ctx {
+        state: Arc::clone(&state),
+        snap,
+        key: "-".into(),
+        model: "-".into(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        start: Instant::now(),
+    };
+    Ok(route(ctx, req).await)
+}
+
+async fn route(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
+    let path = ctx.path.clone();
+    let get = req.method() == Method::GET;
+    match path.as_str() {
+        "/health" if get => return ctx.end(reply::json_doc(200, &json!({"status": "ok"})), None),
+        "/metrics" if get => {
+            let t = ctx.state.metrics.render(&ctx.snap.routes);
+            return ctx.end(reply::text(200, "text/plain; version=0.0.4", t), None);
+        }
+        p if p.starts_with("/v1/") => {}
+        _ => {
+            let r = reply::error(
+                404,
+                "invalid_request_error",
+                "not_found",
+                None,
+                "no such route",
+            );
+            return ctx.end(r, None);
+        }
+    }
+    if !ctx.snap.keys.is_empty() {
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match ctx.snap.keys.check(auth) {
+            Some(name) => ctx.key = name.to_string(),
+            None => return ctx.end(reply::unauthorized(), None),
+        }
+    }
+    if path == "/v1/models" && get {
+        let r = models(&ctx).await;
+        return ctx.end(r, None);
+    }
+    if req.method() != Method::POST {
+        let r = reply::error(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            None,
+            "only POST is routed under /v1/ (and GET /v1/models)",
+        );
+        return ctx.end(r, None);
+    }
+    forward(ctx, req).await
+}
+
+/// Whether the engine accepts a connection now (a loopback connect: a millisecond).
+async fn listening(b: &Backend) -> bool {
+    let addr = b.base.trim_start_matches("http://").to_string();
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// `GET /v1/models`: the models serving now, aliases included (OpenAI's list shape). A model
+/// the monitor calls serving, or that it does not know, is listed when its engine accepts a
+/// connection (all checked at once); a refusal marks it down like a refused request.
+async fn models(ctx: &Ctx) -> Reply {
+    let candidates: Vec<&Arc<Backend>> = ctx
+        .snap
+        .routes
+        .backends
+        .iter()
+        .filter(|b| ctx.state.avail.check(&b.name).is_ok())
+        .collect();
+    let checks: Vec<_> = candidates
+        .iter()
+        .map(|b| {
+            let b = Arc::clone(b);
+            tokio::spawn(async move { listening(&b).await })
+        })
+        .collect();
+    let mut data = Vec::new();
+    for (b, check) in candidates.into_iter().zip(checks) {
+        if !check.await.unwrap_or(false) {
+            let why = format!("its engine at {} refused the connection", b.base);
+            ctx.state.avail.mark_down(&b.name, why);
+            continue;
+        }
+        for id in std::iter::once(&b.served).chain(&b.aliases) {
+            data.push(
+                json!({"id": id, "object": "model", "created": ctx.state.started_unix,
+                             "owned_by": "citadel", "root": b.served, "parent": null}),
+            );
+        }
+    }
+    reply::json_doc(200, &json!({"object": "list", "data": data}))
+}
+
+#[derive(serde::Deserialize)]
+struct Ask<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+/// The body the engine gets: `model` set to the engine's served name when an alias was used.
+fn upstream_body(body: Bytes, asked: &str, b: &Backend) -> Bytes {
+    if asked == b.served {
+        return body;
+    }
+    match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
+        Ok(mut m) => {
+            m.insert("model".into(), Value::String(b.served.clone()));
+            Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
+        }
+        Err(_) => body,
+    }
+}
+
+fn upstream_headers(from: &HeaderMap, engine_auth: Option<&HeaderValue>) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(from.len() + 1);
+    for (k, v) in from {
+        if hop_by_hop(k)
+            || k == header::HOST
+            || k == header::AUTHORIZATION
+            || k == header::CONTENT_LENGTH
+        {
+            continue;
+        }
+        h.append(k.clone(), v.clone());
+    }
+    if let Some(a) = engine_auth {
+        h.insert(header::AUTHORIZATION, a.clone());
+    }
+    h
+}
+
+async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
+    let (parts, incoming) = req.into_parts();
+    let max = ctx.snap.max_request_bytes;
+    let too_large = || {
+        reply::error(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            None,
+            &format!("request body larger than {max} bytes (gateway.max_request_bytes)"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return ctx.end(too_large(), None);
+    }
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect(incoming, max)).await {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return ctx.end(too_large(), None),
+        Ok(Err(_)) | Err(_) => {
+            let r = reply::error(
+                408,
+                "invalid_request_error",
+                "request_timeout",
+                None,
+                "the request body did not arrive",
+            );
+            return ctx.end(r, None);
+        }
+    };
+    let asked = match serde_json::from_slice::<Ask>(&body) {
+        Ok(Ask { model: Some(m) }) => m.into_owned(),
+        Ok(Ask { model: None }) => {
+            let r = reply::bad_request(
+                Some("model"),
+                "the JSON body has no \"model\": the gateway routes by it",
+            );
+            return ctx.end(r, None);
+        }
+        Err(e) => {
+            let r = reply::bad_request(None, &format!("the body is not a JSON object: {e}"));
+            return ctx.end(r, None);
+        }
+    };
+    let Some(backend) = ctx.snap.routes.get(&asked).cloned() else {
+        let r = reply::unknown_model(&asked, &ctx.snap.routes.names());
+        return ctx.end(r, None);
+    };
+    ctx.model = backend.name.clone();
+    if let Err(u) = ctx.state.avail.check(&backend.name) {
+        let r = reply::unavailable(&asked, &u.reason, u.retry_after_secs);
+        return ctx.end(r, None);
+    }
+    let slot = match backend.limiter.acquire().await {
+        Ok(s) => s,
+        Err(Refused::QueueFull { limit, queue }) => {
+            let r = reply::error(
+                429,
+                "rate_limit_error",
+                "queue_full",
+                Some("model"),
+                &format!("the model {asked:?} is busy: {limit} requests running and {queue} waiting; retry later"),
+            );
+            return ctx.end(r, None);
+        }
+        Err(Refused::Timeout(d)) => {
+            let r = reply::unavailable(&asked, &format!("no free slot within {}s", d.as_secs()), 1);
+            return ctx.end(r, None);
+        }
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or(ctx.path.as_str(), |p| p.as_str());
+    let mut up = Request::new(Body::full(upstream_body(body, &asked, &backend)));
+    *up.method_mut() = Method::POST;
+    *up.uri_mut() = match format!("{}{pq}", backend.base).parse() {
+        Ok(u) => u,
+        Err(_) => return ctx.end(reply::bad_request(None, "bad request path"), None),
+    };
+    *up.headers_mut() = upstream_headers(&parts.headers, ctx.snap.engine_auth.as_ref());
+    let timeout = ctx.snap.request_timeout;
+    let answer = tokio::time::timeout(timeout, ctx.state.client.request(up)).await;
+    let resp = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_connect() => {
+            ctx.state
+                .metrics
+                .upstream_error(&backend.name, UpstreamError::Connect);
+            let why = format!("its engine at {} refused the connection", backend.base);
+            ctx.state.avail.mark_down(&backend.name, why.clone());
+            return ctx.end(reply::unavailable(&asked, &why, 1), None);
+        }
+        Ok(Err(e)) => {
+            ctx.state
+                .metrics
+                .upstream_error(&backend.name, UpstreamError::Protocol);
+            log::warn!("{}: upstream request failed: {e:?}", backend.name);
+            let r = reply::error(
+                502,
+                "api_error",
+                "upstream_error",
+                None,
+                &format!("the engine of {asked:?} failed the request"),
+            );
+            return ctx.end(r, None);
+        }
+        Err(_) => {
+            ctx.state
+                .metrics
+                .upstream_error(&backend.name, UpstreamError::Timeout);
+            let r = reply::error(
+                504,
+                "api_error",
+                "upstream_timeout",
+                None,
+                &format!("the engine of {asked:?} did not answer within {}s (gateway.request_timeout_secs)", timeout.as_secs()),
+            );
+            return ctx.end(r, None);
+        }
+    };
+    ctx.state.avail.mark_up(&backend.name);
+    let (mut rp, incoming) = resp.into_parts();
+    rp.headers.retain_hop_free();
+    let r = hyper::Response::from_parts(rp, Body::stream(incoming, timeout));
+    ctx.end(r, Some(slot))
+}
+
+trait RetainHopFree {
+    fn retain_hop_free(&mut self);
+}
+
+impl RetainHopFree for HeaderMap {
+    fn retain_hop_free(&mut self) {
+        let drop: Vec<HeaderName> = self.keys().filter(|k| hop_by_hop(k)).cloned().collect();
+        for k in drop {
+            self.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_forwarded_without_hop_by_hop_host_or_client_key() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::HOST, HeaderValue::from_static("gw"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-request-id", HeaderValue::from_static("r1"));
+        let up = upstream_headers(&h, Some(&HeaderValue::from_static("Bearer engine")));
+        assert_eq!(up.len(), 2, "{up:?}");
+        assert_eq!(up[header::AUTHORIZATION], "Bearer engine");
+        assert_eq!(up["x-request-id"], "r1");
+        assert!(upstream_headers(&h, None)
+            .get(header::AUTHORIZATION)
+            .is_none());
+    }
+}

@@ -1,0 +1,17 @@
+//! citadel-gateway-bench: the gateway benchmark of issue 15 (see `citadel_bench::gateway`).
+//! `cargo build --release -p citadel-gateway -p citadel-standin -p citadel-bench` first; then
+//! `target/release/citadel-gateway-bench [--out BENCHMARKS.md]`. Prints the table and writes it
+//! into BENCHMARKS.md between the gateway markers (the rest of the file is left as it is).
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    citadel_bench::install_cleanup();
+    match citadel_bench::gateway::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("citadel-gateway-bench: {e}");
+            citadel_bench::cleanup::all();
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The gateway benchmark (issue 15): one stand-in engine on loopback, reached four ways in one
+//! run: straight, through citadel-gateway, through Debian's nginx (`proxy_pass`, keep-alive
+//! upstream) and through the LiteLLM proxy (its own venv under /var/cache, installed only for
+//! this). Per path: latency of a small non-streamed completion at concurrency 1 and 64 (added
+//! latency = path minus straight), throughput at 64, streaming time to first byte; then the
+//! gateway's RSS with 1,000 idle keep-alive clients. Clients keep their connection alive
+//! where the server allows it (the stand-in closes after every answer, as its docs say).
+
+use crate::procs::Guarded;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LITELLM_VENV: &str = "/var/cache/citadel-bench/litellm";
+pub const NGINX: &str = "/usr/sbin/nginx";
+
+/// One way to reach the engine.
+#[derive(Debug, Clone)]
+pub struct Path4 {
+    pub name: &'static str,
+    pub port: u16,
+}
+
+/// A keep-alive HTTP/1.1 client connection that reconnects when the server closed it.
+struct Conn {
+    port: u16,
+    r: Option<BufReader<TcpStream>>,
+}
+
+/// One answer: status, time to the first body byte, total time.
+pub struct Timing {
+    pub status: u16,
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+impl Conn {
+    fn new(port: u16) -> Conn {
+        Conn { port, r: None }
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
+        if self.r.is_none() {
+            let s = TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.r = Some(BufReader::new(s));
+        }
+        Ok(self.r.as_mut().expect("just set"))
+    }
+
+    /// POST `path` with `body`; reads the whole answer.
+    fn post(&mut self, path: &str, body: &str) -> std::io::Result<Timing> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-bench-0123456789abcdef\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let t0 = Instant::now();
+        let r = match self.stream() {
+            Ok(r) => r,
+            Err(e) => return Err(e),
+        };
+        if r.get_mut().write_all(req.as_bytes()).is_err() {
+            // A kept-alive connection the server closed meanwhile: once more on a new one.
+            self.r = None;
+            let r = self.stream()?;
+            r.get_mut().write_all(req.as_bytes())?;
+        }
+        let r = self.r.as_mut().expect("connected");
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            self.r = None;
+            return self.post(path, body);
+        }
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (mut len, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap_or((l, ""));
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => len = v.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v.contains("close"),
+                _ => {}
+            }
+        }
+        let mut first = None;
+        let mut mark = |first: &mut Option<Duration>| {
+            if first.is_none() {
+                *first = Some(t0.elapsed());
+            }
+        };
+        if chunked {
+            loop {
+                line.clear();
+                r.read_line(&mut line)?;
+                mark(&mut first);
+                let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                let mut buf = vec![0u8; n + 2];
+                r.read_exact(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = len {
+            let mut buf = vec![0u8; n];
+            if n > 0 {
+                r.read_exact(&mut buf[..1])?;
+                mark(&mut first);
+                r.read_exact(&mut buf[1..])?;
+            }
+        } else {
+            let mut buf = Vec::new();
+            let mut one = [0u8; 1];
+            if r.read(&mut one)? > 0 {
+                mark(&mut first);
+                r.read_to_end(&mut buf)?;
+            }
+            close = true;
+        }
+        if close {
+            self.r = None;
+        }
+        let total = t0.elapsed();
+        Ok(Timing {
+            status,
+            first_byte: first.unwrap_or(total),
+            total,
+        })
+    }
+}
+
+pub const SMALL: &str = r#"{"model":"bench","prompt":"hello world","max_tokens":4}"#;
+pub const STREAM: &str = r#"{"model":"bench","prompt":"hello world","max_tokens":4,"stream":true}"#;
+
+/// Latencies (ms) of `n` requests from each of `c` clients, and the wall time.
+pub fn load(port: u16, body: &str, c: usize, n: usize) -> Result<(Vec<f64>, Duration), String> {
+    let t0 = Instant::now();
+    let results: Vec<Result<Vec<f64>, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..c)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut conn = Conn::new(port);
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let t = conn
+                            .post("/v1/completions", body)
+                            .map_err(|e| e.to_string())?;
+                        if t.status != 200 {
+                            return Err(format!("HTTP {}", t.status));
+                        }
+                        v.push(t.total.as_secs_f64() * 1000.0);
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("panic".into())))
+            .collect()
+    });
+    let took = t0.elapsed();
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok((all, took))
+}
+
+/// Time to first byte (ms) of `n` streamed completions, one client.
+pub fn ttfb(port: u16, n: usize) -> Result<Vec<f64>, String> {
+    let mut conn = Conn::new(port);
+    (0..n)
+        .map(|_| {
+            let t = conn
+                .post("/v1/completions", STREAM)
+                .map_err(|e| e.to_string())?;
+            if t.status != 200 {
+                return Err(format!("HTTP {}", t.status));
+            }
+            Ok(t.first_byte.as_secs_f64() * 1000.0)
+        })
+        .collect()
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > limit {
+            return Err(format!("nothing listens on {port} after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Everything one run starts; all killed when dropped.
+pub struct Rig {
+    pub paths: Vec<Path4>,
+    pub gateway_pid: i32,
+    _procs: Vec<Guarded>,
+    _dir: tempfile::TempDir,
+}
+
+/// Start the stand-in, the gateway, nginx and LiteLLM on free loopback ports.
+pub fn rig(release: &Path) -> Result<Rig, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let mut taken = Vec::new();
+    let mut port = || crate::procs::free_port(&mut taken);
+    let (engine, gw, ngx, lite) = (port()?, port()?, port()?, port()?);
+    let mut procs = Vec::new();
+    let quiet = |mut c: Command| {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    // The engine: the stand-in, answering at once.
+    std::fs::create_dir_all(d.join("model")).map_err(|e| e.to_string())?;
+    let mut c = Command::new(release.join("citadel-standin"));
+    c.arg("serve").arg(d.join("model")).args([
+        "--port",
+        &engine.to_string(),
+        "--served-model-name",
+        "bench",
+    ]);
+    procs.push(Guarded::spawn(quiet(c))?);
+    wait_port(engine, Duration::from_secs(30))?;
+    // citadel-gateway, as shipped (access log on, to the journal here: /dev/null).
+    let cfg = d.join("citadel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nruntime_dir = \"{}\"\n[gpu]\nrequired = false\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n[models.bench]\npath = \"/nonexistent\"\nport = {engine}\ngpus = [0]\n",
+            d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = Command::new(release.join("citadel-gateway"));
+    c.arg("--config").arg(&cfg);
+    let g = Guarded::spawn(quiet(c))?;
+    let gateway_pid = g.pid();
+    procs.push(g);
+    wait_port(gw, Duration::from_secs(30))?;
+    // nginx: proxy_pass to the engine with a keep-alive upstream pool.
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  upstream engine {{ server 127.0.0.1:{engine}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{ngx};\n    location / {{\n      proxy_pass http://engine;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            d = d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    if !Path::new(NGINX).exists() {
+        return Err(format!("{NGINX} missing (apt-get install nginx)"));
+    }
+    let mut c = Command::new(NGINX);
+    c.arg("-c").arg(&conf).arg("-p").arg(d);
+    procs.push(Guarded::spawn(quiet(c))?);
+    wait_port(ngx, Duration::from_secs(30))?;
+    // LiteLLM: one model, openai-compatible, pointed at the engine; no telemetry, no fetches.
+    let litellm = PathBuf::from(LITELLM_VENV).join("bin/litellm");
+    if !litellm.exists() {
+        return Err(format!(
+            "{} missing (python3 -m venv {LITELLM_VENV} && {LITELLM_VENV}/bin/pip install 'litellm[proxy]')",
+            litellm.display()
+        ));
+    }
+    let lcfg = d.join("litellm.yaml");
+    std::fs::write(
+        &lcfg,
+        format!(
+            "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench\n      api_base: http://127.0.0.1:{engine}/v1\n      api_key: none\nlitellm_settings:\n  telemetry: false\n  set_verbose: false\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = Command::new(&litellm);
+    c.arg("--config")
+        .arg(&lcfg)
+        .args(["--host", "127.0.0.1", "--port", &lite.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_TELEMETRY", "False")
+        .env("LITELLM_LOG", "ERROR");
+    procs.push(Guarded::spawn(quiet(c))?);
+    wait_port(lite, Duration::from_secs(180))?;
+    Ok(Rig {
+        paths: vec![
+            Path4 {
+                name: "straight to the engine",
+                port: engine,
+            },
+            Path4 {
+                name: "citadel-gateway",
+                port: gw,
+            },
+            Path4 {
+                name: "nginx",
+                port: ngx,
+            },
+            Path4 {
+                name: "LiteLLM proxy",
+                port: lite,
+            },
+        ],
+        gateway_pid,
+        _procs: procs,
+        _dir: dir,
+    })
+}
+
+/// The gateway's RSS (KiB) before and with `n` idle keep-alive clients (each sent one request).
+pub fn idle_rss(port: u16, pid: i32, n: usize) -> Result<(u64, u64), String> {
+    let before = crate::procs::rss_kib(pid)?.0;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).map_err(|e| e.to_string())?;
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let with = crate::procs::rss_kib(pid)?.0;
+    drop(held);
+    Ok((before, with))
+}
+
+/// One path's figures (milliseconds, requests per second).
+struct Figures {
+    c1: (f64, f64),
+    c64: (f64, f64),
+    rps: f64,
+    ttfb: f64,
+}
+
+fn measure(port: u16, quick: bool) -> Result<Figures, String> {
+    let (n1, n64, ns) = if quick { (100, 10, 50) } else { (400, 40, 200) };
+    load(port, SMALL, 8, 25)?; // warm-up: connections, pools, caches
+    let (c1, _) = load(port, SMALL, 1, n1)?;
+    let (c64, took) = load(port, SMALL, 64, n64)?;
+    let ttfb_v = ttfb(port, ns)?;
+    Ok(Figures {
+        c1: (percentile(&c1, 50.0), percentile(&c1, 99.0)),
+        c64: (percentile(&c64, 50.0), percentile(&c64, 99.0)),
+        rps: c64.len() as f64 / took.as_secs_f64(),
+        ttfb: percentile(&ttfb_v, 50.0),
+    })
+}
+
+const BEGIN: &str = "<!-- citadel-gateway-bench: begin -->";
+const END: &str = "<!-- citadel-gateway-bench: end -->";
+
+/// Run everything, print the table, write it into BENCHMARKS.md.
+pub fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let ws = citadel_system_tests::citadel::workspace_root();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("BENCHMARKS.md"));
+    let release = ws.join("target/release");
+    let machine = crate::machine::Machine::probe(&ws);
+    let load_before = crate::machine::loadavg();
+    let rig = rig(&release)?;
+    let mut figs = Vec::new();
+    for p in &rig.paths {
+        eprintln!("citadel-gateway-bench: {} ...", p.name);
+        figs.push(measure(p.port, quick).map_err(|e| format!("{}: {e}", p.name))?);
+    }
+    let (rss0, rss1000) = idle_rss(rig.paths[1].port, rig.gateway_pid, 1000)?;
+    let load_after = crate::machine::loadavg();
+    let base = &figs[0];
+    let added = |f: &Figures| {
+        (
+            f.c1.0 - base.c1.0,
+            f.c1.1 - base.c1.1,
+            f.c64.0 - base.c64.0,
+            f.c64.1 - base.c64.1,
+        )
+    };
+    let mut t = String::new();
+    t.push_str("| path | c=1 p50 / p99 (ms) | added c=1 p50 / p99 | c=64 p50 / p99 (ms) | added c=64 p50 / p99 | throughput c=64 (req/s) | stream first byte p50 (ms) |\n|---|---|---|---|---|---|---|\n");
+    for (p, f) in rig.paths.iter().zip(&figs) {
+        let a = added(f);
+        t.push_str(&format!(
+            "| {} | {:.2} / {:.2} | {:+.2} / {:+.2} | {:.1} / {:.1} | {:+.1} / {:+.1} | {:.0} | {:.2} |\n",
+            p.name, f.c1.0, f.c1.1, a.0, a.1, f.c64.0, f.c64.1, a.2, a.3, f.rps, f.ttfb
+        ));
+    }
+    let (g, n, l) = (&figs[1], &figs[2], &figs[3]);
+    let ratio = |x: f64, y: f64| if y.abs() < 1e-9 { f64::NAN } else { x / y };
+    let (ga, na) = (added(g), added(n));
+    let goal_latency =
+        g.c1.0 <= n.c1.0 && g.c1.1 <= n.c1.1 && g.c64.0 <= n.c64.0 && g.c64.1 <= n.c64.1;
+    let tput = ratio(g.rps, l.rps);
+    let mut md = format!(
+        "{BEGIN}\n## citadel-gateway vs nginx vs LiteLLM (issue 15)\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests, c=64: 64 clients; stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        if quick { " --quick" } else { "" },
+        machine.cpu,
+        format!("{} cores, commit {}", machine.cores, machine.commit),
+        machine.date,
+        load_before,
+        load_after,
+        if quick { 100 } else { 400 },
+        version(&[NGINX, "-v"]),
+        version(&[&format!("{LITELLM_VENV}/bin/pip"), "show", "litellm"]),
+    );
+    md.push_str(&format!(
+        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured one after another in the same minutes, and the ratios are what to compare.\n{END}\n",
+        ratio(g.c1.0, n.c1.0),
+        ratio(g.c1.1, n.c1.1),
+        ratio(g.c64.0, n.c64.0),
+        ratio(g.c64.1, n.c64.1),
+        ga.0, ga.1, na.0, na.1,
+        ratio(g.rps, n.rps),
+        tput,
+        if goal_latency { "met" } else { "missed" },
+        if tput >= 10.0 { "met" } else { "missed" },
+        rss0,
+        rss1000,
+        (rss1000 as f64 - rss0 as f64) / 1000.0,
+    ));
+    println!("{md}");
+    let old = std::fs::read_to_string(&out).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{}{}", &old[..a], md.trim_end(), &old[b + END.len()..])
+        }
+        _ => format!("{}\n{md}", old.trim_end()),
+    };
+    std::fs::write(&out, new).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!("citadel-gateway-bench: wrote {}", out.display());
+    Ok(())
+}
+
+fn version(argv: &[&str]) -> String {
+    let o = Command::new(argv[0]).args(&argv[1..]).output();
+    match o {
+        Ok(o) => {
+            let t = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            t.lines()
+                .find_map(|l| {
+                    l.strip_prefix("Version: ")
+                        .or_else(|| l.split_once("nginx/").map(|(_, v)| v))
+                })
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        }
+        Err(_) => "?".into(),
+    }
+}
