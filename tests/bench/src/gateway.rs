@@ -58,10 +58,7 @@ impl Conn {
             body.len()
         );
         let t0 = Instant::now();
-        let r = match self.stream() {
-            Ok(r) => r,
-            Err(e) => return Err(e),
-        };
+        let r = self.stream()?;
         if r.get_mut().write_all(req.as_bytes()).is_err() {
             // A kept-alive connection the server closed meanwhile: once more on a new one.
             self.r = None;
@@ -97,7 +94,7 @@ impl Conn {
             }
         }
         let mut first = None;
-        let mut mark = |first: &mut Option<Duration>| {
+        let mark = |first: &mut Option<Duration>| {
             if first.is_none() {
                 *first = Some(t0.elapsed());
             }
@@ -421,11 +418,12 @@ pub fn main() -> Result<(), String> {
     let goal_latency =
         g.c1.0 <= n.c1.0 && g.c1.1 <= n.c1.1 && g.c64.0 <= n.c64.0 && g.c64.1 <= n.c64.1;
     let tput = ratio(g.rps, l.rps);
+    let cores_commit = format!("{} cores, commit {}", machine.cores, machine.commit);
     let mut md = format!(
         "{BEGIN}\n## citadel-gateway vs nginx vs LiteLLM (issue 15)\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests, c=64: 64 clients; stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
         if quick { " --quick" } else { "" },
         machine.cpu,
-        format!("{} cores, commit {}", machine.cores, machine.commit),
+        cores_commit,
         machine.date,
         load_before,
         load_after,
