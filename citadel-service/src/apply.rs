@@ -168,6 +168,7 @@ fn model_member(name: &str) -> Member {
         kind: Kind::Model,
         enabled: true,
         port: None,
+        listen: None,
     }
 }
 
@@ -178,6 +179,7 @@ fn monitor_member() -> Member {
         kind: Kind::Monitor,
         enabled: true,
         port: None,
+        listen: None,
     }
 }
 
