@@ -108,9 +108,6 @@ impl HealthState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Write it atomically (mode 0644: status is readable by any local user).

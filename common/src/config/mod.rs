@@ -21,8 +21,8 @@
 //!   general so that every key, new ones included, goes through them.
 
 pub mod defaults;
-pub mod hostile;
 mod gateway;
+pub mod hostile;
 pub mod read;
 pub mod rules;
 mod sections;
