@@ -240,6 +240,7 @@ mod tests {
                 reason: Some("hung".into()),
                 since_unix: 0,
             }],
+            quarantined_gpus: vec![],
             gpus: vec![],
         };
         st.write(&p).unwrap();

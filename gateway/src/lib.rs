@@ -30,7 +30,14 @@ use std::time::Duration;
 #[derive(Debug, clap::Parser)]
 #[command(
     version,
-    about = "Citadel's one OpenAI-compatible endpoint: routes each request by its model to that model's engine, health-aware"
+    about = "Citadel's one OpenAI-compatible endpoint: routes each request by its model to that model's engine, health-aware",
+    after_help = "Examples:
+  /usr/lib/citadel/citadel-gateway --check
+      validate the config and the keys, print every route and the listen address
+  systemctl reload citadel-gateway
+      SIGHUP: new routes, aliases, limits and keys at once (an invalid config is kept out)
+  curl -s http://127.0.0.1:8000/v1/models
+      the models serving now, through the gateway"
 )]
 pub struct Args {
     #[command(flatten)]

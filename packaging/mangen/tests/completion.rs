@@ -121,6 +121,7 @@ fn bash_completes_model_names_past_the_first_word() {
         [
             "all",
             "coder",
+            "gateway",
             "gpu",
             "llama-70b",
             "models",
@@ -158,7 +159,7 @@ fn bash_reads_the_config_named_on_the_line_and_a_broken_one() {
     // No config at all: the fixed names still complete.
     assert_eq!(
         bash_complete(&f, Path::new("/nonexistent"), "citadel-service stop "),
-        ["all", "gpu", "models", "monitor", "storage"]
+        ["all", "gateway", "gpu", "models", "monitor", "storage"]
     );
 }
 

@@ -300,6 +300,8 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
         .arg(&lcfg)
         .args(["--host", "127.0.0.1", "--port", &lite.to_string()])
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        // The key every benchmark client sends (LiteLLM refuses to start without one).
+        .env("LITELLM_MASTER_KEY", "sk-bench-0123456789abcdef")
         .env("LITELLM_TELEMETRY", "False")
         .env("LITELLM_LOG", "ERROR");
     procs.push(Guarded::spawn(quiet(c))?);
