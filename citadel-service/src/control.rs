@@ -359,6 +359,7 @@ mod tests {
             "citadel-gpu.service",
             "citadel-model@coder.service",
             "citadel-monitor.service",
+            "citadel-gateway.service",
         ] {
             host = host.with(u, vec![unit(u, "active", false)]);
         }
@@ -379,7 +380,7 @@ mod tests {
             "{e}"
         );
         let calls = host.recorded();
-        assert_eq!(calls[0], "start --no-block citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-model@coder.service citadel-model@phi3.service citadel-monitor.service");
+        assert_eq!(calls[0], "start --no-block citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-model@coder.service citadel-model@phi3.service citadel-monitor.service citadel-gateway.service");
         assert_eq!(calls[1], format!("journal {p} 20"));
     }
 
@@ -438,7 +439,7 @@ mod tests {
         set_enabled(&host, &cfg(), true, &mut vec![]).unwrap();
         assert_eq!(
             host.recorded(),
-            ["enable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service"],
+            ["enable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service citadel-gateway.socket citadel-gateway.service"],
             "no model is enabled one by one, and without old links nothing is disabled"
         );
         let mut host = FakeHost::new();
@@ -453,6 +454,6 @@ mod tests {
         );
         let host = FakeHost::new();
         set_enabled(&host, &cfg(), false, &mut vec![]).unwrap();
-        assert_eq!(host.recorded(), ["disable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service citadel-model@coder.service citadel-model@phi3.service citadel-model@vision.service"]);
+        assert_eq!(host.recorded(), ["disable citadel-ai.target citadel-models.target citadel-storage.service citadel-gpu.service citadel-monitor.service citadel-gateway.socket citadel-gateway.service citadel-model@coder.service citadel-model@phi3.service citadel-model@vision.service"]);
     }
 }

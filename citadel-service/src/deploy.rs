@@ -303,6 +303,7 @@ mod tests {
             "citadel-model@coder.service",
             "citadel-model@phi3.service",
             "citadel-monitor.service",
+            "citadel-gateway.service",
         ] {
             h = h.with(
                 u,
@@ -333,7 +334,7 @@ mod tests {
             "start --no-block citadel-storage.service citadel-gpu.service",
             "start --no-block citadel-model@phi3.service",
             "start --no-block citadel-models.target citadel-model@coder.service citadel-model@phi3.service",
-            "start --no-block citadel-monitor.service citadel-ai.target",
+            "start --no-block citadel-monitor.service citadel-gateway.service citadel-ai.target",
         ]);
     }
 

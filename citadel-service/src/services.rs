@@ -243,7 +243,7 @@ enabled = false
         assert_eq!(e.exit, citadel_common::Exit::Usage);
         assert_eq!(
             e.message,
-            "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, coder, phi3, vision"
+            "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, gateway, coder, phi3, vision"
         );
         assert_eq!(e.message.lines().count(), 1);
     }
@@ -262,7 +262,8 @@ enabled = false
                 "citadel-gpu.service",
                 "citadel-model@coder.service",
                 "citadel-model@phi3.service",
-                "citadel-monitor.service"
+                "citadel-monitor.service",
+                "citadel-gateway.service"
             ]
         );
         assert_eq!(

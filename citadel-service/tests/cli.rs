@@ -169,7 +169,7 @@ fn unknown_service_names_exit_2_listing_the_valid_ones() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             err.contains(
-                "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, coder, phi3, vision"
+                "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, gateway, coder, phi3, vision"
             ),
             "{cmd}: {err}"
         );

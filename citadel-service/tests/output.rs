@@ -120,7 +120,9 @@ fn status_json() {
     assert_eq!(v["all_up"], false);
     assert_eq!(v["health_source"]["kind"], "monitor");
     let rows = v["services"].as_array().unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9);
+    let gw = rows.iter().find(|r| r["service"] == "gateway").unwrap();
+    assert_eq!(gw["listen"], "127.0.0.1:8000");
     let coder = rows.iter().find(|r| r["service"] == "coder").unwrap();
     let keys: Vec<&str> = coder
         .as_object()
@@ -145,6 +147,7 @@ fn status_json() {
             "health",
             "health_reason",
             "latency_ms",
+            "listen",
             "gpu_memory_bytes",
             "status_text",
             "result",
@@ -217,7 +220,8 @@ fn health_json() {
             "resources",
             "gpus",
             "gpu_source",
-            "warnings"
+            "warnings",
+            "gateway"
         ])
     );
     assert_eq!(v["models"][0]["name"], "coder");
