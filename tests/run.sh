@@ -38,7 +38,8 @@ root=false
 
 need_pkgs=()
 # prometheus: promtool, for health-monitor/tests/observability.rs (promtool check rules).
-for p in systemd-container mmdebstrap lintian debootstrap zsh fish prometheus; do
+# tmux: citadel-service/tests/top.rs drives `citadel-service top` in a real terminal.
+for p in systemd-container mmdebstrap lintian debootstrap zsh fish prometheus tmux; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

@@ -46,6 +46,13 @@ Examples:
   citadel-service status phi3 --probe --json
       one model, probed now, as JSON";
 
+pub const TOP: &str = "\
+Examples:
+  citadel-service top
+      the live view, redrawn every second (q quits; works over ssh and in tmux)
+  citadel-service top --interval 5 | cat
+      not a terminal: the same table printed once";
+
 pub const LOGS: &str = "\
 Examples:
   citadel-service logs phi3 -n 100
@@ -132,7 +139,7 @@ mod tests {
     #[test]
     fn every_example_has_a_command_and_what_it_does() {
         for t in [
-            MAIN, CHECK, START, STOP, RESTART, STATUS, LOGS, ENABLE, DISABLE, HEALTH, APPLY,
+            MAIN, CHECK, START, STOP, RESTART, STATUS, TOP, LOGS, ENABLE, DISABLE, HEALTH, APPLY,
             DEPLOY, EXPORT,
         ] {
             let ex = parse(t);

@@ -259,7 +259,7 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
             m.unit_state.clone().unwrap_or_else(|| "-".into()),
             m.port.to_string(),
             paint(word, tone_of(word), color),
-            m.latency_ms.map_or("-".into(), |l| format!("{l} ms")),
+            m.latency_ms.map_or("-".into(), crate::output::latency_ms),
             m.error.clone().unwrap_or_default(),
         ]);
     }

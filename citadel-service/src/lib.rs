@@ -31,6 +31,7 @@ pub mod services;
 pub mod snapshot;
 pub mod status;
 pub mod systemd;
+pub mod top;
 pub mod wait;
 pub mod why;
 
@@ -151,6 +152,13 @@ pub enum Command {
         /// Probe each model's /health now instead of reading the monitor's state file.
         #[arg(long)]
         probe: bool,
+    },
+    /// Full-screen live view: per model state, health, requests, tokens/s, KV cache, GPU; q quits.
+    #[command(after_help = examples::TOP)]
+    Top {
+        /// Redraw every SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
     },
     /// Show the journal of the service(s).
     #[command(after_help = examples::LOGS)]
@@ -287,7 +295,7 @@ fn wait_options(timeout: u64) -> wait::WaitOptions {
     }
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -384,6 +392,7 @@ pub fn works_with_a_broken_config(c: &Command) -> bool {
     matches!(
         c,
         Command::Status { .. }
+            | Command::Top { .. }
             | Command::Logs { .. }
             | Command::Health { .. }
             | Command::Stop { .. }
@@ -395,6 +404,7 @@ pub fn works_with_a_broken_config(c: &Command) -> bool {
 fn verb_of(c: &Command) -> &'static str {
     match c {
         Command::Status { .. } => "status",
+        Command::Top { .. } => "top",
         Command::Logs { .. } => "logs",
         Command::Health { .. } => "health",
         Command::Stop { .. } => "stop",
@@ -444,7 +454,7 @@ fn degraded(e: &citadel_common::config::ConfigError, command: &Command) -> Confi
 }
 
 /// Run a command against a loaded config and a host.
-pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failure> {
+pub fn run_with(cli: &Cli, cfg: &Config, host: &(dyn Host + Sync)) -> Result<Exit, Failure> {
     let mut out = std::io::stdout();
     let service = |s: &ServiceArg| Service::parse(s.or_all(), cfg);
     let command = cli.command_or_status();
@@ -481,6 +491,13 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &dyn Host) -> Result<Exit, Failur
             let s = service(sa)?;
             status_command(host, cfg, &s, *json, *probe)
         }
+        Command::Top { interval } => top::run(
+            &top::Live { host, cfg },
+            top::TopOptions {
+                interval: Duration::from_secs(*interval),
+                color: output::use_color(),
+            },
+        ),
         Command::Logs {
             service: sa,
             follow,
@@ -599,13 +616,16 @@ pub fn monitor_health(
     }
 }
 
-fn status_command(
+/// The `status` report of `s` now: systemd's units, the health (the monitor's state file, or
+/// live probes with `probe`), the GPU memory per model from `gpus` (NVML), the open incidents.
+/// `status` prints it once; `top` redraws it.
+pub fn status_report(
     host: &dyn Host,
     cfg: &Config,
     s: &Service,
-    json: bool,
     probe: bool,
-) -> Result<Exit, Failure> {
+    gpus: Option<&citadel_common::gpu::Snapshot>,
+) -> Result<status::StatusReport, Failure> {
     let members = s.members(cfg);
     let names: Vec<String> = members.iter().map(|m| m.unit.clone()).collect();
     let units = host.units(&names)?;
@@ -632,13 +652,7 @@ fn status_command(
     } else {
         monitor_health(cfg)
     };
-    let gpu_mem = match gpu::snapshot() {
-        Ok(snap) => Some(gpu::memory_by_model(&snap)),
-        Err(e) => {
-            log::debug!("no GPU memory per model: {e}");
-            None
-        }
-    };
+    let gpu_mem = gpus.map(gpu::memory_by_model);
     let mut report = status::build(
         &cfg.file.display().to_string(),
         &members,
@@ -649,6 +663,20 @@ fn status_command(
         gpu_mem.as_ref(),
     );
     status::add_incident_classes(&mut report, &why::open_classes(cfg));
+    Ok(report)
+}
+
+fn status_command(
+    host: &dyn Host,
+    cfg: &Config,
+    s: &Service,
+    json: bool,
+    probe: bool,
+) -> Result<Exit, Failure> {
+    let gpus = gpu::snapshot()
+        .map_err(|e| log::debug!("no GPU memory per model: {e}"))
+        .ok();
+    let report = status_report(host, cfg, s, probe, gpus.as_ref())?;
     if json {
         println!("{}", status::to_json(&report));
     } else {

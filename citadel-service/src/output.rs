@@ -66,6 +66,11 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// A probe latency, the one way every command prints it: `12 ms`.
+pub fn latency_ms(ms: u64) -> String {
+    format!("{ms} ms")
+}
+
 /// Binary units with one decimal: `512.0 MiB`, `40.2 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

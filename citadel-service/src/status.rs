@@ -209,6 +209,46 @@ fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// The STATE cell: systemd's ActiveState, `not-installed`, `(disabled)`, `(auto-restart)`.
+/// `status` and `top` show a unit's state with this one function.
+pub fn state_cell(s: &Row, color: bool) -> String {
+    use citadel_common::text::escape_controls as esc;
+    let mut state = paint(&esc(&s.state), tone_of(&s.state), color);
+    if s.load_state == "not-found" {
+        state = paint("not-installed", output::Tone::Bad, color);
+    } else if !s.enabled {
+        state.push_str(" (disabled)");
+    } else if s.sub_state == "auto-restart" {
+        state.push_str(" (auto-restart)");
+    }
+    state
+}
+
+/// The HEALTH cell: the health word, with the probe latency when healthy; `-` when unknown.
+pub fn health_cell(s: &Row, color: bool) -> String {
+    use citadel_common::text::escape_controls as esc;
+    match &s.health {
+        Some(h) => {
+            let mut cell = paint(&esc(h), tone_of(h), color);
+            if let Some(l) = s.latency_ms.filter(|_| h == "healthy") {
+                cell.push_str(&format!(" ({})", output::latency_ms(l)));
+            }
+            cell
+        }
+        None => "-".into(),
+    }
+}
+
+/// The UPTIME cell.
+pub fn uptime_cell(s: &Row) -> String {
+    dash(s.uptime_secs.map(output::duration))
+}
+
+/// The GPU MEM cell.
+pub fn gpu_memory_cell(s: &Row) -> String {
+    dash(s.gpu_memory_bytes.map(output::bytes))
+}
+
 /// The table, with a footer saying where health came from and how many services are up.
 /// `now_unix` dates the monitor's sweep. Every text from the state file (which the service
 /// account can write) or from systemd is printed with its control characters escaped; only
@@ -221,34 +261,16 @@ pub fn render_table(r: &StatusReport, now_unix: u64, color: bool) -> String {
     .map(String::from)
     .to_vec()];
     for s in &r.services {
-        let mut state = paint(&esc(&s.state), tone_of(&s.state), color);
-        if s.load_state == "not-found" {
-            state = paint("not-installed", output::Tone::Bad, color);
-        } else if !s.enabled {
-            state.push_str(" (disabled)");
-        } else if s.sub_state == "auto-restart" {
-            state.push_str(" (auto-restart)");
-        }
-        let health = match &s.health {
-            Some(h) => {
-                let mut cell = paint(&esc(h), tone_of(h), color);
-                if let Some(l) = s.latency_ms.filter(|_| h == "healthy") {
-                    cell.push_str(&format!(" ({l} ms)"));
-                }
-                cell
-            }
-            None => "-".into(),
-        };
         rows.push(vec![
             esc(&s.service).into_owned(),
             esc(&s.unit).into_owned(),
-            state,
+            state_cell(s, color),
             dash(s.pid),
-            dash(s.uptime_secs.map(output::duration)),
+            uptime_cell(s),
             s.restarts.to_string(),
             s.listen.clone().unwrap_or_else(|| dash(s.port)),
-            health,
-            dash(s.gpu_memory_bytes.map(output::bytes)),
+            health_cell(s, color),
+            gpu_memory_cell(s),
         ]);
     }
     let mut out = output::table(&rows);

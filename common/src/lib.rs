@@ -12,6 +12,7 @@
 //! - [`notify`]: sd_notify without libsystemd;
 //! - [`systemctl`]: the one wrapper around `systemctl`;
 //! - [`probe`]: bounded HTTP probes of a model server;
+//! - [`promtext`]: Prometheus text format samples (vLLM's `/metrics`);
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
 //!   service account", shared by storage-setup and start-model;
 //! - [`fsutil`]: atomic writes; [`safefs`]: fd-relative, symlink-free directory operations and
@@ -47,6 +48,7 @@ pub mod notify;
 pub mod paths;
 pub mod plan;
 pub mod probe;
+pub mod promtext;
 pub mod quarantine;
 pub mod report;
 pub mod safefs;

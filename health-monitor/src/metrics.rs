@@ -20,6 +20,7 @@ pub struct Metrics {
 /// Parse a `/metrics` page. `None` when either metric is missing (not vLLM, or cut off) or is
 /// not a finite, non-negative number.
 pub fn parse(text: &str) -> Option<Metrics> {
+    use citadel_common::promtext::sample;
     let mut running = None;
     let mut tokens = None;
     for line in text.lines() {
@@ -41,48 +42,6 @@ pub fn parse(text: &str) -> Option<Metrics> {
     // never equals itself: a frozen counter would look like progress forever).
     let usable = |v: f64| v.is_finite() && v >= 0.0;
     (usable(m.running) && usable(m.generation_tokens)).then_some(m)
-}
-
-/// One sample line: `name{labels} value [timestamp]` -> (name, value). Comments, blank lines
-/// and anything malformed are `None`.
-fn sample(line: &str) -> Option<(&str, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(line.len());
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    if rest.starts_with('{') {
-        rest = &rest[labels_end(rest)?..];
-    }
-    let value = rest.split_whitespace().next()?;
-    let v = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse::<f64>().ok()?,
-    };
-    (!name.is_empty() && v.is_finite()).then_some((name, v))
-}
-
-/// Byte offset just past the `}` that closes the label set at the start of `s` (label values are
-/// quoted and may contain `}`, `"` escaped as `\"`).
-fn labels_end(s: &str) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match (in_quotes, escaped, c) {
-            (true, true, _) => escaped = false,
-            (true, false, '\\') => escaped = true,
-            (true, false, '"') => in_quotes = false,
-            (false, _, '"') => in_quotes = true,
-            (false, _, '}') => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
 }
 
 #[cfg(test)]
