@@ -56,6 +56,9 @@ pub fn gpu_lock_file(runtime_dir: &Path, gpu: u32) -> std::path::PathBuf {
 
 /// Name of the systemd credential (`LoadCredential=`) that holds the API key.
 pub const API_KEY_CREDENTIAL: &str = "api-key";
+/// The file the shipped units load the API key credential from (`LoadCredential=api-key:...`);
+/// an `engine.api_key_file` elsewhere gets a generator drop-in that loads that file instead.
+pub const API_KEY_FILE: &str = "/etc/citadel/api-key";
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,12 @@
 //! - `citadel-model@.service.d/50-citadel-generator.conf`: `TimeoutStopSec=` covering the
 //!   engine's drain (`engine.drain_secs`) and stop grace (`engine.stop_grace_secs`), and `ReadWritePaths=` for a moved `cache_dir`/`runtime_dir`;
 //! - `citadel-monitor.service.d/50-citadel-generator.conf` when the monitor must write outside
-//!   the unit's default paths (moved runtime dir, state file, textfile).
+//!   the unit's default paths (moved runtime dir, state file, textfile);
+//! - for an `engine.api_key_file` other than the units' `/etc/citadel/api-key`: in the model,
+//!   monitor and gateway drop-ins, `LoadCredential=api-key:FILE` instead (systemd reads the
+//!   file as root and hands it over as the credential, so the service account never needs to
+//!   read it; without this the units would load the old path and the account could not read
+//!   the new one).
 //!
 //! It never fails the boot: on a broken config (or any error) it writes nothing (or removes what
 //! it wrote), logs one line to the kernel log (`/dev/kmsg`: generators run before the journal;
@@ -79,6 +84,12 @@ pub fn items(cfg: &Config) -> Vec<Item> {
             contents,
         });
     }
+    if let Some(contents) = gateway_drop_in(cfg) {
+        out.push(Item::File {
+            path: Path::new(&format!("{}.d", paths::UNIT_GATEWAY)).join(DROP_IN),
+            contents,
+        });
+    }
     out
 }
 
@@ -114,7 +125,46 @@ pub fn model_drop_in(cfg: &Config) -> String {
         );
         let _ = writeln!(s, "ReadWritePaths={}", words(&moved));
     }
+    s.push_str(&credential_lines(cfg));
     s
+}
+
+/// `LoadCredential=` for a moved `engine.api_key_file` (empty when it is not moved): the empty
+/// assignment drops the unit's own `/etc/citadel/api-key` (systemd ignores a second assignment
+/// of the same credential id), then the configured file. `%` is doubled (specifiers); a path
+/// with control characters cannot be a unit file value and is left out (logged).
+pub fn credential_lines(cfg: &Config) -> String {
+    let Some(file) = moved_api_key_file(cfg) else {
+        return String::new();
+    };
+    let text = file.to_string_lossy();
+    if text.chars().any(char::is_control) {
+        log_line(&format!(
+            "engine.api_key_file {:?} has control characters: no LoadCredential= drop-in written",
+            text
+        ));
+        return String::new();
+    }
+    format!(
+        "# engine.api_key_file moved from {}: systemd loads the credential from it\nLoadCredential=\nLoadCredential={}:{}\n",
+        paths::API_KEY_FILE,
+        paths::API_KEY_CREDENTIAL,
+        text.replace('%', "%%")
+    )
+}
+
+/// `engine.api_key_file` when it is set and is not the units' own credential file.
+pub fn moved_api_key_file(cfg: &Config) -> Option<&Path> {
+    cfg.engine
+        .api_key_file
+        .as_deref()
+        .filter(|p| *p != Path::new(paths::API_KEY_FILE))
+}
+
+/// The gateway's drop-in: only for a moved API key file.
+pub fn gateway_drop_in(cfg: &Config) -> Option<String> {
+    let cred = credential_lines(cfg);
+    (!cred.is_empty()).then(|| format!("{}{cred}", header(cfg)))
 }
 
 /// The monitor's drop-in, when it must write outside the unit's default paths.
@@ -136,15 +186,19 @@ pub fn monitor_drop_in(cfg: &Config) -> Option<String> {
         }
     }
     dirs.dedup();
-    if dirs.is_empty() {
+    let cred = credential_lines(cfg);
+    if dirs.is_empty() && cred.is_empty() {
         return None;
     }
     let mut s = header(cfg);
-    let _ = writeln!(
-        s,
-        "# runtime dir, state file or textfile outside the defaults"
-    );
-    let _ = writeln!(s, "ReadWritePaths={}", words(&dirs));
+    if !dirs.is_empty() {
+        let _ = writeln!(
+            s,
+            "# runtime dir, state file or textfile outside the defaults"
+        );
+        let _ = writeln!(s, "ReadWritePaths={}", words(&dirs));
+    }
+    s.push_str(&cred);
     Some(s)
 }
 

@@ -130,3 +130,34 @@ fn write_creates_links_and_files_and_undoes_a_partial_write() {
     assert!(write(fresh.path(), &it).is_err());
     assert!(!fresh.path().join("citadel-models.target.wants").exists());
 }
+
+#[test]
+fn a_moved_api_key_file_is_the_credential_of_every_unit_that_loads_it() {
+    // The units' own path: no drop-in line, no gateway drop-in.
+    let same = cfg_with("", "api_key_file = \"/etc/citadel/api-key\"");
+    assert!(!model_drop_in(&same).contains("LoadCredential"));
+    assert_eq!(monitor_drop_in(&same), None);
+    assert_eq!(gateway_drop_in(&same), None);
+    let moved = cfg_with("", "api_key_file = \"/srv/keys/100%.key\"");
+    let want = "\nLoadCredential=\nLoadCredential=api-key:/srv/keys/100%%.key\n";
+    assert!(
+        model_drop_in(&moved).contains(want),
+        "{}",
+        model_drop_in(&moved)
+    );
+    assert!(monitor_drop_in(&moved).unwrap().contains(want));
+    assert!(gateway_drop_in(&moved).unwrap().contains(want));
+    let files: Vec<String> = items(&moved)
+        .iter()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .map(|i| i.path().display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "citadel-model@.service.d/50-citadel-generator.conf",
+            "citadel-monitor.service.d/50-citadel-generator.conf",
+            "citadel-gateway.service.d/50-citadel-generator.conf",
+        ]
+    );
+}
