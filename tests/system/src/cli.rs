@@ -37,6 +37,9 @@ pub enum Cmd {
         /// Also enable the models and start citadel-ai.target.
         #[arg(long)]
         start: bool,
+        /// Boot on cgroup v2 only, with systemd's BPF IP firewall working (IPAddressDeny=).
+        #[arg(long)]
+        ip_firewall: bool,
     },
     /// Run a command inside a running box (exit code passed through).
     Exec {
@@ -90,9 +93,14 @@ pub fn run(cli: &Cli) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Cmd::Up { name, start } => {
+        Cmd::Up {
+            name,
+            start,
+            ip_firewall,
+        } => {
             let opts = BootOptions {
                 keep: true,
+                ip_firewall: *ip_firewall,
                 ..BootOptions::default()
             };
             let c = match Citadel::install_with(name, Setup::default(), &opts) {

@@ -264,6 +264,15 @@ pub struct BootOptions {
     pub rootfs: Rootfs,
     /// Host directories bind-mounted read-only at the same path inside the box.
     pub bind_ro: Vec<PathBuf>,
+    /// A box whose systemd can run its BPF IP firewall (`IPAddressAllow=`/`IPAddressDeny=`).
+    /// Without it systemd warns "the local system does not support BPF/cgroup firewalling" and
+    /// filters nothing. It takes the unified cgroup hierarchy (cgroup v2 only,
+    /// `SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1`, even on a host whose own is hybrid: v1 controllers
+    /// plus cgroup2 at /sys/fs/cgroup/unified, as on these CI machines) and the bpf(2) system
+    /// call, which nspawn's seccomp filter blocks by default (`--system-call-filter=bpf`). The
+    /// v1 controllers are not in such a box (no memory or CPU limits), so only the tests that
+    /// need it ask for it.
+    pub ip_firewall: bool,
 }
 
 impl Default for BootOptions {
@@ -275,6 +284,7 @@ impl Default for BootOptions {
             stop_timeout: Duration::from_secs(30),
             rootfs: BASE,
             bind_ro: vec![],
+            ip_firewall: false,
         }
     }
 }
@@ -446,6 +456,9 @@ impl SdBox {
         for b in &opts.bind_ro {
             args.push(format!("--bind-ro={}", b.display()));
         }
+        if opts.ip_firewall {
+            args.push("--system-call-filter=bpf".into());
+        }
         if opts.private_network {
             args.push("--private-network".into());
         } else {
@@ -467,6 +480,11 @@ impl SdBox {
         let console2 = console.try_clone().map_err(io_err("console.log"))?;
         let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
         let mut c = Command::new(NSPAWN);
+        // Unset: nspawn picks the host's own kind of hierarchy.
+        c.env_remove("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY");
+        if opts.ip_firewall {
+            c.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1");
+        }
         c.args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(console)

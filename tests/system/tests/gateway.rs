@@ -7,6 +7,7 @@
 use citadel_common::paths::{model_unit, SOCKET_GATEWAY, UNIT_GATEWAY};
 use citadel_system_tests::citadel::{Citadel, Setup, MODELS};
 use citadel_system_tests::run::wait_for;
+use citadel_system_tests::sdbox::BootOptions;
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -102,7 +103,13 @@ fn gw_engines_are_unreachable_beyond_loopback_and_the_gateway_is_reachable() {
     if let Some(why) = citadel_system_tests::sdbox::missing_prerequisite() {
         panic!("{SYSTEM}: {why}");
     }
-    let c = Citadel::install("gw-isolation", setup).unwrap_or_else(|e| panic!("{e}"));
+    // The units' IP filter is systemd's BPF firewall: the box must run on cgroup v2 only.
+    let opts = BootOptions {
+        ip_firewall: true,
+        ..BootOptions::default()
+    };
+    let c = Citadel::install_with("gw-isolation", setup, &opts).unwrap_or_else(|e| panic!("{e}"));
+
     c.sb.write(
         "/etc/citadel/gateway-api-keys",
         format!("ops:{key}\n").as_bytes(),
@@ -121,6 +128,19 @@ fn gw_engines_are_unreachable_beyond_loopback_and_the_gateway_is_reachable() {
     c.start_all().unwrap_or_else(|e| panic!("{e}"));
     c.wait_all_healthy(60 * SEC)
         .unwrap_or_else(|e| panic!("{e}"));
+    // systemd says so once, when the first unit with an IP filter starts.
+    let fw = c.sb.ok(&[
+        "journalctl",
+        "-b",
+        "--no-pager",
+        "-g",
+        "BPF/cgroup firewalling",
+    ]);
+    assert!(
+        fw.as_deref()
+            .map_or(true, |l| !l.contains("does not support")),
+        "systemd in the box cannot filter IP traffic: {fw:?}"
+    );
     // A veth pair inside the box's own network namespace: gwh (10.213.7.1) stays, gwc
     // (10.213.7.2) goes into a client namespace made here.
     for argv in [
