@@ -131,11 +131,10 @@ pub fn run(
     let (cfg, (snap, plan)) = match (loaded, planned) {
         (Ok(c), Ok(p)) => (c, p),
         (Err(e), _) | (_, Err(e)) => {
-            let n = e.issues.len();
             return Err(Failure::config(format!(
-                "{e}\n{}: {n} problem{} found; nothing applied",
+                "{e}\n{}: {} found; nothing applied",
                 e.file.display(),
-                if n == 1 { "" } else { "s" }
+                citadel_common::text::count(e.issues.len(), "problem")
             )));
         }
     };

@@ -1,7 +1,10 @@
-//! `citadel-service check`: validate the config and print the plan.
+//! `citadel-service check`: validate the config and print the plan; with `--host`, also the
+//! plan against this machine ([`crate::hostcheck`]).
 
 use citadel_common::config::{Config, ConfigError};
 use citadel_common::plan::Plan;
+use citadel_common::report::Status;
+use citadel_common::text::count;
 use citadel_common::{Exit, Failure};
 use std::path::Path;
 
@@ -34,14 +37,43 @@ pub fn json_report(result: &Result<Config, ConfigError>) -> serde_json::Value {
     }
 }
 
+/// The summary line of a valid config: `ok: 3 models (2 enabled) on 2 GPUs`.
+pub fn summary(cfg: &Config) -> String {
+    format!(
+        "ok: {} ({} enabled) on {}",
+        count(cfg.models.len(), "model"),
+        cfg.enabled_models().count(),
+        count(Plan::of(cfg).gpus.len(), "GPU")
+    )
+}
+
 /// Validate `file`; print the plan (stdout) or every error (stderr, and stdout with `--json`).
-pub fn run(file: &Path, json: bool) -> Result<Exit, Failure> {
+/// With `host`, the plan is also checked against the machine (exit 1 when a check fails).
+pub fn run(
+    file: &Path,
+    json: bool,
+    host: Option<&dyn crate::systemd::Host>,
+) -> Result<Exit, Failure> {
     let result = Config::load(file);
+    let checks = match (&result, host) {
+        (Ok(cfg), Some(h)) => Some(crate::hostcheck::evaluate(
+            cfg,
+            &crate::hostcheck::gather(h, cfg),
+        )),
+        _ => None,
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json_report(&result)).unwrap_or_default()
-        );
+        let mut doc = json_report(&result);
+        if let (Some(c), Some(obj)) = (&checks, doc.as_object_mut()) {
+            obj.insert(
+                "host".into(),
+                serde_json::json!({
+                    "ok": c.iter().all(|c| c.status != Status::Fail),
+                    "checks": c,
+                }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
     match result {
         Ok(cfg) => {
@@ -50,23 +82,26 @@ pub fn run(file: &Path, json: bool) -> Result<Exit, Failure> {
             }
             if !json {
                 print!("{}", Plan::of(&cfg).render());
-                let enabled = cfg.enabled_models().count();
-                println!(
-                    "\nok: {} models ({} enabled) on {} GPUs",
-                    cfg.models.len(),
-                    enabled,
-                    Plan::of(&cfg).gpus.len()
-                );
+                match &checks {
+                    Some(c) => {
+                        print!("{}", crate::hostcheck::render(c));
+                        println!("\n{}; {}", summary(&cfg), crate::hostcheck::summary(c));
+                    }
+                    None => println!(
+                        "\n{} (the plan only: check --host compares it with this machine)",
+                        summary(&cfg)
+                    ),
+                }
             }
-            Ok(Exit::Ok)
+            let failed = checks.iter().flatten().any(|c| c.status == Status::Fail);
+            Ok(if failed { Exit::Failure } else { Exit::Ok })
         }
         Err(e) => {
-            let n = e.issues.len();
             let f = Failure::config(format!(
-                "{}\n{}: {n} problem{} found",
+                "{}\n{}: {} found",
                 e,
                 e.file.display(),
-                if n == 1 { "" } else { "s" }
+                count(e.issues.len(), "problem")
             ));
             // With --json the document above already holds the errors (and an `error` member).
             Err(if json { f.with_document_printed() } else { f })

@@ -13,8 +13,8 @@ Examples:
 
 pub const CHECK: &str = "\
 Examples:
-  citadel-service check
-      every problem at once (exit 78), or the plan: one row per model and per GPU
+  citadel-service check --host
+      every problem at once (exit 78), or the plan and how this machine matches it (exit 1 if not)
   citadel-service --config /tmp/new.toml check --json
       check a candidate config before installing it";
 

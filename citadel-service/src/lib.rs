@@ -12,7 +12,7 @@
 //!
 //! Exit codes: 0 ok (`status`: every enabled unit shown is active; `health`: every enabled
 //! model is healthy); 1 failure (a unit failed or timed out, something is down or unhealthy,
-//! not run as root); 2 usage (unknown service name, bad option); 69 a unit is not installed or
+//! a `check --host` check failed, not run as root); 2 usage (unknown service name, bad option); 69 a unit is not installed or
 //! systemd/journalctl cannot be run; 78 invalid config.
 
 pub mod apply;
@@ -24,6 +24,7 @@ pub mod examples;
 pub mod export;
 pub mod gpu;
 pub mod health;
+pub mod hostcheck;
 pub mod logs;
 pub mod output;
 pub mod probes;
@@ -122,6 +123,10 @@ pub enum Command {
         /// Print the plan (or the errors) as one JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// Also check the plan against this machine: GPUs (NVML), ports, the API key file,
+        /// the units, storage-setup --check and gpu-optimize --check (exit 1 when one fails).
+        #[arg(long)]
+        host: bool,
     },
     /// Start the service(s) and wait until they are up or have failed (root).
     #[command(after_help = examples::START)]
@@ -308,7 +313,7 @@ impl Cli {
         matches!(
             self.command,
             Some(
-                Command::Check { json: true }
+                Command::Check { json: true, .. }
                     | Command::Status { json: true, .. }
                     | Command::Health { json: true, .. }
             )
@@ -320,7 +325,11 @@ impl Cli {
 pub fn run(cli: &Cli) -> Result<Exit, Failure> {
     let command = cli.command_or_status();
     match &command {
-        Command::Check { json } => return check::run(&cli.common.config, *json),
+        Command::Check { json, host } => {
+            let machine = RealHost::default();
+            let host = host.then_some(&machine as &dyn Host);
+            return check::run(&cli.common.config, *json, host);
+        }
         // Usage errors come before the config is read.
         Command::Stop { service, .. } => drop(service.required("stop")?),
         Command::Restart(a) => drop(a.service.required("restart")?),
@@ -439,9 +448,9 @@ fn degraded(e: &citadel_common::config::ConfigError, command: &Command) -> Confi
         ),
     };
     log::warn!(
-        "{} is invalid ({n} problem{}; citadel-service check lists {}): {} works from what systemd and the monitor know{note}",
+        "{} is invalid ({}; citadel-service check lists {}): {} works from what systemd and the monitor know{note}",
         e.file.display(),
-        if n == 1 { "" } else { "s" },
+        citadel_common::text::count(n, "problem"),
         if n == 1 { "it" } else { "them" },
         verb_of(command),
     );
@@ -459,7 +468,9 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &(dyn Host + Sync)) -> Result<Exi
     let service = |s: &ServiceArg| Service::parse(s.or_all(), cfg);
     let command = cli.command_or_status();
     match &command {
-        Command::Check { json } => check::run(&cli.common.config, *json),
+        Command::Check { json, host: h } => {
+            check::run(&cli.common.config, *json, h.then_some(host as &dyn Host))
+        }
         Command::Start(a) | Command::Restart(a) => {
             let (verb, name) = match &command {
                 Command::Start(_) => (Verb::Start, "start"),

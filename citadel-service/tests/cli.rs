@@ -337,3 +337,99 @@ fn health_probes_every_enabled_model_and_exits_1_when_one_is_down() {
     assert!(text.contains("unhealthy: 1 of 2 enabled models"), "{text}");
     assert!(!text.contains('\x1b'));
 }
+
+#[test]
+fn check_says_one_gpu_and_one_model_without_an_s() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("citadel.toml");
+    std::fs::write(
+        &cfg,
+        "[models.solo]\npath = \"a\"\nport = 11403\ngpus = [0]\ngpu_memory_utilization = 0.3\n",
+    )
+    .unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "check"], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("\nok: 1 model (1 enabled) on 1 GPU (the plan only: check --host compares it with this machine)\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_host_compares_the_plan_with_the_gpus_and_the_ports() {
+    // The plan names GPU 5 (the readings file has GPUs 0 and 1), and something else listens on
+    // the model's port.
+    let (busy, port) = listener();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("citadel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[models.big]\npath = \"a\"\nport = {port}\ngpus = [5]\ngpu_memory_utilization = 0.3\n"
+        ),
+    )
+    .unwrap();
+    let gpu = fixture("gpu-readings.json");
+    let env = [("CITADEL_FAKE_GPU", gpu.to_str().unwrap())];
+    let o = run(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "check",
+            "--host",
+            "--json",
+        ],
+        &env,
+    );
+    drop(busy);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(o.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["valid"], true, "{doc}");
+    assert_eq!(doc["host"]["ok"], false, "{doc}");
+    let checks = doc["host"]["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "gpus",
+            "ports",
+            "api-key",
+            "units",
+            "storage-setup --check",
+            "gpu-optimize --check"
+        ],
+        "{doc}"
+    );
+    assert_eq!(checks[0]["status"], "fail", "{doc}");
+    assert_eq!(
+        checks[0]["detail"], "the plan uses GPU 5 but NVML sees 2 GPUs: 0, 1 (models big)",
+        "{doc}"
+    );
+    // Its unit is not running (or systemd is not here to say): in use is never "ok".
+    assert_ne!(checks[1]["status"], "ok", "{doc}");
+    assert!(
+        checks[1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("port {port} (big) ")),
+        "{doc}"
+    );
+    // The human form: one line per check, its fix, and the one summary.
+    let o = run(
+        &["--config", cfg.to_str().unwrap(), "check", "--host"],
+        &env,
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("\n  fail  gpus "), "{out}");
+    assert!(
+        out.contains("fix: fix models.NAME.gpus (nvidia-smi -L lists the GPUs)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nok: 1 model (1 enabled) on 1 GPU; host: "),
+        "{out}"
+    );
+}

@@ -29,9 +29,26 @@ pub fn escape_lines(s: &str) -> String {
         .join("\n")
 }
 
+/// A count and its noun, the one way every message says how many: `1 GPU`, `2 GPUs`,
+/// `0 models` (the nouns used are regular: an `s` makes the plural).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_say_one_without_an_s() {
+        assert_eq!(count(1, "GPU"), "1 GPU");
+        assert_eq!(count(2, "GPU"), "2 GPUs");
+        assert_eq!(count(0, "model"), "0 models");
+    }
 
     #[test]
     fn controls_are_escaped_and_the_rest_is_kept() {

@@ -80,7 +80,8 @@ pub fn limits(cfg: &Config) -> Vec<String> {
     let asked: usize = cfg.enabled_models().map(|m| m.gpus.len()).sum();
     n.extend([
         format!(
-            "- the box's GPU count: the models ask for {asked} GPUs in all (the box uses {})",
+            "- the box's GPU count: the models ask for {} in all (the box uses {})",
+            citadel_common::text::count(asked, "GPU"),
             on_box.len()
         ),
         "- the per-GPU init lock: not needed, no two pods share a GPU".into(),
