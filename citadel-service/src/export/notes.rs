@@ -24,6 +24,13 @@ pub fn global_notes(cfg: &Config) -> Vec<String> {
         "- paths.cache_dir ({}): an emptyDir per pod, so the torch.compile cache does not survive a new pod",
         cfg.paths.cache_dir.display()
     ));
+    if cfg.gateway.enabled {
+        n.push(format!(
+            "- [gateway] (listen {}): no router here; clients use each model's Service (export production-stack \
+             maps [gateway] to the chart's router)",
+            cfg.gateway.listen
+        ));
+    }
     n
 }
 

@@ -149,15 +149,76 @@ pub fn startup(cfg: &Config) -> Value {
     })
 }
 
-/// The router: production-stack's one endpoint, discovering the engines through Kubernetes and
-/// sending them the engines' key.
-pub fn router(_cfg: &Config) -> Value {
+/// The router: production-stack's one endpoint, as `[gateway]` is the box's. It discovers the
+/// engines through Kubernetes (only ready pods get requests, as the gateway sends none to a model
+/// that is not serving), routes by the request's `model`, and sends the engines' key. From
+/// `[gateway]`: `enabled` is `enableRouter`, the port of `listen` the Service's `servicePort`;
+/// the Service stays `ClusterIP` (inside the cluster only, as loopback is on the box). What the
+/// router has no value for is in the header ([`gateway_notes`]).
+pub fn router(cfg: &Config) -> Value {
     json!({
-        "enableRouter": true,
+        "enableRouter": cfg.gateway.enabled,
         "serviceDiscovery": "k8s",
         "routingLogic": "roundrobin",
+        "serviceType": "ClusterIP",
+        "servicePort": cfg.gateway.listen.port(),
         "vllmApiKey": {"secretName": SECRET_NAME, "secretKey": SECRET_KEY},
     })
+}
+
+/// What `[gateway]` and the models' gateway keys cannot say in the chart's `routerSpec`.
+pub fn gateway_notes(cfg: &Config) -> Vec<String> {
+    let g = &cfg.gateway;
+    if !g.enabled {
+        return vec![
+            "- gateway.enabled = false: no router (enableRouter: false); clients use each model's own Service".into(),
+        ];
+    }
+    let mut n = vec![];
+    if !g.listen.ip().is_loopback() {
+        n.push(format!(
+            "- gateway.listen ({}): the router's Service is ClusterIP on port {}; serving clients outside the              cluster takes an Ingress or a LoadBalancer Service (routerSpec.ingress, serviceType), not made here",
+            g.listen,
+            g.listen.port()
+        ));
+    }
+    if let Some(f) = &g.api_keys_file {
+        n.push(format!(
+            "- gateway.api_keys_file ({}): the router checks no client keys (vllmApiKey is the engines' key); put              an authenticating Ingress or proxy in front of it",
+            f.display()
+        ));
+    }
+    for m in cfg.enabled_models().filter(|m| !m.aliases.is_empty()) {
+        n.push(format!(
+            "- models.{}.aliases ({}): the router has no aliases; clients name the model {:?}",
+            m.name,
+            m.aliases.join(", "),
+            m.served_model_name
+        ));
+    }
+    let limited: Vec<String> = cfg
+        .enabled_models()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m.name,
+                m.max_concurrent.unwrap_or(g.max_concurrent)
+            )
+        })
+        .collect();
+    n.push(format!(
+        "- per-model concurrency and queue (max_concurrent: {}; gateway.queue_limit = {}, queue_timeout_secs = {}): \
+         the router has none; a slow model's requests wait in its engine instead of getting 429 or 503",
+        limited.join(", "),
+        g.queue_limit,
+        g.queue_timeout_secs
+    ));
+    n.push(format!(
+        "- gateway.request_timeout_secs = {}, max_request_bytes = {}, max_connections = {}, drain_secs = {}, \
+         access_log = {}: the chart has no router values for them (its defaults apply)",
+        g.request_timeout_secs, g.max_request_bytes, g.max_connections, g.drain_secs, g.access_log
+    ));
+    n
 }
 
 /// The header: what the values need and what they cannot say.
@@ -188,7 +249,7 @@ pub fn notes(cfg: &Config) -> Vec<String> {
     n.extend([
         format!(
             "- models.*.port: every engine listens on servingEngineSpec.containerPort ({CONTAINER_PORT}) behind its \
-             own Service; clients use the router"
+             own Service; clients use the router (routerSpec)"
         ),
         format!(
             "- per-model probes: one startupProbe for all engines, covering the longest load_timeout_secs: {longest}; \
@@ -210,6 +271,7 @@ pub fn notes(cfg: &Config) -> Vec<String> {
         ),
     ]);
     n.extend(notes::limits(cfg));
+    n.extend(gateway_notes(cfg));
     for m in cfg.enabled_models() {
         n.extend(notes::model_notes(cfg, m));
     }
@@ -332,5 +394,49 @@ load_timeout_secs = 900
             "{:?}",
             r.header
         );
+    }
+
+    #[test]
+    fn the_gateway_section_maps_to_the_router_and_the_rest_is_in_the_header() {
+        let c = cfg();
+        let r = router(&c);
+        assert_eq!(r["enableRouter"], true);
+        assert_eq!(r["servicePort"], 8000);
+        assert_eq!(r["serviceType"], "ClusterIP");
+        let text = format!(
+            "{}{}",
+            "[gateway]\nlisten = \"0.0.0.0:9000\"\napi_keys_file = \"/etc/citadel/keys\"\nqueue_limit = 7\n",
+            "[models.a]\npath = \"a\"\nport = 11400\ngpus = [0]\naliases = [\"gpt-4\"]\nmax_concurrent = 3\n"
+        );
+        let lan = Config::parse_with(
+            &text,
+            Path::new("/etc/citadel/citadel.toml"),
+            &Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(router(&lan)["servicePort"], 9000);
+        let n = gateway_notes(&lan).join("\n");
+        for want in [
+            "gateway.listen (0.0.0.0:9000)",
+            "gateway.api_keys_file (/etc/citadel/keys): the router checks no client keys",
+            "models.a.aliases (gpt-4): the router has no aliases; clients name the model \"a\"",
+            "max_concurrent: a 3; gateway.queue_limit = 7",
+        ] {
+            assert!(n.contains(want), "{want:?} not in:\n{n}");
+        }
+        // Loopback and no keys: nothing to say about either.
+        let n = gateway_notes(&c).join("\n");
+        assert!(
+            !n.contains("gateway.listen") && !n.contains("api_keys_file"),
+            "{n}"
+        );
+        let off = Config::parse_with(
+            "[gateway]\nenabled = false\n[models.a]\npath = \"a\"\nport = 11400\ngpus = [0]\n",
+            Path::new("/etc/citadel/citadel.toml"),
+            &Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(router(&off)["enableRouter"], false);
+        assert_eq!(gateway_notes(&off).len(), 1);
     }
 }
