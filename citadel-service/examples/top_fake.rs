@@ -4,7 +4,9 @@
 //! running, 1 waiting, KV cache 25 %, 40 generated tokens per second). The monitor's state file
 //! and the GPUs (`CITADEL_FAKE_GPU`) are whatever the config and the environment name.
 //!
-//! Usage: top_fake CONFIG [INTERVAL_SECS]
+//! Usage: top_fake CONFIG [INTERVAL_SECS]. With `TOP_FAKE_EXIT_FILE` set, the exit code is also
+//! written there (tmux 3.3 does not always reap a pane's process promptly, so its
+//! `pane_dead_status` can stay empty).
 
 use citadel_common::config::Config;
 use citadel_service::services::Service;
@@ -72,17 +74,19 @@ fn main() -> ExitCode {
         interval: Duration::from_secs(interval),
         color: citadel_service::output::use_color(),
     };
-    match top::run(
-        &top::Live {
-            host: &host,
-            cfg: &cfg,
-        },
-        opts,
-    ) {
-        Ok(e) => ExitCode::from(e.code()),
+    let live = top::Live {
+        host: &host,
+        cfg: &cfg,
+    };
+    let code = match top::run(&live, opts) {
+        Ok(e) => e.code(),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(e.exit.code())
+            e.exit.code()
         }
+    };
+    if let Some(f) = std::env::var_os("TOP_FAKE_EXIT_FILE") {
+        let _ = std::fs::write(f, code.to_string());
     }
+    ExitCode::from(code)
 }

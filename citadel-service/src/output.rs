@@ -66,10 +66,7 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// A probe latency, the one way every command prints it: `12 ms`.
-pub fn latency_ms(ms: u64) -> String {
-    format!("{ms} ms")
-}
+pub use citadel_common::text::latency_ms;
 
 /// Binary units with one decimal: `512.0 MiB`, `40.2 GiB`.
 pub fn bytes(n: u64) -> String {

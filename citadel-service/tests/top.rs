@@ -1,7 +1,7 @@
 //! `citadel-service top` in a real terminal: tmux runs the `top_fake` example (the real `top`
 //! code against a fake systemd and stand-in vLLM `/metrics`, see examples/top_fake.rs), the
 //! test reads the screen with `capture-pane`, asserts the rows, sends `q` and checks that the
-//! program exited 0. Without a terminal the same table is printed once. Needs tmux
+//! program exited 0 and its pane is dead. Without a terminal the same table is printed once. Needs tmux
 //! (tests/run.sh installs it).
 
 use std::net::TcpListener;
@@ -36,10 +36,11 @@ fn free_port(after: u16) -> u16 {
         .expect("a free port")
 }
 
-/// A config with two enabled models on free ports and a disabled one, and a fresh monitor
-/// state file: phi3 healthy (4 ms), coder failing.
-fn setup(d: &Path) -> (PathBuf, u16, u16) {
-    let p1 = free_port(11_800);
+/// A config with two enabled models on free ports from `base` (each test its own range: the
+/// tests run side by side and the example binds the ports itself) and a disabled one, and a
+/// fresh monitor state file: phi3 healthy (4 ms), coder failing.
+fn setup(d: &Path, base: u16) -> (PathBuf, u16, u16) {
+    let p1 = free_port(base);
     let p2 = free_port(p1 + 1);
     let state = d.join("health.json");
     let now = SystemTime::now()
@@ -121,7 +122,7 @@ fn line_of<'a>(screen: &'a str, name: &str) -> &'a str {
 #[test]
 fn top_draws_one_row_per_model_refreshes_and_quits_on_q() {
     let d = tempfile::tempdir().unwrap();
-    let (cfg, _, _) = setup(d.path());
+    let (cfg, _, _) = setup(d.path(), 11_800);
     let t = Tmux {
         socket: format!("citadel-top-test-{}", std::process::id()),
     };
@@ -130,6 +131,9 @@ fn top_draws_one_row_per_model_refreshes_and_quits_on_q() {
         "CITADEL_FAKE_GPU={}",
         fixture("gpu-readings.json").display()
     );
+    // The exit code, written by top_fake itself (tmux does not always reap it promptly).
+    let exit_file = d.path().join("exit-code");
+    let exit_env = format!("TOP_FAKE_EXIT_FILE={}", exit_file.display());
     t.cmd(&[
         "new-session",
         "-d",
@@ -143,6 +147,8 @@ fn top_draws_one_row_per_model_refreshes_and_quits_on_q() {
         "NO_COLOR=1",
         "-e",
         &gpu,
+        "-e",
+        &exit_env,
         exe.to_str().unwrap(),
         cfg.to_str().unwrap(),
         ";",
@@ -216,24 +222,20 @@ fn top_draws_one_row_per_model_refreshes_and_quits_on_q() {
     assert_ne!(clock(&later), first, "not redrawn:\n{later}");
     t.cmd(&["send-keys", "-t", "top", "q"]);
     let start = Instant::now();
-    let mut dead = String::new();
-    while start.elapsed() < Duration::from_secs(10) {
-        dead = t.cmd(&[
-            "display-message",
-            "-p",
-            "-t",
-            "top",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        if dead.starts_with('1') {
-            break;
-        }
+    while !exit_file.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
+    assert_eq!(code, "0", "q did not end top with 0:\n{}", t.screen());
+    let dead = || t.cmd(&["display-message", "-p", "-t", "top", "#{pane_dead}"]);
+    let start = Instant::now();
+    while dead().trim() != "1" && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        dead.trim(),
-        "1 0",
-        "q did not end top with 0:\n{}",
+        dead().trim(),
+        "1",
+        "top still runs after q:\n{}",
         t.screen()
     );
     // The alternate screen is left: the table is gone from the terminal.
@@ -243,7 +245,7 @@ fn top_draws_one_row_per_model_refreshes_and_quits_on_q() {
 #[test]
 fn without_a_terminal_top_prints_the_table_once() {
     let d = tempfile::tempdir().unwrap();
-    let (cfg, _, _) = setup(d.path());
+    let (cfg, _, _) = setup(d.path(), 12_200);
     let o = Command::new(top_fake())
         .arg(&cfg)
         .env("NO_COLOR", "1")

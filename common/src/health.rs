@@ -52,8 +52,12 @@ pub struct ModelHealth {
     pub unit: String,
     pub port: u16,
     pub state: ModelState,
-    /// systemd ActiveState at the sweep (active, activating, inactive, failed ...).
-    pub unit_state: String,
+    /// systemd ActiveState at the sweep (active, activating, inactive, failed ...); `null` when
+    /// the monitor did not ask (a disabled model) or systemd did not answer, as in
+    /// `citadel-service health --json`. A state file that says `""` (older monitors) reads as
+    /// `null`.
+    #[serde(default, deserialize_with = "crate::text::empty_as_none")]
+    pub unit_state: Option<String>,
     pub main_pid: u32,
     /// systemd's own automatic restarts (NRestarts).
     pub systemd_restarts: u32,
@@ -139,7 +143,7 @@ mod tests {
                 unit: "citadel-model@phi3.service".into(),
                 port: 11403,
                 state: ModelState::Starting,
-                unit_state: "activating".into(),
+                unit_state: Some("activating".into()),
                 main_pid: 7,
                 systemd_restarts: 0,
                 monitor_restarts: 0,
@@ -152,8 +156,20 @@ mod tests {
             gpus: vec![],
         };
         s.write(&p).unwrap();
-        assert_eq!(HealthState::read(&p).unwrap(), Some(s));
+        assert_eq!(HealthState::read(&p).unwrap().as_ref(), Some(&s));
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("\"state\": \"starting\""), "{text}");
+        // Unknown is null, never "": an older monitor's "" reads as unknown too.
+        let mut unknown = s.clone();
+        unknown.models[0].unit_state = None;
+        unknown.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"unit_state\": null"), "{text}");
+        std::fs::write(
+            &p,
+            text.replace("\"unit_state\": null", "\"unit_state\": \"\""),
+        )
+        .unwrap();
+        assert_eq!(HealthState::read(&p).unwrap(), Some(unknown));
     }
 }

@@ -29,6 +29,17 @@ pub fn escape_lines(s: &str) -> String {
         .join("\n")
 }
 
+/// A probe latency, the one way every command and helper prints it: `12 ms`.
+pub fn latency_ms(ms: u64) -> String {
+    format!("{ms} ms")
+}
+
+/// serde: a string field where `""` means "unknown", read as `None` (so JSON says `null`).
+pub fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
 /// A count and its noun, the one way every message says how many: `1 GPU`, `2 GPUs`,
 /// `0 models` (the nouns used are regular: an `s` makes the plural).
 pub fn count(n: usize, noun: &str) -> String {
@@ -48,6 +59,7 @@ mod tests {
         assert_eq!(count(1, "GPU"), "1 GPU");
         assert_eq!(count(2, "GPU"), "2 GPUs");
         assert_eq!(count(0, "model"), "0 models");
+        assert_eq!(latency_ms(12), "12 ms");
     }
 
     #[test]

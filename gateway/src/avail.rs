@@ -231,7 +231,7 @@ mod tests {
                 unit: "citadel-model@m.service".into(),
                 port: 1,
                 state: ModelState::Restarting,
-                unit_state: "activating".into(),
+                unit_state: Some("activating".into()),
                 main_pid: 0,
                 systemd_restarts: 0,
                 monitor_restarts: 1,

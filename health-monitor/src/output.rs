@@ -64,15 +64,12 @@ pub fn table(s: &HealthState) -> String {
         rows.push(vec![
             m.name.clone(),
             m.state.as_str().into(),
-            if m.unit_state.is_empty() {
-                "-".into()
-            } else {
-                m.unit_state.clone()
-            },
+            m.unit_state.clone().unwrap_or_else(|| "-".into()),
             m.port.to_string(),
             m.consecutive_failures.to_string(),
             m.monitor_restarts.to_string(),
-            m.latency_ms.map_or("-".into(), |l| format!("{l}ms")),
+            m.latency_ms
+                .map_or("-".into(), citadel_common::text::latency_ms),
             m.reason.clone().unwrap_or_default(),
         ]);
     }
@@ -200,7 +197,7 @@ mod tests {
             unit: format!("citadel-model@{name}.service"),
             port: 11400,
             state,
-            unit_state: "active".into(),
+            unit_state: Some("active".into()),
             main_pid: 1,
             systemd_restarts: 0,
             monitor_restarts: 2,
@@ -276,7 +273,7 @@ mod tests {
         let t = table(&state(vec![model("phi3", ModelState::Failing)]));
         assert!(t.lines().next().unwrap().starts_with("MODEL"));
         assert!(
-            t.contains("phi3") && t.contains("failing") && t.contains("12ms"),
+            t.contains("phi3") && t.contains("failing") && t.contains("12 ms"),
             "{t}"
         );
         assert!(t.ends_with("0/1 healthy, 1 failing\n"), "{t}");

@@ -109,7 +109,7 @@ fn textfile_names() -> BTreeSet<String> {
         unit: format!("citadel-model@{name}.service"),
         port: 11400,
         state,
-        unit_state: "active".into(),
+        unit_state: Some("active".into()),
         main_pid: 1,
         systemd_restarts: 0,
         monitor_restarts: 1,
