@@ -102,7 +102,9 @@ impl ServiceArg {
     }
 }
 
-/// How `start`/`restart` wait.
+/// How `start`/`restart` wait. Every `--timeout SECS` of citadel-service means the same: the
+/// longest it waits for any one unit (or, for `health`, one model's `/health`); what it waits
+/// for together is waited for side by side.
 #[derive(Debug, Clone, Args)]
 pub struct StartArgs {
     #[command(flatten)]
@@ -110,7 +112,8 @@ pub struct StartArgs {
     /// Queue the jobs and return without waiting.
     #[arg(long)]
     pub no_wait: bool,
-    /// Give up waiting after this many seconds (weights can take long to load).
+    /// Give up waiting for each unit after this many seconds (all side by side; weights can
+    /// take long to load).
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub timeout: u64,
 }
@@ -139,7 +142,7 @@ pub enum Command {
         /// Queue the stop jobs and return without waiting.
         #[arg(long)]
         no_wait: bool,
-        /// Give up waiting after this many seconds.
+        /// Give up waiting for each unit after this many seconds (all side by side).
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         timeout: u64,
     },
@@ -202,7 +205,8 @@ pub enum Command {
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// Seconds each /health probe may take (default: [monitor] probe_timeout_secs).
+        /// Give up waiting for each model's /health after this many seconds (all side by side;
+        /// default: [monitor] probe_timeout_secs).
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
     },
@@ -215,7 +219,7 @@ pub enum Command {
         /// Print the plan (or the errors) as one JSON document on stdout.
         #[arg(long)]
         json: bool,
-        /// Give up waiting for one model to serve after this many seconds.
+        /// Give up waiting for each unit after this many seconds (one model at a time).
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
@@ -228,7 +232,7 @@ pub enum Command {
         /// The model phase 2 starts and checks (default: the first enabled model of the config).
         #[arg(long, value_name = "NAME")]
         test_model: Option<String>,
-        /// Give up waiting for a phase's units after this many seconds.
+        /// Give up waiting for each unit after this many seconds (a phase's units side by side).
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },

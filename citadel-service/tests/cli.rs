@@ -433,3 +433,35 @@ fn check_host_compares_the_plan_with_the_gpus_and_the_ports() {
         "{out}"
     );
 }
+
+#[test]
+fn every_timeout_has_one_meaning() {
+    let cmd = Cli::command();
+    let mut seen = vec![];
+    for sub in cmd.get_subcommands() {
+        let Some(a) = sub.get_arguments().find(|a| a.get_id() == "timeout") else {
+            continue;
+        };
+        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let name = sub.get_name();
+        assert_eq!(
+            a.get_value_names().map(|v| v.to_vec()),
+            Some(vec!["SECS".into()]),
+            "{name}"
+        );
+        assert!(
+            help.starts_with("Give up waiting for each unit after this many seconds (")
+                || (name == "health"
+                    && help.starts_with(
+                        "Give up waiting for each model's /health after this many seconds ("
+                    )),
+            "{name} --timeout: {help}"
+        );
+        seen.push(name.to_string());
+    }
+    assert_eq!(
+        seen,
+        ["start", "stop", "restart", "health", "apply", "deploy"],
+        "the commands that wait"
+    );
+}
