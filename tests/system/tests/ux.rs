@@ -2,7 +2,8 @@
 //! does not lock the operator out (status, logs and stop NAME still work, start refuses),
 //! restart with no name exits 2 naming `all`, the installed bash completion completes
 //! `citadel-service status ph<TAB>` to `phi3` from that broken config, and the package ships
-//! the man pages, the zsh and fish completions and the README.
+//! the man pages, the zsh and fish completions and the README; a moved `engine.api_key_file`
+//! is what systemd hands the model unit as its credential (the generator's drop-in).
 //!
 //! System tier (`#[ignore]`, run by `tests/run.sh` with `--ignored` where root and
 //! systemd-nspawn exist); run by hand, a missing prerequisite fails the test. Box names start
@@ -10,6 +11,8 @@
 
 use citadel_common::paths::model_unit;
 use citadel_system_tests::citadel::{self, Citadel, Setup, CONFIG, MODELS};
+use citadel_system_tests::sdbox::{self, BootOptions, SdBox};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -153,4 +156,98 @@ printf '%s\\n' \"${COMPREPLY[@]}\"";
         let o = c.citadel_service(&a, 30 * SEC);
         assert_eq!(o.code(), Some(0), "{}", o.describe());
     }
+}
+
+/// citadel-generator: `CITADEL_GENERATOR`, else target/release (built with the .deb), else
+/// target/debug.
+fn generator() -> PathBuf {
+    if let Some(p) = std::env::var_os("CITADEL_GENERATOR") {
+        return PathBuf::from(p);
+    }
+    let t = citadel::workspace_root().join("target");
+    [
+        t.join("release/citadel-generator"),
+        t.join("debug/citadel-generator"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "no citadel-generator under {} (cargo build -p citadel-generator)",
+            t.display()
+        )
+    })
+}
+
+/// An `engine.api_key_file` other than the units' /etc/citadel/api-key: after daemon-reload
+/// the generator's drop-in makes systemd (252) hand that file to the shipped model unit as its
+/// API key credential, and only that file (the unit's own LoadCredential= is reset), to a
+/// service account that cannot read the file itself. A bare box with the generator and the
+/// shipped unit; a test drop-in runs `cat %d/api-key` as `nobody` instead of start-model, and
+/// the storage and GPU units it requires are stand-ins.
+#[test]
+#[ignore = "system tier: needs root + systemd-nspawn"]
+fn ux02_a_moved_api_key_file_is_the_credential_the_units_load() {
+    citadel::require();
+    let sb = SdBox::boot(&sdbox::cache_dir(), "ux-apikey", &BootOptions::default())
+        .unwrap_or_else(|e| panic!("box ux-apikey: {e}"));
+    let unit = model_unit("phi3");
+    sb.ok(&[
+        "mkdir",
+        "-p",
+        "/etc/citadel",
+        "/srv/keys",
+        "/usr/lib/systemd/system-generators",
+        &format!("/etc/systemd/system/{unit}.d"),
+    ])
+    .unwrap();
+    let shipped = citadel::workspace_root().join("packaging/systemd/citadel-model@.service");
+    sb.install(&shipped, "/lib/systemd/system/citadel-model@.service")
+        .unwrap();
+    for dep in ["citadel-storage.service", "citadel-gpu.service"] {
+        sb.write(
+            &format!("/etc/systemd/system/{dep}"),
+            b"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+            0o644,
+        )
+        .unwrap();
+    }
+    sb.write(
+        &format!("/etc/systemd/system/{unit}.d/99-test.conf"),
+        b"[Service]\nType=oneshot\nRestart=no\nExecStart=\nExecStart=/usr/bin/cat %d/api-key\nUser=nobody\nGroup=nogroup\n",
+        0o644,
+    )
+    .unwrap();
+    sb.install(
+        &generator(),
+        "/usr/lib/systemd/system-generators/citadel-generator",
+    )
+    .unwrap();
+    sb.write("/srv/keys/api.key", b"moved-key\n", 0o600)
+        .unwrap();
+    sb.write("/etc/citadel/api-key", b"old-key\n", 0o600)
+        .unwrap();
+    let cfg = "[engine]\napi_key_file = \"/srv/keys/api.key\"\n\
+               [models.phi3]\npath = \"phi3\"\nport = 11403\ngpus = [0]\ngpu_memory_utilization = 0.3\n";
+    let key_seen = |config: &str| -> String {
+        sb.write(CONFIG, config.as_bytes(), 0o644).unwrap();
+        sb.ok(&["systemctl", "daemon-reload"]).unwrap();
+        let _ = sb.exec(&["journalctl", "--rotate"]);
+        let _ = sb.exec(&["journalctl", "--vacuum-time=1s"]);
+        let start = sb.exec(&["systemctl", "start", &unit]);
+        let log = sb.journal(&["-u", &unit, "-o", "cat", "--no-hostname"]);
+        assert_eq!(start.code(), Some(0), "{}\n{log}", start.describe());
+        log
+    };
+    let log = key_seen(cfg);
+    assert!(
+        log.contains("moved-key") && !log.contains("old-key"),
+        "{log}"
+    );
+    // Back to the default path: the unit's own line again.
+    let log = key_seen(&cfg.replace("/srv/keys/api.key", "/etc/citadel/api-key"));
+    assert!(
+        log.lines().rfind(|l| l.contains("-key")) == Some("old-key"),
+        "{log}"
+    );
 }
