@@ -40,7 +40,7 @@ pub struct DiskUsage {
 }
 
 /// Host resources.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_count: usize,
     pub cpu_percent: f64,
@@ -253,7 +253,8 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
         .map(String::from)
         .to_vec()];
     for m in &r.models {
-        let word = if m.healthy { "healthy" } else { "unhealthy" };
+        // The probe's word (status --probe says the same); STATE and DETAIL say the rest.
+        let word = &crate::probes::probe_word(m.http_status, m.error.as_deref());
         rows.push(vec![
             m.name.clone(),
             m.unit_state.clone().unwrap_or_else(|| "-".into()),
@@ -297,7 +298,7 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
             "gpu {}: {}, {} of {} used{}\n",
             g.index,
             g.temperature_c
-                .map_or("temperature -".into(), |t| format!("{t} C")),
+                .map_or("temperature -".into(), output::celsius),
             output::bytes(g.memory_used_bytes),
             output::bytes(g.memory_total_bytes),
             if r.gpu_source == "monitor" {
@@ -308,7 +309,7 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
         ));
     }
     if let Some(g) = &r.gateway {
-        let word = if g.healthy { "healthy" } else { "unhealthy" };
+        let word = &crate::probes::probe_word(g.http_status, g.error.as_deref());
         let routes = g
             .routable
             .as_ref()
@@ -347,6 +348,50 @@ pub fn to_json(r: &HealthReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_and_status_probe_say_the_same_word_for_the_same_probe() {
+        let cfg = Config::parse_with(
+            "[models.a]\npath = \"a\"\nport = 11403\ngpus = [0]\ngpu_memory_utilization = 0.3\n",
+            Path::new("/etc/citadel/citadel.toml"),
+            &citadel_common::config::Limits::default(),
+        )
+        .unwrap();
+        for (http, error, word) in [
+            (Some(503), None, "http 503"),
+            (None, Some("connection refused"), "refused"),
+            (None, Some("timed out after 2s"), "timeout"),
+            (Some(200), None, "healthy"),
+        ] {
+            let p = ProbeResult {
+                name: "a".into(),
+                url: "http://127.0.0.1:11403/health".into(),
+                http_status: http,
+                latency_ms: None,
+                error: error.map(str::to_string),
+            };
+            let status_word = crate::status::cells_from_probes(std::slice::from_ref(&p))["a"]
+                .health
+                .clone();
+            assert_eq!(status_word, word);
+            let r = assemble(
+                &cfg,
+                &[p],
+                None,
+                Resources::default(),
+                vec![],
+                "none",
+                vec![],
+            );
+            let table = render_table(&r, false);
+            let row = table.lines().nth(1).unwrap();
+            assert_eq!(
+                row.split_whitespace().nth(3),
+                word.split(' ').next(),
+                "{table}"
+            );
+        }
+    }
 
     #[test]
     fn the_longest_mount_prefix_wins() {

@@ -68,6 +68,11 @@ pub fn duration(secs: u64) -> String {
 
 pub use citadel_common::text::latency_ms;
 
+/// A GPU temperature, the one way `health` and `top` print it: `41 C` (ASCII: any terminal).
+pub fn celsius(t: u32) -> String {
+    format!("{t} C")
+}
+
 /// Binary units with one decimal: `512.0 MiB`, `40.2 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

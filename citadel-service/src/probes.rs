@@ -21,13 +21,19 @@ impl ProbeResult {
     }
     /// `healthy`, `http 503`, `refused`, `timeout`, `error`.
     pub fn word(&self) -> String {
-        match (self.http_status, &self.error) {
-            (Some(200), _) => "healthy".into(),
-            (Some(s), _) => format!("http {s}"),
-            (None, Some(e)) if e.contains("refused") => "refused".into(),
-            (None, Some(e)) if e.contains("timed out") => "timeout".into(),
-            _ => "error".into(),
-        }
+        probe_word(self.http_status, self.error.as_deref())
+    }
+}
+
+/// The HEALTH word of one `/health` probe, the same in `status --probe`, `health` and its
+/// gateway line: `healthy`, `http 503`, `refused`, `timeout`, `error`.
+pub fn probe_word(http_status: Option<u16>, error: Option<&str>) -> String {
+    match (http_status, error) {
+        (Some(200), _) => "healthy".into(),
+        (Some(s), _) => format!("http {s}"),
+        (None, Some(e)) if e.contains("refused") => "refused".into(),
+        (None, Some(e)) if e.contains("timed out") => "timeout".into(),
+        _ => "error".into(),
     }
 }
 

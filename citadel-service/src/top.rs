@@ -190,7 +190,7 @@ pub fn model_cells(f: &Frame, r: &Row, color: bool) -> Vec<String> {
         status::gpu_memory_cell(r),
         f.gpu_temp_c
             .get(&r.service)
-            .map_or_else(|| "-".into(), |t| format!("{t} °C")),
+            .map_or_else(|| "-".into(), |t| output::celsius(*t)),
         r.restarts.to_string(),
         status::uptime_cell(r),
     ]
