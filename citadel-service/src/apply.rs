@@ -71,9 +71,12 @@ pub fn render(plan: &Plan, snapshot: Option<&str>) -> String {
         Action::Restart => "restart",
         Action::Rerun => "re-run",
         Action::Reapply => "re-apply",
+        Action::Start => "start",
+        Action::Stop => "stop",
     };
     for (name, c) in [
         ("monitor", &plan.monitor),
+        ("gateway", &plan.gateway),
         ("storage", &plan.storage),
         ("gpu policy", &plan.gpu_policy),
     ] {
@@ -168,6 +171,17 @@ fn model_member(name: &str) -> Member {
         enabled: true,
         port: None,
         listen: None,
+    }
+}
+
+fn gateway_member(cfg: &Config) -> Member {
+    Member {
+        service: "gateway".into(),
+        unit: paths::UNIT_GATEWAY.into(),
+        kind: Kind::Gateway,
+        enabled: true,
+        port: Some(cfg.gateway.listen.port()),
+        listen: Some(cfg.gateway.listen.to_string()),
     }
 }
 
@@ -271,6 +285,48 @@ fn one_step(
             } else {
                 bring_up(host, Verb::Restart, &[mon], Some(wait_opts), out).map(|_| ())
             }
+        }
+        Step::GatewayReload => {
+            let gw = gateway_member(cfg);
+            let state = host.units(std::slice::from_ref(&gw.unit))?;
+            if !state
+                .first()
+                .is_some_and(|u| u.status.active_state == "active")
+            {
+                let _ = writeln!(
+                    out,
+                    "  gateway not running: it reads the config when it starts"
+                );
+                return Ok(());
+            }
+            host.reload(&gw.unit)
+        }
+        Step::GatewayStop => {
+            let units = [
+                paths::UNIT_GATEWAY.to_string(),
+                paths::SOCKET_GATEWAY.to_string(),
+            ];
+            host.queue(Verb::Stop, &units)?;
+            let m = vec![gateway_member(cfg)];
+            let o = wait::wait(host, &m, stop_phase, wait_opts, out)?;
+            if o.timed_out {
+                return Err(Failure::other(format!(
+                    "{} did not stop within {}s",
+                    paths::UNIT_GATEWAY,
+                    o.elapsed.as_secs()
+                )));
+            }
+            Ok(())
+        }
+        Step::GatewayRestart | Step::GatewayStart => {
+            let verb = if matches!(step, Step::GatewayRestart) {
+                Verb::Restart
+            } else {
+                Verb::Start
+            };
+            // The socket first: a new listen address is bound before the gateway asks for it.
+            host.queue(verb, &[paths::SOCKET_GATEWAY.to_string()])?;
+            bring_up(host, verb, &[gateway_member(cfg)], Some(wait_opts), out).map(|_| ())
         }
         Step::Snapshot => snapshot::save(cfg).map(|p| {
             let _ = writeln!(out, "  running snapshot: {}", p.display());

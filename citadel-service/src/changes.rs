@@ -35,6 +35,10 @@ pub enum Action {
     Rerun,
     /// gpu-optimize run again (it changes only what differs).
     Reapply,
+    /// Started (the gateway, once enabled).
+    Start,
+    /// Stopped (the gateway, once disabled).
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,6 +77,10 @@ pub enum Step {
     Start(String),
     MonitorReload,
     MonitorRestart,
+    GatewayReload,
+    GatewayRestart,
+    GatewayStart,
+    GatewayStop,
     Snapshot,
 }
 
@@ -88,6 +96,12 @@ impl Step {
             Step::Start(m) => format!("start {m}"),
             Step::MonitorReload => "monitor: reload its config".into(),
             Step::MonitorRestart => "monitor: restart".into(),
+            Step::GatewayReload => "gateway: reload its config (routes, keys, limits)".into(),
+            Step::GatewayRestart => {
+                "gateway: restart it and its socket (a new listen address)".into()
+            }
+            Step::GatewayStart => "gateway: start it and its socket".into(),
+            Step::GatewayStop => "gateway: stop it and its socket".into(),
             Step::Snapshot => "save the applied config as the running snapshot".into(),
         }
     }
@@ -98,6 +112,7 @@ impl Step {
 pub struct Plan {
     pub models: Vec<ModelChange>,
     pub monitor: Change,
+    pub gateway: Change,
     pub storage: Change,
     pub gpu_policy: Change,
     /// Changes that need no action now (effective at each model's next start).
@@ -142,6 +157,8 @@ fn diff(prefix: &str, old: &impl Serialize, new: &impl Serialize, skip: &[&str])
 const ENGINE_NEXT_START: &[&str] = &["stop_grace_secs", "port_wait_secs", "gpu_release_wait_secs"];
 /// Model keys read only while the model starts.
 const MODEL_NEXT_START: &[&str] = &["load_timeout_secs"];
+/// Model keys only the gateway reads (a change reloads the gateway, the engine keeps running).
+const MODEL_GATEWAY: &[&str] = &["aliases", "max_concurrent"];
 /// Paths no running model or monitor uses (storage-setup's business only).
 const PATHS_STORAGE_ONLY: &[&str] = &["staging_dir", "state_dir", "backup_mount"];
 
@@ -196,9 +213,14 @@ pub fn plan(old: Option<&Config>, new: &Config) -> Plan {
                 }],
             ),
             (Some(a), Some(b)) => {
-                let mut r = diff("", a, b, &[&["name"], MODEL_NEXT_START].concat());
+                let mut r = diff(
+                    "",
+                    a,
+                    b,
+                    &[&["name"], MODEL_NEXT_START, MODEL_GATEWAY].concat(),
+                );
                 r.extend(common.iter().cloned());
-                for n in diff("", a, b, &["name"]) {
+                for n in diff("", a, b, &[&["name"], MODEL_GATEWAY].concat()) {
                     if !r.contains(&n) {
                         notes.push(format!(
                             "models.{name}.{n} (takes effect at its next start)"
@@ -221,6 +243,7 @@ pub fn plan(old: Option<&Config>, new: &Config) -> Plan {
     }
 
     let monitor = monitor_change(old, new, &models);
+    let gateway = gateway_change(old, new);
     let storage = Change::of(
         Action::Rerun,
         old.map(|o| {
@@ -236,7 +259,12 @@ pub fn plan(old: Option<&Config>, new: &Config) -> Plan {
         old.map(|o| diff("gpu.", &o.gpu, &new.gpu, &[]))
             .unwrap_or_default(),
     );
-    let (mut steps, refused) = steps(old, new, &models, &monitor, &storage, &gpu_policy);
+    let (mut steps, refused) = steps(
+        old,
+        new,
+        &models,
+        [&monitor, &gateway, &storage, &gpu_policy],
+    );
     if steps.is_empty() && refused.is_none() && !notes.is_empty() {
         // Nothing to restart, but the generator's drop-ins (stop timeout) follow the config and
         // the snapshot records it.
@@ -245,6 +273,7 @@ pub fn plan(old: Option<&Config>, new: &Config) -> Plan {
     Plan {
         models,
         monitor,
+        gateway,
         storage,
         gpu_policy,
         notes,
@@ -315,6 +344,76 @@ fn monitor_change(old: Option<&Config>, new: &Config, models: &[ModelChange]) ->
     Change::of(Action::Reload, r)
 }
 
+/// The gateway: started or stopped with `gateway.enabled`, restarted with its socket for a new
+/// `listen` (the generator's socket drop-in binds it), else reloaded (SIGHUP: routes, aliases,
+/// limits and client keys change in place) when anything it routes by or enforces changed.
+fn gateway_change(old: Option<&Config>, new: &Config) -> Change {
+    let Some(o) = old else {
+        return Change::of(
+            if new.gateway.enabled {
+                Action::Reload
+            } else {
+                Action::Stop
+            },
+            vec!["no snapshot of the running config".into()],
+        );
+    };
+    let (a, b) = (&o.gateway, &new.gateway);
+    if a.enabled != b.enabled {
+        let action = if b.enabled {
+            Action::Start
+        } else {
+            Action::Stop
+        };
+        return Change::of(
+            action,
+            vec![format!("gateway.enabled: {} -> {}", a.enabled, b.enabled)],
+        );
+    }
+    if !b.enabled {
+        return Change::of(Action::Unchanged, vec![]);
+    }
+    if a.listen != b.listen {
+        return Change::of(
+            Action::Restart,
+            vec![format!("gateway.listen: {} -> {}", a.listen, b.listen)],
+        );
+    }
+    let mut r = diff("gateway.", a, b, &[]);
+    for k in ["host", "api_key_file"] {
+        r.extend(
+            diff("engine.", &o.engine, &new.engine, &[])
+                .into_iter()
+                .filter(|l| l.starts_with(&format!("engine.{k}:"))),
+        );
+    }
+    // What it routes by: each enabled model's served name, aliases, port and limit.
+    let routes = |c: &Config| -> BTreeMap<String, Value> {
+        c.enabled_models()
+            .map(|m| {
+                let v = serde_json::json!({
+                    "served_model_name": m.served_model_name,
+                    "aliases": m.aliases,
+                    "port": m.port,
+                    "max_concurrent": m.max_concurrent,
+                });
+                (m.name.clone(), v)
+            })
+            .collect()
+    };
+    let (ra, rb) = (routes(o), routes(new));
+    let names: BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
+    for n in names {
+        match (ra.get(n), rb.get(n)) {
+            (Some(x), Some(y)) => r.extend(diff(&format!("models.{n}."), x, y, &[])),
+            (None, Some(_)) => r.push(format!("models.{n}: a new route")),
+            (Some(_), None) => r.push(format!("models.{n}: its route goes")),
+            (None, None) => {}
+        }
+    }
+    Change::of(Action::Reload, r)
+}
+
 /// Per-GPU share sums of a set of (model, version) placements.
 fn over_committed(live: &BTreeMap<String, Model>) -> Option<(u32, f64, Vec<String>)> {
     let mut per: BTreeMap<u32, (f64, Vec<String>)> = BTreeMap::new();
@@ -337,14 +436,11 @@ fn steps(
     old: Option<&Config>,
     new: &Config,
     models: &[ModelChange],
-    monitor: &Change,
-    storage: &Change,
-    gpu: &Change,
+    parts: [&Change; 4],
 ) -> (Vec<Step>, Option<String>) {
+    let [monitor, gateway, storage, gpu] = parts;
     let changed = models.iter().any(|m| m.action != ModelAction::Unchanged)
-        || monitor.action != Action::Unchanged
-        || storage.action != Action::Unchanged
-        || gpu.action != Action::Unchanged;
+        || parts.iter().any(|c| c.action != Action::Unchanged);
     if !changed && old.is_some() {
         return (vec![], None);
     }
@@ -411,6 +507,13 @@ fn steps(
     match monitor.action {
         Action::Restart => steps.push(Step::MonitorRestart),
         Action::Reload => steps.push(Step::MonitorReload),
+        _ => {}
+    }
+    match gateway.action {
+        Action::Reload => steps.push(Step::GatewayReload),
+        Action::Restart => steps.push(Step::GatewayRestart),
+        Action::Start => steps.push(Step::GatewayStart),
+        Action::Stop => steps.push(Step::GatewayStop),
         _ => {}
     }
     steps.push(Step::Snapshot);

@@ -2,6 +2,8 @@
 //! = none recorded), `new.toml` (the edited config) and `plan.json` (the expected exit code and
 //! the expected keys of `apply --dry-run --json`). `@ROOT@` stands for the test's temporary
 //! root; a file without a `[paths]` table gets the default layout under that root.
+//! After an intended change of the plans, `CITADEL_UPDATE_CORPUS=1 cargo test -p citadel-service
+//! --test changes_corpus` rewrites the expected keys from the output (review the diff).
 
 use citadel_common::config::Paths;
 use serde_json::Value;
@@ -62,6 +64,24 @@ fn check(case: &Path) -> Result<(), String> {
         return Err(format!(
             "exit {code:?}, expected {want_code}; stderr: {stderr}"
         ));
+    }
+    if std::env::var_os("CITADEL_UPDATE_CORPUS").is_some() {
+        // After an intended change: the expected keys (and the gateway's) become what the
+        // binary printed now; review the diff before committing it.
+        let mut e = expected.clone();
+        if let Some(plan) = e["plan"].as_object_mut() {
+            let keys: Vec<String> = plan.keys().cloned().chain(["gateway".into()]).collect();
+            for k in keys {
+                if !got[&k].is_null() {
+                    plan.insert(k.clone(), got[&k].clone());
+                }
+            }
+        }
+        let text = serde_json::to_string_pretty(&e)
+            .unwrap()
+            .replace(&root.display().to_string(), "@ROOT@");
+        std::fs::write(case.join("plan.json"), format!("{text}\n")).unwrap();
+        return Ok(());
     }
     for (k, v) in expected["plan"]
         .as_object()

@@ -18,6 +18,10 @@
 //!   read it; without this the units would load the old path and the account could not read
 //!   the new one).
 //!
+//! - with `gateway.enabled = false`: `citadel-gateway.socket` and `.service` masked (links to
+//!   `/dev/null`); otherwise `citadel-gateway.socket.d/50-citadel-generator.conf` with
+//!   `ListenStream=` from a `gateway.listen` other than the socket unit's `127.0.0.1:8000`.
+//!
 //! It never fails the boot: on a broken config (or any error) it writes nothing (or removes what
 //! it wrote), logs one line to the kernel log (`/dev/kmsg`: generators run before the journal;
 //! `CITADEL_KMSG` overrides it, for tests) and exits 0. The units then fail with 78 as they
@@ -84,13 +88,47 @@ pub fn items(cfg: &Config) -> Vec<Item> {
             contents,
         });
     }
+    if !cfg.gateway.enabled {
+        // Masked (linked to /dev/null here, above the package's units): not started at boot
+        // or by citadel-ai.target, and no restart loop of a gateway with nothing to serve.
+        for unit in [paths::SOCKET_GATEWAY, paths::UNIT_GATEWAY] {
+            out.push(Item::Link {
+                path: PathBuf::from(unit),
+                target: PathBuf::from("/dev/null"),
+            });
+        }
+        return out;
+    }
     if let Some(contents) = gateway_drop_in(cfg) {
         out.push(Item::File {
             path: Path::new(&format!("{}.d", paths::UNIT_GATEWAY)).join(DROP_IN),
             contents,
         });
     }
+    if let Some(contents) = socket_drop_in(cfg) {
+        out.push(Item::File {
+            path: Path::new(&format!("{}.d", paths::SOCKET_GATEWAY)).join(DROP_IN),
+            contents,
+        });
+    }
     out
+}
+
+/// The gateway socket's drop-in: `gateway.listen` when it is not the unit's own
+/// `127.0.0.1:8000`, so the socket systemd binds is the address the gateway is configured for
+/// (it refuses any other, exit 78). An operator's own drop-in (`systemctl edit`, sorted after
+/// this one) still wins.
+pub fn socket_drop_in(cfg: &Config) -> Option<String> {
+    let default: std::net::SocketAddr = citadel_common::config::DEFAULT_LISTEN
+        .parse()
+        .expect("valid default");
+    (cfg.gateway.listen != default).then(|| {
+        format!(
+            "# Written by citadel-generator from {} at boot and on daemon-reload; do not edit\n# (edit gateway.listen in the config, then run citadel-service apply).\n[Socket]\nListenStream=\nListenStream={}\n",
+            escape_control(&cfg.file.display().to_string()),
+            cfg.gateway.listen
+        )
+    })
 }
 
 fn header(cfg: &Config) -> String {

@@ -161,3 +161,56 @@ fn a_moved_api_key_file_is_the_credential_of_every_unit_that_loads_it() {
         ]
     );
 }
+
+#[test]
+fn the_gateway_follows_the_config_disabled_is_masked_and_listen_is_the_sockets() {
+    // The shipped defaults: nothing for the gateway or its socket.
+    let plain = cfg_with("", "");
+    assert_eq!(socket_drop_in(&plain), None);
+    assert!(!items(&plain)
+        .iter()
+        .any(|i| i.path().starts_with("citadel-gateway.socket")
+            || i.path() == Path::new("citadel-gateway.service")));
+    // Another listen address: the socket binds it (the reset line first).
+    let lan = cfg_with(
+        "[gateway]\nlisten = \"10.0.0.5:9000\"\napi_keys_file = \"/etc/citadel/keys\"",
+        "",
+    );
+    let d = socket_drop_in(&lan).unwrap();
+    assert!(
+        d.contains("[Socket]\nListenStream=\nListenStream=10.0.0.5:9000\n"),
+        "{d}"
+    );
+    assert!(items(&lan)
+        .iter()
+        .any(|i| i.path() == Path::new("citadel-gateway.socket.d/50-citadel-generator.conf")));
+    // Disabled: both units masked, no drop-ins for them.
+    let off = cfg_with(
+        "[gateway]\nenabled = false\nlisten = \"127.0.0.1:9000\"",
+        "",
+    );
+    let it = items(&off);
+    let masked: Vec<String> = it
+        .iter()
+        .filter_map(|i| match i {
+            Item::Link { path, target } if target == Path::new("/dev/null") => {
+                Some(path.display().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        masked,
+        ["citadel-gateway.socket", "citadel-gateway.service"]
+    );
+    assert!(!it.iter().any(
+        |i| i.path().to_string_lossy().starts_with("citadel-gateway.")
+            && matches!(i, Item::File { .. })
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &it).unwrap();
+    assert_eq!(
+        std::fs::read_link(dir.path().join("citadel-gateway.service")).unwrap(),
+        Path::new("/dev/null")
+    );
+}

@@ -164,3 +164,47 @@ fn an_invalid_config_is_78_and_nothing_is_touched() {
     assert!(e.message.contains("bogus"), "{e}");
     assert!(host.recorded().is_empty());
 }
+
+#[test]
+fn an_alias_or_limit_change_reloads_the_gateway_and_restarts_no_engine() {
+    let b = setup(MODELS);
+    let new = MODELS.replace(
+        "port = 11402\n",
+        "port = 11402\naliases = [\"bee\"]\nmax_concurrent = 2\n",
+    );
+    edit(&b, &format!("[gateway]\nqueue_limit = 9\n{new}"));
+    let cfg = Config::load(&b.file).unwrap();
+    let old = snapshot::load(&cfg).unwrap().unwrap().1;
+    let plan = changes::plan(Some(&old), &cfg);
+    assert!(
+        plan.models
+            .iter()
+            .all(|m| m.action == changes::ModelAction::Unchanged),
+        "{plan:?}"
+    );
+    let host = host_all_active().with(
+        paths::UNIT_GATEWAY,
+        vec![unit(paths::UNIT_GATEWAY, "active", false)],
+    );
+    execute(&host, &cfg, &plan, &wait_opts(), &mut vec![]).unwrap();
+    assert_eq!(
+        host.recorded(),
+        ["daemon-reload", "reload citadel-gateway.service"]
+    );
+    // A stopped gateway is not started by a reload step: it reads the config when it starts.
+    let b = setup(MODELS);
+    edit(&b, &format!("[gateway]\nqueue_limit = 9\n{MODELS}"));
+    let cfg = Config::load(&b.file).unwrap();
+    let old = snapshot::load(&cfg).unwrap().unwrap().1;
+    let plan = changes::plan(Some(&old), &cfg);
+    let host = host_all_active().with(
+        paths::UNIT_GATEWAY,
+        vec![unit(paths::UNIT_GATEWAY, "inactive", false)],
+    );
+    let mut out = vec![];
+    execute(&host, &cfg, &plan, &wait_opts(), &mut out).unwrap();
+    assert_eq!(host.recorded(), ["daemon-reload"]);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("gateway not running"));
+}
