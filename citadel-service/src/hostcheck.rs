@@ -82,11 +82,13 @@ pub struct Facts {
 
 /// Read the machine.
 pub fn gather(host: &dyn Host, cfg: &Config) -> Facts {
-    let names: Vec<String> = Service::All
+    // The gateway's socket too: it listens on the gateway's port while the service sleeps.
+    let mut names: Vec<String> = Service::All
         .members(cfg)
         .into_iter()
         .map(|m| m.unit)
         .collect();
+    names.push(citadel_common::paths::SOCKET_GATEWAY.to_string());
     let units = if Path::new(citadel_common::paths::SYSTEMD_RUN_DIR).is_dir() {
         host.units(&names)
             .map(|v| v.into_iter().map(|u| (u.status.unit.clone(), u)).collect())
@@ -317,10 +319,7 @@ fn ports(cfg: &Config, f: &Facts) -> HostCheck {
             cfg.gateway.listen.port(),
             vec![
                 citadel_common::paths::UNIT_GATEWAY.to_string(),
-                format!(
-                    "{}.socket",
-                    citadel_common::paths::UNIT_GATEWAY.trim_end_matches(".service")
-                ),
+                citadel_common::paths::SOCKET_GATEWAY.to_string(),
             ],
         ));
     }

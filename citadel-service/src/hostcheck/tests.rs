@@ -152,6 +152,28 @@ fn a_port_taken_by_something_else_fails_and_its_own_unit_is_fine() {
         p.detail,
         "port 11405 (coder) is taken by another process while citadel-model@coder.service is not running"
     );
+    // The gateway's port, held by its socket while the service sleeps: its own.
+    f.listening = Ok(BTreeSet::from([8000]));
+    if let Ok(u) = &mut f.units {
+        u.insert(
+            "citadel-gateway.service".into(),
+            unit("citadel-gateway.service", "inactive", false),
+        );
+        u.insert(
+            "citadel-gateway.socket".into(),
+            unit("citadel-gateway.socket", "active", false),
+        );
+    }
+    assert_eq!(named(&evaluate(&c, &f), "ports").status, Status::Ok);
+    if let Ok(u) = &mut f.units {
+        u.remove("citadel-gateway.socket");
+    }
+    let p = named(&evaluate(&c, &f), "ports").clone();
+    assert_eq!(p.status, Status::Fail);
+    assert!(
+        p.detail.starts_with("port 8000 (the gateway) is taken"),
+        "{p:?}"
+    );
     // Without systemd: in use, but whose is unknown.
     f.units = Err("systemd is not running here".into());
     let ch = evaluate(&c, &f);
