@@ -74,6 +74,9 @@ pub struct Facts {
     /// The units of `Service::All` by name; `Err` without systemd.
     pub units: Result<BTreeMap<String, Unit>, String>,
     pub key: Option<KeyFile>,
+    /// Per-model boot links in /etc (`systemctl enable citadel-model@NAME`): they start a model
+    /// at boot whatever the config says.
+    pub etc_model_links: Vec<String>,
     /// What the generator wrote, by path relative to [`GENERATOR_DIR`] (`None`: not there).
     pub generated: BTreeMap<PathBuf, Option<String>>,
     /// Each helper's `--check`: exit code and output, or why it could not run.
@@ -146,6 +149,7 @@ pub fn gather(host: &dyn Host, cfg: &Config) -> Facts {
         listening: listening_ports(Path::new("/proc/net")),
         units,
         key,
+        etc_model_links: host.model_links(),
         generated,
         helpers,
     }
@@ -482,6 +486,29 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
                 if stale.len() == 1 { "s" } else { "" }
             ),
             Some("citadel-service apply (or systemctl daemon-reload)".into()),
+        );
+    }
+    let disabled: Vec<&String> = f
+        .etc_model_links
+        .iter()
+        .filter(|u| !cfg.enabled_models().any(|m| m.unit() == **u))
+        .collect();
+    if !disabled.is_empty() {
+        return verdict(
+            "units",
+            Status::Warn,
+            format!(
+                "enabled in /etc but not in the config, so started at boot: {}",
+                disabled
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(
+                "citadel-service enable (it removes per-model boot links; the config decides)"
+                    .into(),
+            ),
         );
     }
     verdict(

@@ -43,6 +43,7 @@ fn good(c: &Config) -> Facts {
             .map(|m| (m.unit.clone(), unit(&m.unit, "active", false)))
             .collect()),
         key: None,
+        etc_model_links: vec![],
         generated: citadel_generator::items(c)
             .into_iter()
             .map(|i| {
@@ -266,4 +267,22 @@ fn listening_ports_come_from_the_listen_lines_only() {
    0: 0100007F:2CCB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
    1: 0100007F:2CCD 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n";
     assert_eq!(parse_proc_net_tcp(t), BTreeSet::from([11467]));
+}
+
+#[test]
+fn a_boot_link_for_a_model_the_config_does_not_enable_is_a_warning() {
+    let c = cfg("");
+    let mut f = good(&c);
+    // phi3 is enabled in the config: its link is harmless; vision is not in it at all.
+    f.etc_model_links = vec![
+        "citadel-model@phi3.service".into(),
+        "citadel-model@vision.service".into(),
+    ];
+    let u = named(&evaluate(&c, &f), "units").clone();
+    assert_eq!(u.status, Status::Warn);
+    assert_eq!(
+        u.detail,
+        "enabled in /etc but not in the config, so started at boot: citadel-model@vision.service"
+    );
+    assert!(u.fix.unwrap().starts_with("citadel-service enable"));
 }
