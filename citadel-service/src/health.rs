@@ -17,7 +17,8 @@ pub struct ModelCheck {
     pub unit: String,
     pub port: u16,
     pub url: String,
-    /// systemd ActiveState, when systemd answered.
+    /// The unit's STATE word ([`crate::status::state_word`]: systemd's ActiveState, or
+    /// `not-installed`), when systemd answered.
     pub unit_state: Option<String>,
     pub healthy: bool,
     pub http_status: Option<u16>,
@@ -79,7 +80,8 @@ pub struct HealthReport {
 pub struct GatewayCheck {
     pub unit: String,
     pub url: String,
-    /// systemd ActiveState, when systemd answered.
+    /// The unit's STATE word ([`crate::status::state_word`]: systemd's ActiveState, or
+    /// `not-installed`), when systemd answered.
     pub unit_state: Option<String>,
     /// `GET /health` through the gateway answered 200.
     pub healthy: bool,

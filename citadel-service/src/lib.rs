@@ -746,7 +746,10 @@ fn health_command(
     let states = match states {
         Ok(v) => Some(
             v.into_iter()
-                .map(|u| (u.status.unit, u.status.active_state))
+                .map(|u| {
+                    let word = status::state_word(&u.status.load_state, &u.status.active_state);
+                    (u.status.unit, word)
+                })
                 .collect::<BTreeMap<_, _>>(),
         ),
         Err(e) => {

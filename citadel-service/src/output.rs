@@ -45,7 +45,9 @@ pub fn paint(text: &str, tone: Tone, color: bool) -> String {
 pub fn tone_of(word: &str) -> Tone {
     match word {
         "active" | "healthy" | "ready" | "up" | "stopped" | "ok" => Tone::Good,
-        "failed" | "unhealthy" | "gave_up" | "refused" | "timeout" | "error" => Tone::Bad,
+        "failed" | "unhealthy" | "gave_up" | "refused" | "timeout" | "error" | "not-installed" => {
+            Tone::Bad
+        }
         "activating" | "deactivating" | "reloading" | "starting" | "failing" | "restarting"
         | "loading" | "queued" | "stopping" | "stale" | "warning" => Tone::Warn,
         _ => Tone::Plain,

@@ -209,13 +209,25 @@ fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-/// The STATE cell: systemd's ActiveState, `not-installed`, `(disabled)`, `(auto-restart)`.
-/// `status` and `top` show a unit's state with this one function.
+/// The STATE word of a unit, the one vocabulary of `status`, `top` and `health`: systemd's
+/// ActiveState (`active`, `activating`, `failed`, `inactive` ...), or `not-installed` when
+/// systemd has no such unit (LoadState=not-found; its ActiveState would say `inactive`).
+pub fn state_word(load_state: &str, active_state: &str) -> String {
+    if load_state == "not-found" {
+        "not-installed".into()
+    } else {
+        active_state.to_string()
+    }
+}
+
+/// The STATE cell: [`state_word`], then `(disabled)` or `(auto-restart)`. `status` and `top`
+/// show a unit's state with this one function.
 pub fn state_cell(s: &Row, color: bool) -> String {
     use citadel_common::text::escape_controls as esc;
-    let mut state = paint(&esc(&s.state), tone_of(&s.state), color);
+    let word = state_word(&s.load_state, &s.state);
+    let mut state = paint(&esc(&word), tone_of(&word), color);
     if s.load_state == "not-found" {
-        state = paint("not-installed", output::Tone::Bad, color);
+        // Nothing more to say about a unit systemd does not have.
     } else if !s.enabled {
         state.push_str(" (disabled)");
     } else if s.sub_state == "auto-restart" {
@@ -371,6 +383,39 @@ mod tests {
     use super::*;
     use crate::services::{tests::cfg, Service};
     use crate::systemd::fake::unit;
+
+    #[test]
+    fn a_unit_systemd_does_not_have_is_not_installed() {
+        // The word health's STATE column and JSON take too (lib.rs health_command).
+        assert_eq!(state_word("not-found", "inactive"), "not-installed");
+        assert_eq!(state_word("loaded", "activating"), "activating");
+        let c = cfg();
+        let members = Service::Models.members(&c);
+        let mut units: Vec<Unit> = members
+            .iter()
+            .map(|m| unit(&m.unit, "active", false))
+            .collect();
+        units[1].status.active_state = "inactive".into();
+        units[1].status.load_state = "not-found".into();
+        let src = HealthSource {
+            kind: "none".into(),
+            state_file: None,
+            updated_unix: None,
+            stale: false,
+            note: None,
+        };
+        let r = build(
+            "c",
+            &members,
+            &units,
+            Duration::ZERO,
+            &BTreeMap::new(),
+            src,
+            None,
+        );
+        assert_eq!(state_cell(&r.services[1], false), "not-installed");
+        assert_eq!(state_cell(&r.services[0], false), "active");
+    }
 
     #[test]
     fn uptime_restarts_and_all_up() {
