@@ -41,6 +41,10 @@ pub struct HostCheck {
     pub detail: String,
     /// What to do about it (fail and warn).
     pub fix: Option<String>,
+    /// A helper's whole report (`storage-setup --check`, `gpu-optimize --check`), escaped;
+    /// printed under a failed check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 fn verdict(name: &str, status: Status, detail: String, fix: Option<String>) -> HostCheck {
@@ -49,6 +53,7 @@ fn verdict(name: &str, status: Status, detail: String, fix: Option<String>) -> H
         status,
         detail,
         fix,
+        output: None,
     }
 }
 
@@ -525,14 +530,23 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
 fn helper(name: &str, r: &HelperRun) -> HostCheck {
     let label = format!("{name} --check");
     let path = Path::new(citadel_common::paths::LIBEXEC_DIR).join(name);
+    let escaped = |out: &str| {
+        Some(citadel_common::text::escape_lines(out.trim_end())).filter(|o| !o.is_empty())
+    };
     match r {
-        Ok((0, out)) => verdict(&label, Status::Ok, last_line(out), None),
-        Ok((code, out)) => verdict(
-            &label,
-            Status::Fail,
-            format!("exited {code}: {}", last_line(out)),
-            Some(format!("{} --check shows every finding", path.display())),
-        ),
+        Ok((0, out)) => HostCheck {
+            output: escaped(out),
+            ..verdict(&label, Status::Ok, last_line(out), None)
+        },
+        Ok((code, out)) => HostCheck {
+            output: escaped(out),
+            ..verdict(
+                &label,
+                Status::Fail,
+                format!("exited {code}: {}", last_line(out)),
+                Some(format!("{} --check shows every finding", path.display())),
+            )
+        },
         Err(e) => verdict(
             &label,
             Status::Fail,
@@ -570,6 +584,12 @@ pub fn render(checks: &[HostCheck]) -> String {
         ));
         if let Some(fix) = &c.fix {
             s.push_str(&format!("        {:<w$}  fix: {fix}\n", ""));
+        }
+        // A failed helper's whole report, so nobody has to look for it in /usr/lib/citadel.
+        if let Some(out) = c.output.as_ref().filter(|_| c.status == Status::Fail) {
+            for l in out.lines() {
+                s.push_str(&format!("        | {l}\n"));
+            }
         }
     }
     s

@@ -259,6 +259,14 @@ fn helpers_that_fail_or_are_missing_fail_with_their_last_line() {
     );
     assert_eq!(named(&ch, "gpu-optimize --check").status, Status::Fail);
     assert_eq!(summary(&ch), "host: 2 checks failed");
+    // The failed helper's whole report is printed under it.
+    let text = render(&ch);
+    assert!(
+        text.contains(
+            "        | ok: mount\n        | fail: /mnt/citadel-models is not a mount point\n"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
