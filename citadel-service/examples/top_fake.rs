@@ -62,8 +62,8 @@ fn main() -> ExitCode {
             false,
         );
         if m.enabled {
-            u.status.active_enter_monotonic_usec = (100_000 - 185) * 1_000_000;
-            u.status.main_pid = 2100 + i as u32;
+            u.active_enter_monotonic_usec = (100_000 - 185) * 1_000_000;
+            u.main_pid = 2100 + i as u32;
         }
         host = host.with(&m.unit, vec![u]);
     }

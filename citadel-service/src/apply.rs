@@ -13,7 +13,7 @@ use crate::changes::{self, Action, ModelAction, Plan, Step};
 use crate::control::bring_up;
 use crate::services::{Kind, Member};
 use crate::snapshot;
-use crate::systemd::{Host, Verb};
+use crate::systemd::{ActiveState, Host, Job};
 use crate::wait::{self, stop_phase, WaitOptions};
 use citadel_common::config::{Config, ConfigError};
 use citadel_common::plan::table;
@@ -248,7 +248,7 @@ fn one_step(
         Step::GpuReapply => helper(host, cfg, "gpu-optimize"),
         Step::Stop(name) => {
             let m = vec![model_member(name)];
-            host.queue(Verb::Stop, &[m[0].unit.clone()])?;
+            host.queue(Job::Stop, &[m[0].unit.clone()])?;
             let o = wait::wait(host, &m, stop_phase, wait_opts, out)?;
             if o.timed_out {
                 return Err(Failure::other(format!(
@@ -261,9 +261,9 @@ fn one_step(
         }
         Step::Restart(name) | Step::Start(name) => {
             let verb = if matches!(step, Step::Restart(_)) {
-                Verb::Restart
+                Job::Restart
             } else {
-                Verb::Start
+                Job::Start
             };
             bring_up(host, verb, &[model_member(name)], Some(wait_opts), out).map(|_| ())
         }
@@ -272,7 +272,7 @@ fn one_step(
             let state = host.units(std::slice::from_ref(&mon.unit))?;
             let active = state
                 .first()
-                .is_some_and(|u| u.status.active_state == "active");
+                .is_some_and(|u| u.active_state == ActiveState::Active);
             if !active {
                 let _ = writeln!(
                     out,
@@ -283,7 +283,7 @@ fn one_step(
             if matches!(step, Step::MonitorReload) {
                 host.reload(&mon.unit)
             } else {
-                bring_up(host, Verb::Restart, &[mon], Some(wait_opts), out).map(|_| ())
+                bring_up(host, Job::Restart, &[mon], Some(wait_opts), out).map(|_| ())
             }
         }
         Step::GatewayReload => {
@@ -291,7 +291,7 @@ fn one_step(
             let state = host.units(std::slice::from_ref(&gw.unit))?;
             if !state
                 .first()
-                .is_some_and(|u| u.status.active_state == "active")
+                .is_some_and(|u| u.active_state == ActiveState::Active)
             {
                 let _ = writeln!(
                     out,
@@ -306,7 +306,7 @@ fn one_step(
                 paths::UNIT_GATEWAY.to_string(),
                 paths::SOCKET_GATEWAY.to_string(),
             ];
-            host.queue(Verb::Stop, &units)?;
+            host.queue(Job::Stop, &units)?;
             let m = vec![gateway_member(cfg)];
             let o = wait::wait(host, &m, stop_phase, wait_opts, out)?;
             if o.timed_out {
@@ -320,9 +320,9 @@ fn one_step(
         }
         Step::GatewayRestart | Step::GatewayStart => {
             let verb = if matches!(step, Step::GatewayRestart) {
-                Verb::Restart
+                Job::Restart
             } else {
-                Verb::Start
+                Job::Start
             };
             // The socket first: a new listen address is bound before the gateway asks for it.
             host.queue(verb, &[paths::SOCKET_GATEWAY.to_string()])?;

@@ -1,7 +1,7 @@
 //! `start`, `stop`, `restart`, `enable`, `disable`: queue systemd jobs, then wait and report.
 
 use crate::services::{boot_units, Member, Service};
-use crate::systemd::{process_name, Host, Verb};
+use crate::systemd::{process_name, Host, Job};
 use crate::wait::{self, start_phase, stop_phase, Outcome, Phase, WaitOptions};
 use citadel_common::config::Config;
 use citadel_common::{Exit, Failure};
@@ -51,8 +51,8 @@ pub fn check_installed(host: &dyn Host, members: &[Member]) -> Result<(), Failur
     let units = host.units(&names(members))?;
     let missing: Vec<String> = units
         .iter()
-        .filter(|u| u.status.load_state == "not-found")
-        .map(|u| u.status.unit.clone())
+        .filter(|u| u.load_state == "not-found")
+        .map(|u| u.unit.clone())
         .collect();
     if missing.is_empty() {
         Ok(())
@@ -68,7 +68,7 @@ pub fn check_installed(host: &dyn Host, members: &[Member]) -> Result<(), Failur
 /// the journal of every unit that failed.
 pub fn bring_up(
     host: &dyn Host,
-    verb: Verb,
+    verb: Job,
     members: &[Member],
     opts: Option<&WaitOptions>,
     out: &mut dyn Write,
@@ -158,7 +158,7 @@ pub fn start(
     host: &dyn Host,
     cfg: &Config,
     service: &Service,
-    verb: Verb,
+    verb: Job,
     opts: Option<&WaitOptions>,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
@@ -196,7 +196,7 @@ pub fn stop(
     let members: Vec<Member> = all
         .iter()
         .zip(&before)
-        .filter(|(_, u)| u.status.load_state != "not-found")
+        .filter(|(_, u)| u.load_state != "not-found")
         .map(|(m, _)| m.clone())
         .collect();
     if members.is_empty() {
@@ -206,9 +206,9 @@ pub fn stop(
     let cgroups: Vec<(String, String)> = before
         .iter()
         .filter(|u| !u.control_group.is_empty())
-        .map(|u| (u.status.unit.clone(), u.control_group.clone()))
+        .map(|u| (u.unit.clone(), u.control_group.clone()))
         .collect();
-    host.queue(Verb::Stop, &names(&members))?;
+    host.queue(Job::Stop, &names(&members))?;
     let Some(opts) = opts else {
         let _ = writeln!(
             out,
@@ -222,7 +222,7 @@ pub fn stop(
     for w in outcome.pending() {
         left.push(format!(
             "{} is still {}",
-            w.member.unit, w.unit.status.active_state
+            w.member.unit, w.unit.active_state
         ));
     }
     for (unit, cg) in &cgroups {
@@ -363,12 +363,12 @@ mod tests {
         ] {
             host = host.with(u, vec![unit(u, "active", false)]);
         }
-        host.journal.insert(p.into(), "boom\n".into());
+        host.systemd.set_journal(p, "boom\n");
         let e = start(
             &host,
             &cfg(),
             &Service::All,
-            Verb::Start,
+            Job::Start,
             Some(&opts()),
             &mut vec![],
         )
@@ -391,7 +391,7 @@ mod tests {
             &host,
             &cfg(),
             &Service::Gpu,
-            Verb::Start,
+            Job::Start,
             Some(&opts()),
             &mut vec![],
         )

@@ -9,7 +9,7 @@
 use crate::control::bring_up;
 use crate::probes::ProbeResult;
 use crate::services::{Kind, Member, Service};
-use crate::systemd::{Host, Verb};
+use crate::systemd::{ActiveState, Host, Job};
 use crate::wait::{self, WaitOptions};
 use citadel_common::config::Config;
 use citadel_common::{paths, Exit, Failure};
@@ -109,8 +109,8 @@ fn not_active(host: &dyn Host, members: &[Member]) -> Result<Vec<String>, Failur
     Ok(host
         .units(&names)?
         .into_iter()
-        .filter(|u| u.status.active_state != "active")
-        .map(|u| format!("{} is {}", u.status.unit, u.status.active_state))
+        .filter(|u| u.active_state != ActiveState::Active)
+        .map(|u| format!("{} is {}", u.unit, u.active_state))
         .collect())
 }
 
@@ -226,7 +226,7 @@ pub fn run(
             .map(|m| m.unit.clone())
             .collect();
         host.set_enabled(true, &enable).map_err(fail)?;
-        bring_up(host, Verb::Start, &members, Some(&opts.wait), out).map_err(fail)?;
+        bring_up(host, Job::Start, &members, Some(&opts.wait), out).map_err(fail)?;
         // Targets are not waited for by bring_up; make sure they are up too.
         let targets: Vec<Member> = members
             .iter()

@@ -18,7 +18,7 @@
 //! is invalid (nothing else is checked then).
 
 use crate::services::Service;
-use crate::systemd::{Host, Unit};
+use crate::systemd::{ActiveState, Host, Unit};
 use citadel_common::config::Config;
 use citadel_common::gpu::Snapshot;
 use citadel_common::plan::Plan;
@@ -99,7 +99,7 @@ pub fn gather(host: &dyn Host, cfg: &Config) -> Facts {
     names.push(citadel_common::paths::SOCKET_GATEWAY.to_string());
     let units = if Path::new(citadel_common::paths::SYSTEMD_RUN_DIR).is_dir() {
         host.units(&names)
-            .map(|v| v.into_iter().map(|u| (u.status.unit.clone(), u)).collect())
+            .map(|v| v.into_iter().map(|u| (u.unit.clone(), u)).collect())
             .map_err(|e| e.to_string())
     } else {
         Err("systemd is not running here".to_string())
@@ -341,7 +341,7 @@ fn ports(cfg: &Config, f: &Facts) -> HostCheck {
             Ok(u) => {
                 let ours = units.iter().any(|n| {
                     u.get(n).is_some_and(|u| {
-                        u.status.active_state != "inactive" && u.status.active_state != "failed"
+                        !matches!(u.active_state, ActiveState::Inactive | ActiveState::Failed)
                     })
                 });
                 if !ours {
@@ -456,8 +456,8 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
     };
     let missing: Vec<&str> = u
         .values()
-        .filter(|u| u.status.load_state == "not-found")
-        .map(|u| u.status.unit.as_str())
+        .filter(|u| u.load_state == "not-found")
+        .map(|u| u.unit.as_str())
         .collect();
     if !missing.is_empty() {
         return verdict(

@@ -45,7 +45,7 @@ use services::Service;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use systemd::{Host, RealHost, Verb};
+use systemd::{ActiveState, Host, Job, RealHost};
 
 /// Run the Citadel LLM box: start, stop, status, logs, health, check and deploy.
 #[derive(Debug, Parser)]
@@ -477,10 +477,10 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &(dyn Host + Sync)) -> Result<Exi
         }
         Command::Start(a) | Command::Restart(a) => {
             let (verb, name) = match &command {
-                Command::Start(_) => (Verb::Start, "start"),
-                _ => (Verb::Restart, "restart"),
+                Command::Start(_) => (Job::Start, "start"),
+                _ => (Job::Restart, "restart"),
             };
-            if verb == Verb::Restart {
+            if verb == Job::Restart {
                 a.service.required(name)?;
             }
             let s = service(&a.service)?;
@@ -649,7 +649,7 @@ pub fn status_report(
         let models: Vec<(String, u16)> = members
             .iter()
             .zip(&units)
-            .filter(|(m, u)| m.enabled || u.status.active_state != "inactive")
+            .filter(|(m, u)| m.enabled || u.active_state != ActiveState::Inactive)
             .filter_map(|(m, _)| m.port.map(|p| (m.service.clone(), p)))
             .collect();
         let timeout = Duration::from_secs(cfg.monitor.probe_timeout_secs.max(1));
@@ -747,8 +747,8 @@ fn health_command(
         Ok(v) => Some(
             v.into_iter()
                 .map(|u| {
-                    let word = status::state_word(&u.status.load_state, &u.status.active_state);
-                    (u.status.unit, word)
+                    let word = status::state_word(&u.load_state, u.active_state.as_str());
+                    (u.unit, word)
                 })
                 .collect::<BTreeMap<_, _>>(),
         ),

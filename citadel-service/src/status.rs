@@ -4,7 +4,7 @@
 use crate::output::{self, paint, tone_of};
 use crate::probes::ProbeResult;
 use crate::services::{Kind, Member};
-use crate::systemd::Unit;
+use crate::systemd::{ActiveState, Unit};
 use citadel_common::health::HealthState;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -135,8 +135,8 @@ pub fn build(
         .iter()
         .zip(units)
         .map(|(m, u)| {
-            let s = &u.status;
-            let up = s.active_state == "active";
+            let s = u;
+            let up = s.active_state == ActiveState::Active;
             let cell = (m.kind == Kind::Model)
                 .then(|| health.get(&m.service))
                 .flatten();
@@ -146,7 +146,7 @@ pub fn build(
                 unit: m.unit.clone(),
                 enabled: m.enabled,
                 load_state: s.load_state.clone(),
-                state: s.active_state.clone(),
+                state: s.active_state.to_string(),
                 sub_state: s.sub_state.clone(),
                 pid: (s.main_pid != 0).then_some(s.main_pid),
                 uptime_secs: (up && s.active_enter_monotonic_usec > 0)
@@ -395,8 +395,8 @@ mod tests {
             .iter()
             .map(|m| unit(&m.unit, "active", false))
             .collect();
-        units[1].status.active_state = "inactive".into();
-        units[1].status.load_state = "not-found".into();
+        units[1].active_state = "inactive".into();
+        units[1].load_state = "not-found".into();
         let src = HealthSource {
             kind: "none".into(),
             state_file: None,
@@ -425,9 +425,9 @@ mod tests {
             .iter()
             .map(|m| unit(&m.unit, "active", false))
             .collect();
-        units[1].status.active_enter_monotonic_usec = 5_000_000;
-        units[1].status.n_restarts = 2;
-        units[1].status.main_pid = 77;
+        units[1].active_enter_monotonic_usec = 5_000_000;
+        units[1].n_restarts = 2;
+        units[1].main_pid = 77;
         units[3] = unit("citadel-model@vision.service", "inactive", false);
         let src = HealthSource {
             kind: "none".into(),
@@ -465,10 +465,10 @@ mod tests {
         );
         assert!(!r.all_up);
         // A failed run: the exit status and its meaning; the start limit: reset-failed.
-        units[2].status.result = "exit-code".into();
-        units[2].status.exec_main_status = 78;
+        units[2].result = "exit-code".into();
+        units[2].exec_main_status = 78;
         units[1] = unit("citadel-model@coder.service", "failed", false);
-        units[1].status.result = "start-limit-hit".into();
+        units[1].result = "start-limit-hit".into();
         let r = build(
             "c.toml",
             &members,

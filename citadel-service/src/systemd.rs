@@ -2,51 +2,20 @@
 //! logic and the rendering are tested with [`fake::FakeHost`]. The real one, [`RealHost`],
 //! runs `systemctl`/`journalctl` (argv vectors, absolute paths) and reads `/sys/fs/cgroup`.
 
-use citadel_common::systemctl::{Systemctl, UnitStatus, STATUS_PROPERTIES};
+use citadel_common::systemctl::Systemctl;
+pub use citadel_common::systemd::{ActiveState, Client, Job, Signal, Systemd, UnitStatus};
 use citadel_common::{paths, Failure};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// One unit as systemd sees it now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Unit {
-    #[serde(flatten)]
-    pub status: UnitStatus,
-    /// A job (start, stop, restart) is queued or running for the unit.
-    #[serde(default)]
-    pub job_pending: bool,
-    /// The unit's cgroup (`/system.slice/...`), empty when it has none.
-    #[serde(default)]
-    pub control_group: String,
-}
+/// One unit as systemd sees it now: common's [`UnitStatus`], under the name this crate's
+/// modules read best.
+pub type Unit = UnitStatus;
 
-/// A state change to queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl Verb {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Start => "start",
-            Verb::Stop => "stop",
-            Verb::Restart => "restart",
-        }
-    }
-}
-
-/// What citadel-service needs from systemd and the clock.
-pub trait Host {
-    /// The state of each unit, in order.
-    fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure>;
-    /// `systemctl VERB --no-block UNITS...`: queue the jobs and return.
-    fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure>;
-    /// `systemctl enable|disable UNITS...`; returns what systemctl printed.
-    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure>;
+/// What citadel-service needs from the host: systemd (the one client, [`Systemd`]: unit
+/// states, jobs, enable, journal) and, beyond it, the waits, helpers, cgroups and the clock.
+pub trait Host: Systemd {
     /// `systemctl daemon-reload` (generators run again), waiting for it.
     fn daemon_reload(&self) -> Result<(), Failure>;
     /// `systemctl reload UNIT`, waiting for the reload job (the unit's `ExecReload=`).
@@ -56,8 +25,6 @@ pub trait Host {
     fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure>;
     /// Model instances linked into the models target by `systemctl enable` (in /etc).
     fn model_links(&self) -> Vec<String>;
-    /// The last `lines` journal lines of a unit.
-    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
     /// Why the unit's last attempt failed, as start-model said it: its last error-priority
     /// journal line, from the engine's own cause line when it quoted one
     /// ([`citadel_common::vllm::CAUSE_MARK`]).
@@ -70,47 +37,33 @@ pub trait Host {
     fn sleep(&self, d: Duration);
 }
 
-/// The real host: systemctl, journalctl, /sys/fs/cgroup and the system clock.
-#[derive(Debug, Clone, Default)]
+/// The real host: systemd over D-Bus ([`Client`]), systemctl where it waits for a job,
+/// journalctl, /sys/fs/cgroup and the system clock.
+#[derive(Default)]
 pub struct RealHost {
+    pub systemd: Client,
     pub systemctl: Systemctl,
 }
 
-impl Host for RealHost {
+impl Systemd for RealHost {
     fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
-        let mut props = STATUS_PROPERTIES.to_vec();
-        props.extend(["Job", "ControlGroup"]);
-        let blocks = self.systemctl.show(names, &props)?;
-        Ok(names
-            .iter()
-            .zip(blocks.iter())
-            .map(|(u, p)| Unit {
-                status: UnitStatus::from_properties(u, p),
-                job_pending: p.get("Job").is_some_and(|j| !j.is_empty() && j != "0"),
-                control_group: p.get("ControlGroup").cloned().unwrap_or_default(),
-            })
-            .collect())
+        self.systemd.units(names)
     }
-
-    fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let mut args = vec![verb.as_str().to_string(), "--no-block".to_string()];
-        args.extend(names.iter().cloned());
-        self.systemctl.run_ok(&args).map(|_| ())
+    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
+        self.systemd.queue(job, names)
     }
-
+    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
+        self.systemd.signal_main(unit, signal)
+    }
     fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
-        if names.is_empty() {
-            return Ok(String::new());
-        }
-        let mut args = vec![if enable { "enable" } else { "disable" }.to_string()];
-        args.extend(names.iter().cloned());
-        let out = self.systemctl.run_ok(&args)?;
-        Ok(format!("{}{}", out.stdout, out.stderr))
+        self.systemd.set_enabled(enable, names)
     }
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+        self.systemd.journal_tail(unit, lines)
+    }
+}
 
+impl Host for RealHost {
     fn daemon_reload(&self) -> Result<(), Failure> {
         self.systemctl.run_ok(&["daemon-reload"]).map(|_| ())
     }
@@ -139,16 +92,6 @@ impl Host for RealHost {
         model_links_in(
             &Path::new(paths::ETC_UNIT_DIR).join(format!("{}.wants", paths::TARGET_MODELS)),
         )
-    }
-
-    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
-        let n = lines.to_string();
-        let out = Command::new(paths::JOURNALCTL)
-            .args(["-u", unit, "-n", &n, "--no-pager", "-o", "cat"])
-            .env("SYSTEMD_COLORS", "0")
-            .output()
-            .map_err(|e| Failure::unavailable(format!("cannot run {}: {e}", paths::JOURNALCTL)))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn last_cause(&self, unit: &str) -> Option<String> {
@@ -250,26 +193,28 @@ pub fn process_name(pid: u32) -> String {
         .unwrap_or_else(|_| "?".to_string())
 }
 
-/// A scripted host for tests: each unit follows a list of states, one step per poll.
+/// A scripted host for this crate's tests and its `top_fake` example (feature `testing`, never
+/// in the shipped binary): systemd is common's one fake
+/// ([`citadel_common::systemd::fake::FakeSystemd`]), one script step per [`Host::sleep`].
+#[cfg(any(test, feature = "testing"))]
 pub mod fake {
     use super::*;
+    pub use citadel_common::systemd::fake::{unit, FakeSystemd};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// A fake systemd: `script[unit]` is the sequence of states the unit shows, one per
-    /// [`Host::sleep`]; the last one stays. Queued jobs and enable calls are recorded.
+    /// The fake systemd plus what else citadel-service asks of the host. Every call (jobs,
+    /// enable, journal, daemon-reload, reload, helpers) is recorded in order, in
+    /// `systemd`'s log.
     #[derive(Default)]
     pub struct FakeHost {
-        pub script: BTreeMap<String, Vec<Unit>>,
-        pub journal: BTreeMap<String, String>,
-        /// [`Host::last_cause`] per unit, one entry per poll step like `script` (the last stays).
+        pub systemd: FakeSystemd,
+        /// [`Host::last_cause`] per unit, one entry per poll step like the script (the last stays).
         pub causes: BTreeMap<String, Vec<String>>,
         pub leftover_pids: BTreeMap<String, Vec<u32>>,
         pub model_links: Vec<String>,
         /// Exit codes of helpers run with `run_helper` (default 0).
         pub helper_codes: BTreeMap<String, i32>,
-        pub calls: Mutex<Vec<String>>,
-        step: Mutex<usize>,
         /// Start of the fake clock.
         pub boot: Duration,
         /// Advance per sleep (defaults to the requested duration).
@@ -277,101 +222,59 @@ pub mod fake {
         clock: Mutex<Duration>,
     }
 
-    /// A unit in a given state (`active`, `activating`, `failed`, `inactive` ...).
-    pub fn unit(name: &str, active_state: &str, job_pending: bool) -> Unit {
-        Unit {
-            status: UnitStatus {
-                unit: name.to_string(),
-                load_state: "loaded".into(),
-                active_state: active_state.into(),
-                sub_state: match active_state {
-                    "active" => "running",
-                    "activating" => "start",
-                    "failed" => "failed",
-                    _ => "dead",
-                }
-                .into(),
-                result: if active_state == "failed" {
-                    "exit-code"
-                } else {
-                    "success"
-                }
-                .into(),
-                ..UnitStatus::default()
-            },
-            job_pending,
-            control_group: format!("/system.slice/{name}"),
-        }
-    }
-
     impl FakeHost {
         pub fn new() -> FakeHost {
             FakeHost::default()
         }
         /// Script a unit's states.
-        pub fn with(mut self, unit_name: &str, states: Vec<Unit>) -> FakeHost {
-            self.script.insert(unit_name.to_string(), states);
+        pub fn with(self, unit_name: &str, states: Vec<Unit>) -> FakeHost {
+            self.systemd.script(unit_name, states);
             self
         }
         /// Polls so far.
         pub fn steps(&self) -> usize {
-            *self.step.lock().unwrap_or_else(|e| e.into_inner())
+            self.systemd.steps()
         }
         pub fn recorded(&self) -> Vec<String> {
-            self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            self.systemd.recorded()
         }
-        fn record(&self, s: String) {
-            self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+
+    impl Systemd for FakeHost {
+        fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
+            self.systemd.units(names)
+        }
+        fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
+            self.systemd.queue(job, names)
+        }
+        fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
+            self.systemd.signal_main(unit, signal)
+        }
+        fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
+            self.systemd.set_enabled(enable, names)
+        }
+        fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+            self.systemd.journal_tail(unit, lines)
         }
     }
 
     impl Host for FakeHost {
-        fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
-            let step = self.steps();
-            Ok(names
-                .iter()
-                .map(|n| match self.script.get(n) {
-                    Some(states) if !states.is_empty() => {
-                        let mut u = states[step.min(states.len() - 1)].clone();
-                        u.status.unit = n.clone();
-                        u
-                    }
-                    _ => {
-                        let mut u = unit(n, "inactive", false);
-                        u.status.load_state = "not-found".into();
-                        u
-                    }
-                })
-                .collect())
-        }
-        fn queue(&self, verb: Verb, names: &[String]) -> Result<(), Failure> {
-            self.record(format!("{} --no-block {}", verb.as_str(), names.join(" ")));
-            Ok(())
-        }
-        fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
-            let v = if enable { "enable" } else { "disable" };
-            self.record(format!("{v} {}", names.join(" ")));
-            Ok(String::new())
-        }
         fn daemon_reload(&self) -> Result<(), Failure> {
-            self.record("daemon-reload".into());
+            self.systemd.note("daemon-reload".into());
             Ok(())
         }
         fn reload(&self, unit: &str) -> Result<(), Failure> {
-            self.record(format!("reload {unit}"));
+            self.systemd.note(format!("reload {unit}"));
             Ok(())
         }
         fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure> {
-            self.record(format!("{name} {}", args.join(" ")).trim().to_string());
+            self.systemd
+                .note(format!("{name} {}", args.join(" ")).trim().to_string());
             let code = self.helper_codes.get(name).copied().unwrap_or(0);
             Ok((code, format!("{name} exited {code}")))
         }
         fn model_links(&self) -> Vec<String> {
             self.model_links.clone()
-        }
-        fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
-            self.record(format!("journal {unit} {lines}"));
-            Ok(self.journal.get(unit).cloned().unwrap_or_default())
         }
         fn last_cause(&self, unit: &str) -> Option<String> {
             let c = self.causes.get(unit)?;
@@ -390,7 +293,7 @@ pub mod fake {
         }
         fn sleep(&self, d: Duration) {
             *self.clock.lock().unwrap_or_else(|e| e.into_inner()) += self.tick.unwrap_or(d);
-            *self.step.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            self.systemd.advance();
         }
     }
 }

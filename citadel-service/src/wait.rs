@@ -6,7 +6,7 @@
 
 use crate::output::{self, paint, tone_of};
 use crate::services::Member;
-use crate::systemd::{Host, Unit};
+use crate::systemd::{ActiveState, Host, Unit};
 use citadel_common::Failure;
 use std::io::Write;
 use std::time::Duration;
@@ -47,27 +47,26 @@ impl Phase {
 
 /// The phase of a unit we asked to start (or restart).
 pub fn start_phase(u: &Unit) -> Phase {
-    let s = &u.status;
-    match s.active_state.as_str() {
-        "active" | "reloading" if u.job_pending => Phase::Queued,
-        "active" | "reloading" => Phase::Ready,
-        "failed" if u.job_pending => Phase::Queued,
-        "failed" => Phase::Failed,
-        "activating" if s.sub_state == "auto-restart" => Phase::Restarting,
-        "activating" => Phase::Loading,
-        "deactivating" => Phase::Queued,
+    match u.active_state {
+        ActiveState::Active | ActiveState::Reloading if u.job_pending => Phase::Queued,
+        ActiveState::Active | ActiveState::Reloading => Phase::Ready,
+        ActiveState::Failed if u.job_pending => Phase::Queued,
+        ActiveState::Failed => Phase::Failed,
+        ActiveState::Activating if u.sub_state == "auto-restart" => Phase::Restarting,
+        ActiveState::Activating => Phase::Loading,
+        ActiveState::Deactivating => Phase::Queued,
         // Inactive with no job left: the start job ended without starting it (a dependency
         // failed, or someone stopped it).
-        "inactive" if !u.job_pending => Phase::Failed,
-        _ => Phase::Queued,
+        ActiveState::Inactive if !u.job_pending => Phase::Failed,
+        ActiveState::Inactive | ActiveState::Unknown => Phase::Queued,
     }
 }
 
 /// The phase of a unit we asked to stop.
 pub fn stop_phase(u: &Unit) -> Phase {
-    match u.status.active_state.as_str() {
-        "inactive" if !u.job_pending => Phase::Stopped,
-        "failed" if !u.job_pending => Phase::Failed,
+    match u.active_state {
+        ActiveState::Inactive if !u.job_pending => Phase::Stopped,
+        ActiveState::Failed if !u.job_pending => Phase::Failed,
         _ => Phase::Stopping,
     }
 }
@@ -75,9 +74,9 @@ pub fn stop_phase(u: &Unit) -> Phase {
 /// One line of why a unit is where it is: `Result=` and exit status for failures, the
 /// service's `STATUS=` text otherwise.
 pub fn detail(u: &Unit, phase: Phase) -> String {
-    let s = &u.status;
+    let s = u;
     match phase {
-        Phase::Failed if s.active_state == "inactive" => {
+        Phase::Failed if s.active_state == ActiveState::Inactive => {
             "inactive with no job left: a dependency failed or the job was cancelled".into()
         }
         Phase::Failed | Phase::Restarting => {
@@ -211,7 +210,7 @@ fn track_attempts(
     now: Duration,
 ) -> Vec<String> {
     let failing = matches!(w.phase, Phase::Restarting | Phase::Failed);
-    let restarts = w.unit.status.n_restarts;
+    let restarts = w.unit.n_restarts;
     let new = if failing && !a.in_failure {
         a.counted = restarts + u32::from(w.phase == Phase::Restarting);
         1
@@ -228,7 +227,7 @@ fn track_attempts(
         return vec![];
     }
     w.failed_attempts += new;
-    let status = w.unit.status.exec_main_status;
+    let status = w.unit.exec_main_status;
     let cause = host.last_cause(&w.member.unit);
     let mut lines = vec![format!(
         "[{:>6}] {}: attempt {} failed (exit status {status}): {}",
@@ -308,7 +307,7 @@ pub fn wait(
                 }
                 None => {
                     attempts.push(Attempts {
-                        counted: u.status.n_restarts,
+                        counted: u.n_restarts,
                         ..Attempts::default()
                     });
                     watched.push(Watched {
@@ -405,7 +404,7 @@ mod tests {
         assert_eq!(start_phase(&unit("a", "inactive", true)), Phase::Queued);
         assert_eq!(start_phase(&unit("a", "inactive", false)), Phase::Failed);
         let mut u = unit("a", "activating", false);
-        u.status.sub_state = "auto-restart".into();
+        u.sub_state = "auto-restart".into();
         assert_eq!(start_phase(&u), Phase::Restarting);
         assert_eq!(
             stop_phase(&unit("a", "deactivating", true)),
@@ -482,7 +481,7 @@ mod tests {
     fn a_terminal_redraws_one_line_per_unit_in_place() {
         let a = "citadel-model@a.service";
         let mut loading = unit(a, "activating", false);
-        loading.status.status_text = "loading a on GPU 0".into();
+        loading.status_text = "loading a on GPU 0".into();
         let host = FakeHost::new().with(a, vec![loading, unit(a, "active", false)]);
         let mut out = vec![];
         wait(&host, &[member("a")], start_phase, &opts(true), &mut out).unwrap();
@@ -507,9 +506,9 @@ mod tests {
 
     fn attempt(name: &str, state: &str, sub: &str, restarts: u32, status: i32) -> Unit {
         let mut u = unit(name, state, false);
-        u.status.sub_state = sub.into();
-        u.status.n_restarts = restarts;
-        u.status.exec_main_status = status;
+        u.sub_state = sub.into();
+        u.n_restarts = restarts;
+        u.exec_main_status = status;
         u
     }
 

@@ -3,7 +3,7 @@
 //! first failure and how many followed), its excerpt, and the command for the full log.
 //! `citadel-service gpu clear N`: lift a GPU's quarantine.
 
-use crate::systemd::Host;
+use crate::systemd::{ActiveState, Host};
 use citadel_common::config::Config;
 use citadel_common::incident::{Incident, Store};
 use citadel_common::{alert, paths, quarantine, Exit, Failure};
@@ -16,7 +16,7 @@ pub struct Why {
     pub model: String,
     pub unit: String,
     /// systemd's ActiveState (and SubState).
-    pub unit_state: String,
+    pub unit_state: ActiveState,
     pub sub_state: String,
     /// The monitor's view, when its state file is there.
     pub health: Option<String>,
@@ -43,12 +43,13 @@ pub fn gather(host: &dyn Host, cfg: &Config, name: &str) -> Result<Why, Failure>
     let u = host.units(std::slice::from_ref(&unit))?;
     let (unit_state, sub_state) = u
         .first()
-        .map(|u| (u.status.active_state.clone(), u.status.sub_state.clone()))
+        .map(|u| (u.active_state, u.sub_state.clone()))
         .unwrap_or_default();
     let (cells, _) = crate::monitor_health(cfg);
     let cell = cells.get(name);
     let health = cell.map(|c| c.health.clone());
-    let serving = unit_state == "active" && health.as_deref().map_or(true, |h| h == "healthy");
+    let serving =
+        unit_state == ActiveState::Active && health.as_deref().map_or(true, |h| h == "healthy");
     let incident = match Store::open(&cfg.paths.state_dir) {
         Ok(s) => s.latest(name).map_err(|e| {
             Failure::other(format!(

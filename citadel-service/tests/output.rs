@@ -174,7 +174,7 @@ fn health_report() -> health::HealthReport {
     let units: Vec<Unit> = read_json("units.json");
     let states: BTreeMap<String, String> = units
         .into_iter()
-        .map(|u| (u.status.unit, u.status.active_state))
+        .map(|u| (u.unit, u.active_state.to_string()))
         .collect();
     let snap = FixtureGpu::load(&fixture("gpu-readings.json"))
         .unwrap()

@@ -10,7 +10,8 @@
 //! - [`paths`]: install paths, system tools and unit names;
 //! - [`cli`]: the flags every binary takes (`--config`, `-v`, `-q`);
 //! - [`notify`]: sd_notify without libsystemd;
-//! - [`systemctl`]: the one wrapper around `systemctl`;
+//! - [`systemd`]: the one systemd client (unit states and jobs over D-Bus, [`systemd::ActiveState`],
+//!   one fake behind the `testing` feature); [`systemctl`]: the one wrapper around `systemctl`;
 //! - [`probe`]: bounded HTTP probes of a model server;
 //! - [`promtext`]: Prometheus text format samples (vLLM's `/metrics`);
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
@@ -54,6 +55,7 @@ pub mod report;
 pub mod safefs;
 pub mod salvage;
 pub mod systemctl;
+pub mod systemd;
 pub mod text;
 pub mod vllm;
 

@@ -10,6 +10,8 @@ pub const LIBEXEC_DIR: &str = "/usr/lib/citadel";
 /// System tools, by absolute path (never looked up in `$PATH`).
 pub const SYSTEMCTL: &str = "/usr/bin/systemctl";
 pub const JOURNALCTL: &str = "/usr/bin/journalctl";
+/// The system bus systemd answers on (D-Bus address).
+pub const DBUS_SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 /// Exists only while systemd is PID 1 (sd_booted(3)).
 pub const SYSTEMD_RUN_DIR: &str = "/run/systemd/system";
 

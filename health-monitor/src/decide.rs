@@ -39,7 +39,7 @@ use crate::budget::Budget;
 use crate::metrics::Metrics;
 use citadel_common::health::ModelState;
 use citadel_common::probe::ProbeError;
-use citadel_common::systemctl::UnitStatus;
+use citadel_common::systemd::{ActiveState, UnitStatus};
 use std::time::{Duration, Instant};
 
 /// An HTTP answer: status and latency.
@@ -227,7 +227,9 @@ fn step(r: &mut Record, obs: &Observation, p: &Policy, now: Instant) -> Action {
     r.note = None;
     if let Some(u) = &obs.unit {
         // An operator (or systemd) took over a model the monitor gave up on.
-        if r.state == GaveUp && (Some(u.main_pid) != r.gave_up_pid || u.active_state != "active") {
+        if r.state == GaveUp
+            && (Some(u.main_pid) != r.gave_up_pid || u.active_state != ActiveState::Active)
+        {
             r.budget.clear();
             r.gave_up_pid = None;
             r.state = Failing;
@@ -245,25 +247,25 @@ fn step(r: &mut Record, obs: &Observation, p: &Policy, now: Instant) -> Action {
         let following = r
             .restart
             .filter(|pr| now.saturating_duration_since(pr.at) < p.restart_follow);
-        match u.active_state.as_str() {
-            "activating" => {
+        match u.active_state {
+            ActiveState::Activating => {
                 r.settle(Starting, "loading (unit activating)");
                 return Action::None;
             }
-            "deactivating" | "inactive" if following.is_some() => {
+            ActiveState::Deactivating | ActiveState::Inactive if following.is_some() => {
                 r.state = Restarting;
                 r.reason = Some(format!("restart in progress (unit {})", u.active_state));
                 return Action::None;
             }
-            "deactivating" => {
+            ActiveState::Deactivating => {
                 r.settle(Stopped, "stopping (unit deactivating)");
                 return Action::None;
             }
-            "inactive" => {
+            ActiveState::Inactive => {
                 r.settle(Stopped, "stopped (unit inactive)");
                 return Action::None;
             }
-            "failed" => {
+            ActiveState::Failed => {
                 r.settle(
                     Failed,
                     format!(
@@ -434,10 +436,11 @@ mod tests {
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     fn unit(active: &str, pid: u32) -> Option<UnitStatus> {
+        let active: ActiveState = active.into();
         Some(UnitStatus {
             unit: "citadel-model@m.service".into(),
             load_state: "loaded".into(),
-            active_state: active.into(),
+            active_state: active,
             main_pid: pid,
             result: "success".into(),
             ..Default::default()

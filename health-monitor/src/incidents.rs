@@ -13,7 +13,7 @@ use citadel_common::gpu::GpuInfo;
 use citadel_common::gpufault::{self, Action as FaultAction, Fault, KernelLog};
 use citadel_common::incident::{Event, ExitInfo, Incident, Store};
 use citadel_common::quarantine::{self, Quarantine};
-use citadel_common::systemctl::UnitStatus;
+use citadel_common::systemd::{ActiveState, Job, UnitStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ pub struct Watch {
     kernel: Option<Box<dyn KernelLog + Send>>,
     gpus: Option<GpuSnap>,
     last_gpus: BTreeMap<u32, GpuInfo>,
-    unit_states: BTreeMap<String, String>,
+    unit_states: BTreeMap<String, ActiveState>,
     healthy: BTreeSet<String>,
     said: BTreeSet<String>,
 }
@@ -179,10 +179,8 @@ impl Watch {
     pub fn on_units(&mut self, units: &[(Option<&str>, &UnitStatus)]) {
         let mut alerts = vec![];
         for (model, u) in units {
-            let prev = self
-                .unit_states
-                .insert(u.unit.clone(), u.active_state.clone());
-            if u.active_state != "failed" || prev.as_deref() == Some("failed") {
+            let prev = self.unit_states.insert(u.unit.clone(), u.active_state);
+            if u.active_state != ActiveState::Failed || prev == Some(ActiveState::Failed) {
                 continue;
             }
             let result = if u.result.is_empty() {
@@ -442,7 +440,7 @@ impl crate::monitor::Monitor {
             let models = on(f.gpu);
             if self.watch.quarantine(f, &models) {
                 for (_, unit) in &models {
-                    if let Err(e) = self.systemd.stop_no_block(unit) {
+                    if let Err(e) = self.systemd.queue(Job::Stop, std::slice::from_ref(unit)) {
                         log::error!("cannot stop {unit} on quarantined GPU {}: {e}", f.gpu);
                     }
                 }
@@ -458,7 +456,7 @@ impl crate::monitor::Monitor {
             log::warn!("GPU {}: {}; restarting the models on it", f.gpu, f.what);
             self.watch.contained(f, &models);
             for (_, unit) in &models {
-                if let Err(e) = self.systemd.restart_no_block(unit) {
+                if let Err(e) = self.systemd.restart_no_drain(unit) {
                     log::error!("cannot restart {unit}: {e}");
                 }
             }

@@ -1,10 +1,11 @@
 //! health-monitor: watch every enabled model, restart only what is really broken, never what
 //! is loading or was stopped on purpose.
 //!
-//! One [`Monitor::sweep`] asks systemd for every model unit in one `systemctl show`, probes
+//! One [`Monitor::sweep`] asks systemd for every model unit (over D-Bus, the one client of
+//! [`citadel_common::systemd`]; no process started), probes
 //! every active model in parallel (`/health` + `/metrics`, each bounded by the probe timeout),
 //! picks up finished deep probes, runs the pure decision ([`decide::decide`]) per model, issues
-//! `systemctl restart --no-block` where it says so, logs transitions only, and writes the state
+//! a restart job (`systemctl restart --no-block`'s D-Bus call) where it says so, logs transitions only, and writes the state
 //! file and textfile. [`run`] loops it under systemd (`READY=1` after the first sweep,
 //! `WATCHDOG=1` each loop, `STATUS=`), or runs one read-only sweep for `--once`.
 //!

@@ -9,7 +9,7 @@ use crate::settings::{Authority, Settings, StatusOnly, Target};
 use crate::sweep;
 use crate::transitions::log_change;
 use citadel_common::health::{GpuHealth, HealthState, ModelHealth, ModelState, SCHEMA};
-use citadel_common::systemctl::{Systemd, UnitStatus};
+use citadel_common::systemd::{ActiveState, Systemd, UnitStatus};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -172,7 +172,7 @@ impl Monitor {
             .collect();
         // citadel-storage and citadel-gpu too, in the same call: their failure alerts.
         units.extend(crate::incidents::INFRA_UNITS.iter().map(|u| u.to_string()));
-        let statuses = match self.systemd.status(&units) {
+        let statuses = match self.systemd.units(&units) {
             Ok(s) if s.len() == units.len() => {
                 if let Some(e) = self.systemd_error.take() {
                     log::info!("systemd answers again (was: {e})");
@@ -206,10 +206,7 @@ impl Monitor {
         // Probe every model whose unit is up (or unknown).
         let mut to_probe = vec![];
         for (k, &i) in enabled.iter().enumerate() {
-            let probe = unit_of(k).map_or(true, |u| {
-                u.load_state != "not-found"
-                    && matches!(u.active_state.as_str(), "active" | "reloading")
-            });
+            let probe = unit_of(k).map_or(true, |u| !u.not_found() && u.active_state.is_up());
             if probe {
                 to_probe.push((i, self.targets[i].base_url.clone()));
                 if observe && deep_enabled {
@@ -238,7 +235,7 @@ impl Monitor {
             let budget = Budget::new(self.settings.restart_budget, self.settings.restart_window);
             let (mut rec, action) = decide::decide(prev, &obs, &policy, budget, now);
             match action {
-                Action::Restart => match self.systemd.restart_no_block(&t.unit) {
+                Action::Restart => match self.systemd.restart_no_drain(&t.unit) {
                     Ok(()) => restarted.push(t.unit.clone()),
                     Err(e) => {
                         rec.restart_failed(&e.message);
@@ -301,7 +298,8 @@ impl Monitor {
                         unit: t.unit.clone(),
                         port: t.port,
                         state: r.state,
-                        unit_state: Some(u.active_state).filter(|s| !s.is_empty()),
+                        unit_state: (u.active_state != ActiveState::Unknown)
+                            .then(|| u.active_state.to_string()),
                         main_pid: u.main_pid,
                         systemd_restarts: u.n_restarts,
                         monitor_restarts: r.monitor_restarts,

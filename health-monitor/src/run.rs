@@ -9,7 +9,7 @@ use crate::settings::{Settings, Target};
 use crate::signals::{install_signal_handlers, sleep_until, spawn_stop_relay};
 use citadel_common::config::Config;
 use citadel_common::health::GpuHealth;
-use citadel_common::systemctl::{Systemctl, Systemd};
+use citadel_common::systemd::{Client, Systemd};
 use citadel_common::{notify, Exit, Failure};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     let api_key = api_key_for(&cfg, &settings);
     install_signal_handlers()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let systemd: Arc<dyn Systemd> = Arc::new(Systemctl::default());
+    let systemd: Arc<dyn Systemd> = Arc::new(Client::with_timeout(settings.probe_timeout));
 
     if args.once {
         let mut m = Monitor::observer(settings, targets, systemd, api_key, stop.clone());

@@ -2,7 +2,7 @@
 
 use crate::decide::Policy;
 use citadel_common::config::Config;
-use citadel_common::systemctl::{Systemd, UnitStatus};
+use citadel_common::systemd::{Job, Signal, Systemd, UnitStatus};
 use citadel_common::Failure;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,17 +113,28 @@ pub enum Authority {
 pub struct StatusOnly(pub Arc<dyn Systemd>);
 
 impl Systemd for StatusOnly {
-    fn status(&self, units: &[String]) -> Result<Vec<UnitStatus>, Failure> {
-        self.0.status(units)
+    fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.0.units(names)
     }
-    fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
+    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
         Err(Failure::other(format!(
-            "refusing to restart {unit}: this monitor is read-only (--once)"
+            "refusing to {} {}: this monitor is read-only (--once)",
+            job.as_str(),
+            names.join(" ")
         )))
     }
-    fn stop_no_block(&self, unit: &str) -> Result<(), Failure> {
+    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
         Err(Failure::other(format!(
-            "refusing to stop {unit}: this monitor is read-only (--once)"
+            "refusing to send {signal} to {unit}: this monitor is read-only (--once)"
         )))
+    }
+    fn set_enabled(&self, _: bool, names: &[String]) -> Result<String, Failure> {
+        Err(Failure::other(format!(
+            "refusing to enable or disable {}: this monitor is read-only (--once)",
+            names.join(" ")
+        )))
+    }
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+        self.0.journal_tail(unit, lines)
     }
 }

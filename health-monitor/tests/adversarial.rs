@@ -44,7 +44,7 @@ const GARBAGE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\nConnection: close\r\n\r\nvllm:\x1b[2J garbage {{{";
 
 fn sweeps(targets: Vec<health_monitor::Target>, n: usize) -> (Monitor, Arc<FakeSystemd>) {
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     for t in &targets {
         sd.set(&t.name, "active", 1);
     }

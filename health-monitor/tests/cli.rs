@@ -3,7 +3,7 @@
 
 mod support;
 
-use citadel_common::systemctl::{Systemctl, Systemd};
+use citadel_common::systemd::{Client, Systemd};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixDatagram;
@@ -38,8 +38,8 @@ gpus = [0]
 /// Whether this machine has a working systemd (then real unit states apply: a test model's
 /// unit is not installed, so it cannot be healthy).
 fn real_systemd() -> bool {
-    Systemctl::default()
-        .status(&["citadel-model@m1.service".to_string()])
+    Client::default()
+        .units(&["citadel-model@m1.service".to_string()])
         .is_ok()
 }
 

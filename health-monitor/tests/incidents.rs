@@ -33,7 +33,7 @@ fn on_gpu(name: &str, port: u16, gpus: &[u32]) -> health_monitor::Target {
 fn a_fixture_xid_79_on_gpu_1_quarantines_gpu_1s_models_only_and_gpu_clear_lifts_it() {
     let state = tempfile::tempdir().unwrap();
     let kmsg = state.path().join("kmsg");
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     for n in ["a", "b", "c"] {
         sd.set(n, "active", 100);
     }
@@ -66,7 +66,7 @@ fn a_fixture_xid_79_on_gpu_1_quarantines_gpu_1s_models_only_and_gpu_clear_lifts_
     let mut now = Instant::now();
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
-    assert!(sd.stops.lock().unwrap().is_empty(), "nothing happened yet");
+    assert!(sd.stops().is_empty(), "nothing happened yet");
     std::fs::write(
         &kmsg,
         "NVRM: loading NVIDIA UNIX x86_64 Kernel Module  580.95.05\nNVRM: Xid (PCI:0000:3b:00): 79, pid=4711, name=python3, GPU has fallen off the bus.\n",
@@ -74,7 +74,7 @@ fn a_fixture_xid_79_on_gpu_1_quarantines_gpu_1s_models_only_and_gpu_clear_lifts_
     .unwrap();
     now += Duration::from_secs(10);
     let r = m.sweep(now).unwrap();
-    let mut stops = sd.stops.lock().unwrap().clone();
+    let mut stops = sd.stops();
     stops.sort();
     assert_eq!(
         stops,
@@ -100,7 +100,7 @@ fn a_fixture_xid_79_on_gpu_1_quarantines_gpu_1s_models_only_and_gpu_clear_lifts_
     // The same line is not read twice; GPU 0's model stays untouched.
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
-    assert_eq!(sd.stops.lock().unwrap().len(), 2);
+    assert_eq!(sd.stops().len(), 2);
     assert!(sd.restarts().is_empty());
     // The textfile says so.
     let t = health_monitor::output::textfile(&r.state);
@@ -118,7 +118,7 @@ fn a_fixture_xid_79_on_gpu_1_quarantines_gpu_1s_models_only_and_gpu_clear_lifts_
 fn nvml_health_quarantines_too_and_a_contained_xid_restarts_only_that_gpus_model() {
     let state = tempfile::tempdir().unwrap();
     let kmsg = state.path().join("kmsg");
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     for n in ["a", "b"] {
         sd.set(n, "active", 100);
     }
@@ -155,23 +155,23 @@ fn nvml_health_quarantines_too_and_a_contained_xid_restarts_only_that_gpus_model
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
     assert_eq!(sd.restarts(), vec!["citadel-model@a.service"]);
-    assert!(sd.stops.lock().unwrap().is_empty());
+    assert!(sd.stops().is_empty());
     // A new uncorrected ECC error on GPU 1 (NVML): quarantine GPU 1.
     health.lock().unwrap()[1].ecc_uncorrected_volatile = Some(2);
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
-    assert_eq!(*sd.stops.lock().unwrap(), vec!["citadel-model@b.service"]);
+    assert_eq!(sd.stops(), vec!["citadel-model@b.service"]);
     // GPU 1 stops answering NVML: already quarantined, nothing more is stopped.
     health.lock().unwrap().pop();
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
-    assert_eq!(sd.stops.lock().unwrap().len(), 1);
+    assert_eq!(sd.stops().len(), 1);
 }
 
 fn failed_unit_alert(format: Format) -> Vec<String> {
     let hook = TinyServer::replying(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     let state = tempfile::tempdir().unwrap();
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("a", "activating", 100);
     let mut s = settings();
     s.state_dir = Some(state.path().to_path_buf());
@@ -200,16 +200,11 @@ fn failed_unit_alert(format: Format) -> Vec<String> {
     m.sweep(now).unwrap();
     // The model's unit and citadel-storage fail (systemd gave up / the oneshot failed at boot).
     sd.set("a", "failed", 0);
-    sd.units.lock().unwrap().insert(
-        citadel_common::paths::UNIT_STORAGE.into(),
-        citadel_common::systemctl::UnitStatus {
-            unit: citadel_common::paths::UNIT_STORAGE.into(),
-            load_state: "loaded".into(),
-            active_state: "failed".into(),
-            result: "exit-code".into(),
-            ..Default::default()
-        },
-    );
+    sd.put(citadel_common::systemd::fake::unit(
+        citadel_common::paths::UNIT_STORAGE,
+        "failed",
+        false,
+    ));
     now += Duration::from_secs(10);
     m.sweep(now).unwrap();
     // Said once, not every sweep.

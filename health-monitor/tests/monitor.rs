@@ -50,7 +50,7 @@ fn seven_models_with_two_hung_finish_within_one_probe_timeout() {
             Engine::start(n, free_port(), knobs)
         })
         .collect();
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     for e in &engines {
         sd.set(&e.name, "active", e.pid());
     }
@@ -97,7 +97,7 @@ fn seven_models_with_two_hung_finish_within_one_probe_timeout() {
 fn a_slow_loader_is_never_restarted() {
     let port = free_port();
     let _e = Engine::start("big", port, &[("STANDIN_LOAD_SECS", "60")]);
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("big", "activating", 4242);
     let mut d = Driver::new(Monitor::supervisor(
         settings(),
@@ -119,7 +119,7 @@ fn a_slow_loader_is_never_restarted() {
 #[test]
 fn a_crashed_engine_is_restarted_after_the_threshold_and_followed_back() {
     let port = free_port(); // nothing listens: the process is gone, the unit still active
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("phi3", "active", 100);
     let mut d = Driver::new(Monitor::supervisor(
         settings(),
@@ -157,7 +157,7 @@ fn a_crashed_engine_is_restarted_after_the_threshold_and_followed_back() {
 fn a_hung_engine_with_health_200_is_found_by_the_deep_probe_and_restarted() {
     let port = free_port();
     let e = Engine::start("hung", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("hung", "active", e.pid());
     let mut s = settings();
     s.deep_interval = Some(Duration::from_secs(60));
@@ -200,7 +200,7 @@ fn a_hung_engine_is_also_found_by_the_stall_detector() {
     std::thread::spawn(move || {
         let _ = ureq_post(&url);
     });
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("hung2", "active", e.pid());
     let mut s = settings();
     s.stall = Duration::from_secs(30);
@@ -271,7 +271,7 @@ fn a_busy_engine_is_not_restarted() {
         }));
         std::thread::sleep(Duration::from_millis(150));
     }
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("busy", "active", e.pid());
     let mut s = settings();
     s.deep_interval = Some(Duration::from_secs(10));
@@ -309,12 +309,14 @@ fn a_busy_engine_is_not_restarted() {
 fn the_restart_budget_stops_a_loop_and_says_so_once() {
     let port = free_port(); // never serves
     let hook = TinyServer::replying(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("loop", "active", 1);
     // systemd restarts it each time; it comes back "active" and still broken.
-    *sd.on_restart.lock().unwrap() = Some(Box::new(|sd: &FakeSystemd, _unit: &str| {
-        let pid = sd.units.lock().unwrap().values().next().unwrap().main_pid + 1;
-        sd.set("loop", "active", pid);
+    sd.on_queue(Box::new(|sd: &FakeSystemd, job, unit: &str| {
+        if job == citadel_common::systemd::Job::Restart {
+            let pid = sd.get(unit).main_pid + 1;
+            sd.set("loop", "active", pid);
+        }
     }));
     let mut s = settings();
     s.restart_budget = 2;
@@ -353,12 +355,13 @@ fn the_restart_budget_stops_a_loop_and_says_so_once() {
             .count(),
         2
     );
-    assert!(
-        reqs[2].contains("\"event\":\"restart_budget_spent\""),
-        "{}",
-        reqs[2]
-    );
-    assert!(reqs[2].starts_with("POST /hook "), "{}", reqs[2]);
+    // Each webhook is sent from its own thread: they may arrive in any order.
+    let spent: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.contains("\"event\":\"restart_budget_spent\""))
+        .collect();
+    assert_eq!(spent.len(), 1, "{reqs:?}");
+    assert!(spent[0].starts_with("POST /hook "), "{}", spent[0]);
     // An operator restarts it by hand (new PID): the budget starts afresh.
     sd.set("loop", "active", 999);
     for _ in 0..3 {
@@ -370,7 +373,7 @@ fn the_restart_budget_stops_a_loop_and_says_so_once() {
 #[test]
 fn a_stopped_unit_is_left_alone_and_not_even_probed() {
     let probe = TinyServer::replying(b"HTTP/1.1 503 x\r\nContent-Length: 0\r\n\r\n");
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("off", "inactive", 0);
     sd.set("bad", "failed", 0);
     let mut d = Driver::new(Monitor::supervisor(
@@ -419,7 +422,7 @@ fn malformed_huge_and_slow_health_answers_are_handled_within_the_timeout() {
         ("silent", &silent),
         ("dropper", &dropper),
     ];
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     for (n, _) in &servers {
         sd.set(n, "active", 1);
     }
@@ -452,7 +455,7 @@ fn malformed_huge_and_slow_health_answers_are_handled_within_the_timeout() {
 #[test]
 fn the_read_only_monitor_never_restarts() {
     let port = free_port();
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("x", "active", 1);
     let m = Monitor::observer(
         settings(),
@@ -476,7 +479,7 @@ fn the_read_only_monitor_never_restarts() {
 fn state_file_and_textfile_are_written_each_sweep() {
     let port = free_port();
     let e = Engine::start("ok", port, &[]);
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("ok", "active", e.pid());
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings();
@@ -515,7 +518,7 @@ fn one_read_only_sweep_waits_for_the_deep_probe_and_finds_a_hang() {
     let e = Engine::start("h", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
     let ok_port = free_port();
     let ok = Engine::start("ok", ok_port, &[]);
-    let sd = FakeSystemd::new();
+    let sd = fake_systemd();
     sd.set("h", "active", e.pid());
     sd.set("ok", "active", ok.pid());
     let mut s = settings();

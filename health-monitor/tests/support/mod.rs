@@ -1,13 +1,12 @@
 //! Shared helpers of health-monitor's integration tests: the stand-in engine (run directly, no
-//! systemd), a fake `Systemd` that records restarts, tiny misbehaving HTTP servers, settings.
+//! systemd), the one fake systemd (common's) with model-named states, tiny misbehaving HTTP servers, settings.
 //!
 //! The stand-in binary is found by `citadel_standin::testing::binary`.
 #![allow(dead_code)]
 
-use citadel_common::systemctl::{Systemd, UnitStatus};
-use citadel_common::Failure;
+pub use citadel_common::systemd::fake::FakeSystemd;
+use citadel_common::systemd::{ActiveState, Job};
 use health_monitor::{Settings, Target};
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -122,84 +121,31 @@ pub fn settings() -> Settings {
     }
 }
 
-/// What the fake does on a restart.
-pub type RestartHook = Box<dyn FnMut(&FakeSystemd, &str) + Send>;
-
-/// A fake systemd: unit states set by the test, restarts recorded (and optionally acted on).
-#[derive(Default)]
-pub struct FakeSystemd {
-    pub units: Mutex<BTreeMap<String, UnitStatus>>,
-    pub restarts: Mutex<Vec<String>>,
-    pub stops: Mutex<Vec<String>>,
-    pub status_calls: AtomicUsize,
-    /// Called on each restart, with the unit (e.g. to make it "activating").
-    pub on_restart: Mutex<Option<RestartHook>>,
+/// The one fake systemd (common's, feature `testing`) as these tests use it: a stop job makes
+/// the unit inactive, as systemd would.
+pub fn fake_systemd() -> Arc<FakeSystemd> {
+    let sd = FakeSystemd::shared();
+    sd.on_queue(Box::new(stop_makes_inactive));
+    sd
 }
 
-impl FakeSystemd {
-    pub fn new() -> Arc<FakeSystemd> {
-        Arc::new(FakeSystemd::default())
+/// The queue hook of [`fake_systemd`]: a stopped unit is inactive with no main process.
+pub fn stop_makes_inactive(sd: &FakeSystemd, job: Job, unit: &str) {
+    if job == Job::Stop {
+        sd.set_state(unit, ActiveState::Inactive, 0);
     }
+}
 
-    pub fn set(&self, model: &str, active_state: &str, pid: u32) {
+/// Model-named states on the fake.
+pub trait ModelUnits {
+    /// The model's unit in `active_state` with main PID `pid` (its restart count kept).
+    fn set(&self, model: &str, active_state: &str, pid: u32);
+}
+
+impl ModelUnits for FakeSystemd {
+    fn set(&self, model: &str, active_state: &str, pid: u32) {
         let unit = citadel_common::paths::model_unit(model);
-        let mut units = self.units.lock().unwrap();
-        let n = units.get(&unit).map_or(0, |u| u.n_restarts);
-        units.insert(
-            unit.clone(),
-            UnitStatus {
-                unit,
-                load_state: "loaded".into(),
-                active_state: active_state.into(),
-                sub_state: "running".into(),
-                main_pid: pid,
-                n_restarts: n,
-                result: "success".into(),
-                ..Default::default()
-            },
-        );
-    }
-
-    pub fn restarts(&self) -> Vec<String> {
-        self.restarts.lock().unwrap().clone()
-    }
-}
-
-impl Systemd for FakeSystemd {
-    fn status(&self, units: &[String]) -> Result<Vec<UnitStatus>, Failure> {
-        self.status_calls.fetch_add(1, Ordering::SeqCst);
-        let known = self.units.lock().unwrap();
-        Ok(units
-            .iter()
-            .map(|u| {
-                known.get(u).cloned().unwrap_or_else(|| UnitStatus {
-                    unit: u.clone(),
-                    load_state: "loaded".into(),
-                    active_state: "inactive".into(),
-                    ..Default::default()
-                })
-            })
-            .collect())
-    }
-
-    fn stop_no_block(&self, unit: &str) -> Result<(), Failure> {
-        self.stops.lock().unwrap().push(unit.to_string());
-        let mut units = self.units.lock().unwrap();
-        if let Some(u) = units.get_mut(unit) {
-            u.active_state = "inactive".into();
-            u.main_pid = 0;
-        }
-        Ok(())
-    }
-
-    fn restart_no_block(&self, unit: &str) -> Result<(), Failure> {
-        self.restarts.lock().unwrap().push(unit.to_string());
-        let hook = self.on_restart.lock().unwrap().take();
-        if let Some(mut h) = hook {
-            h(self, unit);
-            *self.on_restart.lock().unwrap() = Some(h);
-        }
-        Ok(())
+        self.set_state(&unit, active_state.into(), pid);
     }
 }
 

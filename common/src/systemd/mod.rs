@@ -1,0 +1,203 @@
+//! The one systemd client: what every helper asks of systemd, behind one trait ([`Systemd`]).
+//!
+//! - Unit states and jobs go over D-Bus ([`bus::Bus`], zbus, blocking): one connection,
+//!   reused, and no process started per question (the monitor asks every sweep), on the
+//!   system bus (dbus must run; without it, one error naming the address).
+//! - `enable`/`disable` and the journal keep `systemctl` and `journalctl`
+//!   ([`crate::systemctl`]): an operator expects their exact output.
+//! - [`fake::FakeSystemd`] (feature `testing`, or this crate's own tests) is the one fake.
+
+pub mod bus;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
+pub mod state;
+
+pub use nix::sys::signal::Signal;
+pub use state::ActiveState;
+
+use crate::systemctl::Systemctl;
+use crate::{paths, Failure};
+use std::process::Command;
+
+/// The state of one unit, as the helpers need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnitStatus {
+    pub unit: String,
+    /// loaded, not-found, masked ...
+    pub load_state: String,
+    pub active_state: ActiveState,
+    pub sub_state: String,
+    /// 0 when there is no main process.
+    pub main_pid: u32,
+    /// How many times systemd restarted it automatically.
+    pub n_restarts: u32,
+    /// success, exit-code, signal, watchdog, start-limit-hit ...
+    pub result: String,
+    /// Exit status of the last main process.
+    pub exec_main_status: i32,
+    /// CLOCK_MONOTONIC µs when it last entered `active` (0 if never).
+    pub active_enter_monotonic_usec: u64,
+    /// `STATUS=` text sent by the service.
+    pub status_text: String,
+    /// enabled, disabled, static ...
+    pub unit_file_state: String,
+    /// A job (start, stop, restart) is queued or running for the unit.
+    #[serde(default)]
+    pub job_pending: bool,
+    /// The unit's cgroup (`/system.slice/...`), empty when it has none.
+    #[serde(default)]
+    pub control_group: String,
+}
+
+impl UnitStatus {
+    /// systemd knows no such unit (no unit file).
+    pub fn not_found(&self) -> bool {
+        self.load_state == "not-found"
+    }
+}
+
+/// A job to queue for a unit (what `systemctl VERB --no-block` queues).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+}
+
+impl Job {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Start => "start",
+            Job::Stop => "stop",
+            Job::Restart => "restart",
+            Job::Reload => "reload",
+        }
+    }
+}
+
+/// What the helpers ask of systemd. The real one is [`Client`]; tests use
+/// [`fake::FakeSystemd`].
+pub trait Systemd: Send + Sync {
+    /// The state of each unit, in order.
+    fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure>;
+    /// Queue `job` for each unit and return once systemd has queued it (mode `replace`).
+    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure>;
+    /// Send `signal` to the unit's main process only (`systemctl kill --kill-whom=main`).
+    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure>;
+    /// `systemctl enable|disable UNITS...`; returns what systemctl printed.
+    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure>;
+    /// The last `lines` journal lines of a unit (`journalctl -u UNIT -n N -o cat`).
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
+
+    /// The monitor's restart of a broken model: [`crate::launch::NO_DRAIN_SIGNAL`] to its main
+    /// process first (start-model's next stop kills the engine at once instead of draining
+    /// requests that will never finish; best effort, a refusal is logged), then a restart job.
+    fn restart_no_drain(&self, unit: &str) -> Result<(), Failure> {
+        if let Err(e) = self.signal_main(unit, no_drain_signal()) {
+            log::warn!("{unit}: could not ask for a stop without drain: {e}");
+        }
+        self.queue(Job::Restart, &[unit.to_string()])
+    }
+}
+
+/// [`crate::launch::NO_DRAIN_SIGNAL`] as a signal.
+pub fn no_drain_signal() -> Signal {
+    crate::launch::NO_DRAIN_SIGNAL
+        .parse()
+        .unwrap_or(Signal::SIGUSR1)
+}
+
+/// The real systemd: D-Bus for states and jobs, `systemctl`/`journalctl` for what operators
+/// read.
+#[derive(Default)]
+pub struct Client {
+    pub bus: bus::Bus,
+    pub systemctl: Systemctl,
+}
+
+impl Client {
+    /// A client whose D-Bus calls give up after `timeout` (the monitor: its probe timeout).
+    pub fn with_timeout(timeout: std::time::Duration) -> Client {
+        Client {
+            bus: bus::Bus::with_timeout(timeout),
+            systemctl: Systemctl::default(),
+        }
+    }
+}
+
+impl Systemd for Client {
+    fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.bus.units(names)
+    }
+
+    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
+        names.iter().try_for_each(|n| self.bus.queue(job, n))
+    }
+
+    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
+        self.bus.signal_main(unit, signal)
+    }
+
+    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
+        if names.is_empty() {
+            return Ok(String::new());
+        }
+        let mut args = vec![if enable { "enable" } else { "disable" }.to_string()];
+        args.extend(names.iter().cloned());
+        let out = self.systemctl.run_ok(&args)?;
+        Ok(format!("{}{}", out.stdout, out.stderr))
+    }
+
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+        let n = lines.to_string();
+        let out = Command::new(paths::JOURNALCTL)
+            .args(["-u", unit, "-n", &n, "--no-pager", "-o", "cat"])
+            .env("SYSTEMD_COLORS", "0")
+            .output()
+            .map_err(|e| Failure::unavailable(format!("cannot run {}: {e}", paths::JOURNALCTL)))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_no_drain_signal_is_the_launch_contract() {
+        assert_eq!(no_drain_signal().as_str(), crate::launch::NO_DRAIN_SIGNAL);
+    }
+
+    #[test]
+    fn a_monitor_restart_asks_for_no_drain_first_and_survives_a_refused_signal() {
+        struct Refuses(fake::FakeSystemd);
+        impl Systemd for Refuses {
+            fn units(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+                self.0.units(n)
+            }
+            fn queue(&self, job: Job, n: &[String]) -> Result<(), Failure> {
+                self.0.queue(job, n)
+            }
+            fn signal_main(&self, unit: &str, s: Signal) -> Result<(), Failure> {
+                self.0.signal_main(unit, s)?;
+                Err(Failure::other("refused"))
+            }
+            fn set_enabled(&self, e: bool, n: &[String]) -> Result<String, Failure> {
+                self.0.set_enabled(e, n)
+            }
+            fn journal_tail(&self, unit: &str, l: u32) -> Result<String, Failure> {
+                self.0.journal_tail(unit, l)
+            }
+        }
+        let sd = Refuses(fake::FakeSystemd::new());
+        sd.restart_no_drain("citadel-model@a.service").unwrap();
+        assert_eq!(
+            sd.0.recorded(),
+            [
+                "kill --kill-whom=main --signal=SIGUSR1 citadel-model@a.service",
+                "restart --no-block citadel-model@a.service"
+            ]
+        );
+    }
+}
