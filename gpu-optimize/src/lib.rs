@@ -52,11 +52,14 @@
 //! (`required = true`); 78 invalid config or a policy value the card refuses.
 //!
 //! Test and demo hook: `CITADEL_FAKE_GPU=/path/readings.json` serves the GPUs from a readings
-//! file (see `citadel_common::gpu`) instead of NVML; in apply and restore mode the changes are
-//! written back to that file. No real GPU is touched then.
+//! file (see `citadel_common::gpu`) instead of NVML, read-only (`--check`). In apply and
+//! restore mode only test builds (feature `testing`) have a fake card, which writes the changes
+//! back to that file; the shipped binary refuses the hook there (exit 69) and never touches a
+//! real GPU through it.
 
 pub mod apply;
 pub mod control;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod report;
 pub mod verify;
@@ -134,13 +137,28 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     finish(&report, args.json)
 }
 
-/// Open the read-write backend: NVML, or the fake card under `CITADEL_FAKE_GPU`.
+/// Open the read-write backend: NVML, or (test builds) the fake card under `CITADEL_FAKE_GPU`.
 fn open_card(slot: &mut Option<Box<dyn Card>>) -> Result<&mut dyn Card, GpuUnavailable> {
     let card: Box<dyn Card> = match std::env::var_os(FAKE_GPU_ENV) {
-        Some(p) if !p.is_empty() => Box::new(fake::FakeCard::load_persistent(Path::new(&p))?),
+        Some(p) if !p.is_empty() => fake_card(Path::new(&p))?,
         _ => Box::new(NvmlCard::init()?),
     };
     Ok(slot.insert(card).as_mut())
+}
+
+#[cfg(any(test, feature = "testing"))]
+fn fake_card(p: &Path) -> Result<Box<dyn Card>, GpuUnavailable> {
+    Ok(Box::new(fake::FakeCard::load_persistent(p)?))
+}
+
+#[cfg(not(any(test, feature = "testing")))]
+fn fake_card(p: &Path) -> Result<Box<dyn Card>, GpuUnavailable> {
+    Err(GpuUnavailable {
+        message: format!(
+            "{FAKE_GPU_ENV}={}: this build has no fake GPU to change (only --check reads a readings file); unset it to use NVML",
+            p.display()
+        ),
+    })
 }
 
 /// Print the report and turn it into the exit code.
