@@ -145,7 +145,7 @@ pub fn sweep(bins: &Bins, runs: usize) -> Vec<Row> {
     let target = || Target::median_at_most("<= 1 probe timeout + 20 ms (1020 ms)", 1020.0);
     let setting = "health-monitor --once --json (release) against 7 stand-ins on loopback, \
         probe_timeout_secs = 1, deep probe off (deep_probe_interval_secs = 0, so the sweep is the \
-        /health + /metrics probes only), no systemd on the host (the `systemctl show` the sweep \
+        /health + /metrics probes only), no systemd on the host (the D-Bus connection the sweep \
         starts with fails at once; the monitor then judges by probes only); figure = `sweep_ms` \
         from its JSON (whole milliseconds), one warm-up run not counted";
     let wall_note = "the same runs timed from outside: process start, config load, the sweep, \
@@ -202,7 +202,7 @@ pub fn sweep(bins: &Bins, runs: usize) -> Vec<Row> {
          probe overrunning its own timeout: a lone GET of a hung /health through the monitor's \
          prober with a 1 s timeout, outside any sweep, takes {lone_med:.0} ms (1c): the timeout \
          is enforced by ureq on the socket and ends {:.0} ms late on this machine. What a sweep \
-         adds besides waiting is about {healthy:.0} ms (1a: the `systemctl show` it starts with, \
+         adds besides waiting is about {healthy:.0} ms (1a: asking systemd over D-Bus first, \
          one thread per model, judging, building the state). Fix (health-monitor): end the wait \
          in sweep::probe_all at a deadline fixed when the sweep starts (start + probe timeout, \
          instead of + the 500 ms MARGIN), counting answers not in by then as timeouts, rather \
@@ -296,13 +296,13 @@ pub fn footprint(bins: &Bins, window: Duration) -> Vec<Row> {
                     "{setting}; utime+stime from /proc/PID/stat over {slices} equal slices of the \
                      window (one \"run\" each; tick = {:.0} ms); whole window: {own:.2} CPU-s in \
                      {elapsed:.0} s = {per_hour:.1} CPU-s per hour (extrapolated linearly from \
-                     the window); its children (the failing `systemctl show` each sweep on this \
-                     systemd-less host) used {children:.2} CPU-s more, not counted here: on a \
-                     real box see 4c",
+                     the window); its children (any process it started: none expected, unit states \
+                     go over D-Bus) used {children:.2} CPU-s more, not counted here: on a real \
+                     box see 4c",
                     1000.0 / procs::clk_tck()
                 ))
                 .if_missed(
-                    "each sweep spawns one thread per model and one `systemctl show` process; \
+                    "each sweep spawns one thread per model; \
                      fix: a persistent probe pool, keep-alive connections, or a longer interval \
                      (the shipped interval is 10 s, a tenth of this load).",
                 ),
