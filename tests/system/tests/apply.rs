@@ -2,7 +2,9 @@
 //! decides what runs (citadel-generator), `citadel-service apply` restarts only what changed.
 //! Box names start with `ap-`.
 
-use citadel_common::paths::{model_unit, TARGET_MODELS, UNIT_MONITOR, UNIT_STORAGE};
+use citadel_common::paths::{
+    model_unit, SOCKET_GATEWAY, TARGET_MODELS, UNIT_GATEWAY, UNIT_MONITOR, UNIT_STORAGE,
+};
 use citadel_system_tests::citadel::{Citadel, Setup, CONFIG, MODELS, MODELS_MOUNT};
 use citadel_system_tests::run::wait_for;
 use citadel_system_tests::sdbox::{self, BootOptions};
@@ -188,6 +190,73 @@ fn ap_apply_restarts_only_what_changed_and_the_config_decides_across_reboots() {
             before[others.iter().position(|x| x == u).unwrap()]
         );
     }
+
+    // 2b. an alias for beta: the gateway reloads (same PID), no engine restarts, and the
+    // alias routes at once.
+    let gw = identity(&c, UNIT_GATEWAY);
+    assert_eq!(
+        c.active_state(UNIT_GATEWAY),
+        "active",
+        "{}",
+        c.journal_tail(40)
+    );
+    let aliased = edited2.replacen("[models.beta]\n", "[models.beta]\naliases = [\"bee\"]\n", 1);
+    assert_ne!(aliased, edited2);
+    c.sb.write(CONFIG, aliased.as_bytes(), 0o644).unwrap();
+    let out = apply(&c);
+    assert!(out.contains("gateway: reload"), "{out}");
+    assert_eq!(identity(&c, UNIT_GATEWAY), gw, "the gateway kept its PID");
+    for (u, b) in others.iter().zip(&before).take(2) {
+        assert_eq!(
+            &identity(&c, u),
+            b,
+            "{u} untouched by a gateway-only change"
+        );
+    }
+    let body = r#"{"model":"bee","prompt":"hi","max_tokens":2}"#;
+    let routed = wait_for(10 * SEC, Duration::from_millis(200), || {
+        let (st, _) = c.http(
+            "POST",
+            "http://127.0.0.1:8000/v1/completions",
+            None,
+            Some(body),
+        );
+        (st == 200).then_some(st)
+    });
+    assert_eq!(routed, Some(200), "the alias routes through the gateway");
+
+    // 2c. gateway.enabled = false: apply stops it and its socket; the generator masks both,
+    // so no restart loop and nothing at the next boot.
+    let off = aliased.replacen("[gateway]\n", "[gateway]\nenabled = false\n", 1);
+    let off = if off == aliased {
+        format!("[gateway]\nenabled = false\n{aliased}")
+    } else {
+        off
+    };
+    c.sb.write(CONFIG, off.as_bytes(), 0o644).unwrap();
+    let out = apply(&c);
+    assert!(out.contains("gateway: stop"), "{out}");
+    for u in [UNIT_GATEWAY, SOCKET_GATEWAY] {
+        // (Citadel::prop insists on a loaded unit; a masked one is the point here.)
+        let st =
+            c.sb.exec(&["systemctl", "show", "-p", "LoadState,ActiveState", u]);
+        assert!(
+            st.stdout.contains("LoadState=masked") && st.stdout.contains("ActiveState=inactive"),
+            "{u}: {}",
+            st.stdout
+        );
+    }
+    // Back on: started again with its socket.
+    c.sb.write(CONFIG, aliased.as_bytes(), 0o644).unwrap();
+    let out = apply(&c);
+    assert!(out.contains("gateway: start"), "{out}");
+    assert_eq!(c.active_state(SOCKET_GATEWAY), "active");
+    assert_eq!(
+        c.active_state(UNIT_GATEWAY),
+        "active",
+        "{}",
+        c.journal_tail(40)
+    );
 
     // 3. gamma leaves the config: apply stops it and the target no longer wants it.
     let without = config_without(&setup, "gamma")
