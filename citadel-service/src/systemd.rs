@@ -98,7 +98,9 @@ impl Host for RealHost {
         let out = Command::new(paths::JOURNALCTL)
             .arg(format!("_SYSTEMD_UNIT={unit}"))
             .arg("SYSLOG_IDENTIFIER=start-model")
-            .args(["-p", "err", "-n", "1", "--no-pager", "-o", "cat"])
+            // The failure message's first line, then its tail block (header + the engine's
+            // last stderr lines, start_model::TAIL_LINES = 20): read past the block.
+            .args(["-p", "err", "-n", "40", "--no-pager", "-o", "cat"])
             .env("SYSTEMD_COLORS", "0")
             .output()
             .ok()?;
@@ -121,14 +123,18 @@ impl Host for RealHost {
     }
 }
 
-/// The cause in start-model's error line: what follows [`citadel_common::vllm::CAUSE_MARK`],
-/// else the line itself; control characters escaped.
-pub fn cause_of(line: &str) -> Option<String> {
-    let line = line.lines().last()?.trim();
-    if line.is_empty() {
-        return None;
-    }
+/// The cause in start-model's last failure message, from its error-priority journal lines: the
+/// last line before the message's tail block ([`citadel_common::vllm::is_tail_line`]), what
+/// follows [`citadel_common::vllm::CAUSE_MARK`] in it, else the line itself; control characters
+/// escaped. Each line of the message is its own journal entry, so the very last one is only the
+/// end of the engine's output.
+pub fn cause_of(lines: &str) -> Option<String> {
     let mark = citadel_common::vllm::CAUSE_MARK;
+    let line = lines
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !citadel_common::vllm::is_tail_line(l))?
+        .trim();
     let text = line.find(mark).map_or(line, |i| &line[i + mark.len()..]);
     Some(citadel_common::vllm::escape(text))
 }
@@ -301,6 +307,37 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cause_is_read_past_the_engine_tail_block_of_the_last_message() {
+        // start-model's error lines as journalctl -o cat prints them (engine tier, real vLLM,
+        // max_model_len 4096 on a 512-position model): before this test the last line won.
+        let msg = "engine of c (PID 107) exited with status 1 while loading, without a stop being asked; the engine said: Value error, User-specified max_model_len (4096) is greater than the derived max_model_len (max_position_embeddings=512.0 or model_max_length=None in model's config.json).\nlast 2 stderr lines of the engine:\n  | pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n  |     For further information visit https://errors.pydantic.dev/2.14/v/value_error\n";
+        assert!(cause_of(msg)
+            .unwrap()
+            .starts_with("Value error, User-specified max_model_len (4096)"));
+        // No mark: the line before the tail (what failed), not the engine's last output line.
+        assert_eq!(
+            cause_of(
+                "engine of c exited with status 1\nlast 1 stderr lines of the engine:\n  | bye\n"
+            )
+            .as_deref(),
+            Some("engine of c exited with status 1")
+        );
+        // Two attempts: the later message counts.
+        let two = format!("engine of c exited; the engine said: OSError: first\n{msg}");
+        assert!(cause_of(&two).unwrap().starts_with("Value error, "));
+        let two = format!("{msg}engine of c exited with status 1\n");
+        assert_eq!(
+            cause_of(&two).as_deref(),
+            Some("engine of c exited with status 1")
+        );
+        assert_eq!(cause_of("\n"), None);
+        assert_eq!(
+            cause_of("last 1 stderr lines of the engine:\n  | x\n"),
+            None
+        );
+    }
 
     #[test]
     fn cgroup_pids_are_read_recursively_from_the_unified_hierarchy() {

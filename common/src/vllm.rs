@@ -159,6 +159,26 @@ pub struct CauseFinder {
 /// error-priority, line in the journal); `citadel-service start` shows what follows it.
 pub const CAUSE_MARK: &str = "the engine said: ";
 
+/// start-model's failure message ends with the engine's last stderr lines: a header line
+/// ([`tail_header`]) and each line behind this prefix. Each line of the message is its own
+/// error-priority journal entry, so a reader of the journal skips this block to reach the line
+/// with [`CAUSE_MARK`].
+pub const TAIL_PREFIX: &str = "  | ";
+
+/// The header line of the tail block: `last N stderr lines of the engine:`.
+pub fn tail_header(n: usize) -> String {
+    format!("last {n} stderr lines of the engine:")
+}
+
+/// Whether `line` belongs to the tail block of start-model's failure message.
+pub fn is_tail_line(line: &str) -> bool {
+    line.starts_with(TAIL_PREFIX)
+        || line
+            .strip_prefix("last ")
+            .and_then(|r| r.strip_suffix(" stderr lines of the engine:"))
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
 /// Wrapper exceptions that only point at the real cause.
 const GENERIC: &[&str] = &[
     "Engine core initialization failed",
@@ -325,6 +345,19 @@ mod tests {
             p[3].contains("--shutdown-timeout=5") && p[3].contains("engine.drain_secs"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_tail_block_is_recognised() {
+        assert_eq!(tail_header(20), "last 20 stderr lines of the engine:");
+        assert!(is_tail_line(&tail_header(3)));
+        assert!(is_tail_line(&format!(
+            "{TAIL_PREFIX}  File \"x.py\", line 1"
+        )));
+        assert!(!is_tail_line("last few stderr lines of the engine:"));
+        assert!(!is_tail_line(
+            "engine of c exited; the engine said: ValueError: x"
+        ));
     }
 
     fn cause_of(lines: &[&str]) -> Option<String> {

@@ -338,12 +338,12 @@ impl WithTail for Failure {
                 .insert_str(first, &format!("; {CAUSE_MARK}{cause}"));
         }
         if !lines.is_empty() {
-            self.message.push_str(&format!(
-                "\nlast {} stderr lines of the engine:",
-                lines.len()
-            ));
+            self.message.push('\n');
+            self.message
+                .push_str(&citadel_common::vllm::tail_header(lines.len()));
             for l in lines {
-                self.message.push_str(&format!("\n  | {l}"));
+                self.message
+                    .push_str(&format!("\n{}{l}", citadel_common::vllm::TAIL_PREFIX));
             }
         }
         self

@@ -2,10 +2,12 @@
 //! the REAL vLLM (CPU build, venv built once and cached by tests/system/engine/setup-vllm.sh,
 //! bind-mounted read-only) serving a tiny random-weight model generated in the box.
 //!
-//! One box (`eng-main`) is shared by scenarios 1-6 and the stand-in comparison, in this order,
-//! because every real-engine load costs 70-110 s on a 2-core machine (more while other work
-//! compiles): two models load in parallel (scenario 1), and only scenarios 3, 4, 5 and the
-//! benchmark stop reload one. Each scenario prints its figures as `[engine sN] ...` lines.
+//! One box (`eng-main`) is shared by scenarios 1-6, the stand-in comparison and the benchmark
+//! stops, because every real-engine load costs 70-180 s on a 2-core machine: scenario 6 runs
+//! first (its engine fails before compiling anything), two models load in parallel
+//! (scenario 1), scenarios 3 and 4 reload one each, and the last reload (scenario 5's crash of
+//! a) overlaps with b's restart for the "before" stops. Each scenario prints its figures as
+//! `[engine sN] ...` lines; nothing asserts a timing beyond the drain bound of scenario 3.
 //!
 //! Needs root, systemd-nspawn and network to PyPI the first time (the venv); a missing
 //! prerequisite is a failure, never a skip.
@@ -14,7 +16,6 @@ use citadel_common::paths::{model_unit, UNIT_MONITOR};
 use citadel_system_tests::citadel::Citadel;
 use citadel_system_tests::engine::{self, Answer, EngineModel, EngineSetup};
 use citadel_system_tests::run::wait_for;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -35,8 +36,9 @@ fn setup() -> EngineSetup {
     };
     EngineSetup {
         models: vec![
-            m("a", A, 0, 256, true),
-            m("b", B, 1, 256, true),
+            // The tiny model's whole length: the longest streams (drain and stop scenarios).
+            m("a", A, 0, engine::TINY_MAX_POSITIONS, true),
+            m("b", B, 1, engine::TINY_MAX_POSITIONS, true),
             // Scenario 6: longer than the tiny model's 512 positions, a real vLLM start error.
             m("c", C, 2, 4096, false),
         ],
@@ -150,42 +152,56 @@ fn stream(
     })
 }
 
-/// Wait until `model` has a request running (the stream is in flight).
-fn wait_running(c: &Citadel, port: u16, model: &str) {
-    wait_for(Duration::from_secs(120), SEC / 5, || {
-        (metric(c, port, "vllm:num_requests_running", model)? >= 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("no request running on {model}\n{}", c.journal_tail(40)));
-}
+/// Tokens of each stream of [`streams_in_flight`]: as many as the tiny model's length allows
+/// after the prompt.
+const STREAM_TOKENS: u32 = 480;
+/// Streams at once in [`streams_in_flight`].
+const STREAMS: usize = 8;
 
-/// A 240-token stream seen running on `model`. It lasts about 2 s here (the tiny model's
-/// max_model_len is 256, so it cannot be longer), which a /metrics poll can miss: start it
-/// again, at most five times, until a poll sees it in flight.
-fn stream_in_flight(
+/// [`STREAMS`] streams of [`STREAM_TOKENS`] tokens at once, seen running on `model`. The tiny
+/// model generates about 280 tokens/s for one client here, so a single stream lasts a second or
+/// two and a /metrics poll can miss it; eight at once keep the engine busy for several seconds.
+/// Started again (at most five times) until a poll sees a request running.
+fn streams_in_flight(
     c: &Citadel,
     port: u16,
     model: &str,
-) -> std::thread::JoinHandle<(String, Instant)> {
+) -> Vec<std::thread::JoinHandle<(String, Instant)>> {
     for _ in 0..5 {
-        let h = stream(c, port, model, 240);
+        let hs: Vec<_> = (0..STREAMS)
+            .map(|_| stream(c, port, model, STREAM_TOKENS))
+            .collect();
         let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
             if metric(c, port, "vllm:num_requests_running", model)? >= 1.0 {
                 Some(true)
-            } else if h.is_finished() {
+            } else if hs.iter().all(|h| h.is_finished()) {
                 Some(false)
             } else {
                 None
             }
         });
         if seen == Some(true) {
-            return h;
+            return hs;
         }
-        let _ = h.join();
+        for h in hs {
+            let _ = h.join();
+        }
     }
     panic!(
-        "no request seen running on {model} in five streams\n{}",
+        "no request seen running on {model} in five rounds of {STREAMS} streams\n{}",
         c.journal_tail(40)
     )
+}
+
+/// The last `finish_reason` of an SSE body, and whether `data: [DONE]` closes it.
+fn finish(body: &str) -> (Option<String>, bool) {
+    let reason = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["finish_reason"].as_str().map(String::from))
+        .next_back();
+    (reason, body.trim_end().ends_with("data: [DONE]"))
 }
 
 /// The latest "is ready after X s" of start-model in a unit's journal.
@@ -228,20 +244,36 @@ fn real_engine_scenarios_1_to_6_and_the_standin_comparison() {
             t0.elapsed().as_secs_f64()
         ),
     );
+    // Scenario 6 first: it fails before any compile (seconds per attempt), so a broken
+    // failure path shows before the long loads.
+    s6_real_load_failure(&c, &setup);
     s1_start_two_real_models(&c);
     comparison_with_the_standin(&c);
     s2_busy_is_not_hung(&c);
-    s3_drain_on_restart(&c);
+    let client_after = s3_drain_on_restart(&c);
     s4_engine_core_killed(&c);
-    // From here on new starts run with drain_secs = 0 (vLLM's abort), for the "before" stop.
+    // The benchmark stops. b serves with drain_secs 30 (reloaded in scenario 4): "after".
+    let idle_after = stop_idle(&c, "b", "drain_secs 30 (after)");
+    // From here on new starts run with drain_secs = 0 (vLLM's abort): "before". b loads again
+    // while scenario 5 crashes a (both reload at once: one load's wait, not two).
     let before = EngineSetup {
         drain_secs: 0,
         ..setup.clone()
     };
     engine::write_config(&c, &before, &engine::venv_path()).unwrap();
+    c.sb.ok(&["systemctl", "start", "--no-block", &model_unit("b")])
+        .unwrap();
     s5_api_server_killed(&c);
-    bench_stops(&c);
-    s6_real_load_failure(&c, &setup);
+    c.wait_state(&model_unit("b"), "active", LOAD)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client_before = stop_with_clients(&c, "a", A, "drain_secs 0 (before)");
+    let idle_before = stop_idle(&c, "b", "drain_secs 0 (before)");
+    say(
+        "bench",
+        &format!(
+            "stop, drain_secs 0 (before) vs 30 (after): with {STREAMS} clients streaming {client_before:.1} s vs {client_after:.1} s; without a client {idle_before:.1} s vs {idle_after:.1} s"
+        ),
+    );
     say(
         "total",
         &format!("engine tier took {:.0} s", t0.elapsed().as_secs_f64()),
@@ -384,7 +416,7 @@ fn comparison_with_the_standin(c: &Citadel) {
         "--served-model-name",
         "a",
         "--max-model-len",
-        "256",
+        &engine::TINY_MAX_POSITIONS.to_string(),
     ])
     .unwrap();
     wait_for(Duration::from_secs(30), SEC / 5, || {
@@ -499,30 +531,33 @@ fn s2_busy_is_not_hung(c: &Citadel) {
     );
 }
 
-/// 3. Drain: a streaming completion in flight during `citadel-service restart a`: it ends with
-///    a finish_reason, the stop takes less than drain + 10 s, no SIGKILL, a serves again.
-fn s3_drain_on_restart(c: &Citadel) {
+/// 3. Drain: streaming completions in flight during `citadel-service restart a`: each ends with
+///    a finish_reason, the stop takes less than drain + 10 s, no SIGKILL, a serves again. The
+///    stop is the benchmark's "stop with a client connected, drain_secs 30 (after)".
+fn s3_drain_on_restart(c: &Citadel) -> f64 {
     let unit = model_unit("a");
     let log0 = c.unit_log(&unit).lines().count();
-    let h = stream(c, A, "a", 240);
-    wait_running(c, A, "a");
+    let hs = streams_in_flight(c, A, "a");
     let t0 = Instant::now();
     let o = c.citadel_service(&["restart", "a"], LOAD);
     let total = t0.elapsed().as_secs_f64();
     assert!(o.success(), "{}\n{}", o.describe(), c.journal_tail(60));
-    let (body, ended) = h.join().unwrap();
+    let mut drained = 0;
+    let mut last_end = 0.0f64;
+    for h in hs {
+        let (body, ended) = h.join().unwrap();
+        let (reason, done) = finish(&body);
+        assert_eq!(reason.as_deref(), Some("length"), "stream cut:\n{body}");
+        assert!(done, "no [DONE]:\n{body}");
+        if ended > t0 {
+            drained += 1;
+            last_end = last_end.max(ended.duration_since(t0).as_secs_f64());
+        }
+    }
     assert!(
-        ended > t0,
-        "the stream had ended before the restart began: nothing was drained"
+        drained > 0,
+        "every stream had ended before the restart began: nothing was drained"
     );
-    let finish = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["finish_reason"].as_str().map(String::from))
-        .next_back();
-    assert_eq!(finish.as_deref(), Some("length"), "stream cut:\n{body}");
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     let log = c.unit_log(&unit);
     let new: Vec<&str> = log.lines().skip(log0).collect();
     let stop = new
@@ -545,10 +580,10 @@ fn s3_drain_on_restart(c: &Citadel) {
     say(
         "s3",
         &format!(
-            "restart with a 240-token stream in flight: it ended {:.1} s into the restart with finish_reason \"length\" and [DONE]; stop (drain) {stop:.1} s (< drain_secs 30 + 10); no SIGKILL; reload {load:.1} s; restart command {total:.0} s; serves again",
-            ended.duration_since(t0).as_secs_f64()
+            "restart with {STREAMS} streams of {STREAM_TOKENS} tokens: {drained} still in flight when it began, the last ended {last_end:.1} s into the restart; all with finish_reason \"length\" and [DONE]; stop (drain) {stop:.1} s (< drain_secs 30 + 10); no SIGKILL; reload {load:.1} s; restart command {total:.0} s; serves again"
         ),
     );
+    stop
 }
 
 /// 4. EngineCore SIGKILLed: the unit restarts and b serves again; what /health said meanwhile.
@@ -649,7 +684,7 @@ fn s5_api_server_killed(c: &Citadel) {
     say(
         "s5",
         &format!(
-            "SIGKILL of the API server (pid {api}) of a: none of its {} processes survived ({}); crash to unit leaving active {:.2} s; left active to new main process {:.2} s; crash to new main process {:.2} s; crash to serving {:.1} s",
+            "SIGKILL of the API server (pid {api}) of a: none of its {} processes survived ({}); crash to unit leaving active {:.2} s; left active to new main process {:.2} s; crash to new main process {:.2} s; crash to serving {:.1} s (b loading at the same time)",
             procs.len(),
             procs
                 .iter()
@@ -664,143 +699,178 @@ fn s5_api_server_killed(c: &Citadel) {
     );
 }
 
-/// The benchmark stops: with a client streaming, before the fix (a runs with drain_secs 0
-/// since scenario 5) and after (b, drain_secs 30); without a client after the fix (b).
-fn bench_stops(c: &Citadel) {
-    let mut rows = BTreeMap::new();
-    for (name, port, label) in [
-        ("a", A, "drain_secs 0 (before)"),
-        ("b", B, "drain_secs 30 (after)"),
-    ] {
-        let unit = model_unit(name);
-        let h = stream_in_flight(c, port, name);
-        let t0 = Instant::now();
-        let o = c.sb.exec_t(&["systemctl", "stop", &unit], LOAD);
-        let took = t0.elapsed().as_secs_f64();
-        assert!(o.success(), "{}", o.describe());
-        let (body, _) = h.join().unwrap();
-        let finished = body.contains("finish_reason\":\"length");
-        let killed = c
-            .unit_log(&unit)
-            .lines()
-            .rev()
-            .take(30)
-            .any(|l| l.contains("was killed"));
-        rows.insert(label, (took, finished, killed));
-        say(
-            "bench",
-            &format!(
-                "stop of {name} with a client streaming, {label}: {took:.1} s; stream finished: {finished}; group SIGKILLed: {killed}"
-            ),
-        );
+/// A benchmark stop with [`STREAMS`] clients streaming: `systemctl stop` of `name`, timed.
+fn stop_with_clients(c: &Citadel, name: &str, port: u16, label: &str) -> f64 {
+    let unit = model_unit(name);
+    let log0 = c.unit_log(&unit).lines().count();
+    let hs = streams_in_flight(c, port, name);
+    let t0 = Instant::now();
+    let o = c.sb.exec_t(&["systemctl", "stop", &unit], LOAD);
+    let took = t0.elapsed().as_secs_f64();
+    assert!(o.success(), "{}", o.describe());
+    // How each stream ended: its last finish_reason ("length": generated in full, "abort":
+    // vLLM aborted it), or "cut" (none).
+    let mut ends = std::collections::BTreeMap::<String, usize>::new();
+    for h in hs {
+        let reason = finish(&h.join().unwrap().0).0;
+        *ends
+            .entry(reason.unwrap_or_else(|| "cut".into()))
+            .or_default() += 1;
     }
-    assert!(rows["drain_secs 30 (after)"].1, "{rows:?}");
-    // Without a client: a (drain_secs 0, before) and b (drain_secs 30, after), both loaded
-    // again at once, then stopped idle one after the other.
-    engine::write_config(
-        c,
-        &EngineSetup {
-            drain_secs: 0,
-            ..setup()
-        },
-        &engine::venv_path(),
-    )
-    .unwrap();
-    c.sb.ok(&["systemctl", "start", "--no-block", &model_unit("a")])
+    let ends: Vec<String> = ends.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+    let log = c.unit_log(&unit);
+    let killed = log
+        .lines()
+        .skip(log0)
+        .any(|l| l.contains("was killed") || l.contains("SIGKILL"));
+    say(
+        "bench",
+        &format!(
+            "stop of {name} with {STREAMS} clients streaming, {label}: {took:.1} s; the streams ended: {}; process group SIGKILLed: {killed}",
+            ends.join(", ")
+        ),
+    );
+    took
+}
+
+/// A benchmark stop of `name` with no client: `systemctl stop`, timed.
+fn stop_idle(c: &Citadel, name: &str, label: &str) -> f64 {
+    let unit = model_unit(name);
+    let t0 = Instant::now();
+    c.sb.exec_t(&["systemctl", "stop", &unit], LOAD)
+        .ok()
         .unwrap();
-    // start-model has read the config once it reports loading.
-    wait_for(Duration::from_secs(120), SEC / 5, || {
-        c.prop(&model_unit("a"), "StatusText")
-            .starts_with("loading")
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("a not loading\n{}", c.journal_tail(40)));
-    engine::write_config(c, &setup(), &engine::venv_path()).unwrap();
-    c.sb.ok(&["systemctl", "start", "--no-block", &model_unit("b")])
-        .unwrap();
-    for name in ["a", "b"] {
-        c.wait_state(&model_unit(name), "active", LOAD)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    for (name, label) in [
-        ("a", "drain_secs 0 (before)"),
-        ("b", "drain_secs 30 (after)"),
-    ] {
-        let unit = model_unit(name);
-        let t0 = Instant::now();
-        c.sb.exec_t(&["systemctl", "stop", &unit], LOAD)
-            .ok()
-            .unwrap();
-        say(
-            "bench",
-            &format!(
-                "stop of {name} without a client, {label}: {:.1} s (its load before: {:.1} s)",
-                t0.elapsed().as_secs_f64(),
-                load_secs(c, &unit).unwrap_or(0.0)
-            ),
-        );
-    }
+    let took = t0.elapsed().as_secs_f64();
+    say(
+        "bench",
+        &format!(
+            "stop of {name} without a client, {label}: {took:.1} s (its load before: {:.1} s)",
+            load_secs(c, &unit).unwrap_or(0.0)
+        ),
+    );
+    took
 }
 
 /// 6. A real load failure (max_model_len 4096 > the tiny model's 512): each attempt fails with
 ///    the engine's own error line in the journal; `citadel-service start` shows each attempt and
-///    stops waiting when the same failure repeats; the monitor does not loop on it.
+///    stops waiting when the same failure repeats; the monitor does not loop on it; start-model
+///    wrote an incident (state_dir) and `citadel-service why c --json` names the class and the
+///    fix (issue #17's real start failure end to end). Leaves the box with `setup`'s config and
+///    the monitor watching a and b.
 fn s6_real_load_failure(c: &Citadel, setup: &EngineSetup) {
     let mut s = setup.clone();
     for m in &mut s.models {
         m.enabled = m.name == "c";
     }
     engine::write_config(c, &s, &engine::venv_path()).unwrap();
-    // The monitor reads the config at start: now it watches c too.
+    // The monitor reads the config at start: now it watches c.
+    restart_monitor(c);
+    let unit = model_unit("c");
+    let mon0 = c.unit_log(UNIT_MONITOR).lines().count();
+    let t0 = Instant::now();
+    let o = c.citadel_service(&["start", "c"], LOAD);
+    let took = t0.elapsed().as_secs_f64();
+    let n_starts = c.n_restarts(&unit) + 1;
+    c.sb.exec_t(&["systemctl", "stop", &unit], Duration::from_secs(120))
+        .ok()
+        .unwrap();
+    assert!(!o.success(), "{}", o.describe());
+    let all = format!("{}{}", o.stdout, o.stderr);
+    let attempts: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains(": attempt ") && l.contains(" failed ("))
+        .collect();
+    assert!(attempts.len() >= 2, "{all}");
+    assert!(
+        attempts.iter().all(|l| l.contains("max_model_len")),
+        "an attempt without the engine's cause line:\n{all}\n--- start-model's error lines, without the engine's tail ---\n{}",
+        c.sb.journal(&["-o", "cat", "-p", "err", "-u", &unit])
+            .lines()
+            .filter(|l| !citadel_common::vllm::is_tail_line(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        all.contains("the same failure twice in a row"),
+        "did not give up early:\n{all}"
+    );
+    let log = c.unit_log(&unit);
+    let cause = log
+        .lines()
+        .find(|l| l.contains("User-specified max_model_len (4096) is greater than"))
+        .unwrap_or_else(|| panic!("the engine's error is not in the journal:\n{log}"));
+    // Stopped, c stays down: a few sweeps and no restart of it by the monitor.
+    std::thread::sleep(Duration::from_secs(
+        3 * setup.monitor_interval_secs + setup.probe_timeout_secs,
+    ));
+    assert_eq!(c.active_state(&unit), "inactive", "{}", c.journal_tail(40));
+    let mon = c.unit_log(UNIT_MONITOR);
+    let new: Vec<&str> = mon.lines().skip(mon0).collect();
+    assert!(
+        !new.iter()
+            .any(|l| l.contains("c: ") && l.contains("restart")),
+        "the monitor restarted c:\n{}",
+        new.join("\n")
+    );
+    // The incident, through `citadel-service why`.
+    let w = c.citadel_service(&["why", "c", "--json"], Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_str(&w.stdout)
+        .unwrap_or_else(|e| panic!("why c --json: {e}\n{}", w.describe()));
+    assert_eq!(v["serving"], false, "{v:#}");
+    let i = &v["incident"];
+    assert_eq!(i["class"], "max_model_len", "{v:#}");
+    assert_eq!(i["source"], "start-model", "{v:#}");
+    let fix = i["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains(&format!(
+            "models.c.max_model_len = {}",
+            engine::TINY_MAX_POSITIONS
+        )),
+        "the fix does not name the largest max_model_len that fits: {v:#}"
+    );
+    let summary = i["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("4096"), "{v:#}");
+    let count = i["count"].as_u64().unwrap_or(0);
+    assert!(
+        count >= attempts.len() as u64,
+        "{} attempts failed, the incident counts {count}: {v:#}",
+        attempts.len()
+    );
+    let text = c.citadel_service(&["why", "c"], Duration::from_secs(30));
+    assert!(
+        text.stdout
+            .contains("cause: max_model_len too large [max_model_len]"),
+        "{}",
+        text.describe()
+    );
+    say(
+        "s6",
+        &format!(
+            "max_model_len 4096 on a 512-position model: {} failed attempts shown ({n_starts} starts), citadel-service start exited {} after {took:.0} s (same failure twice); journal: {:?}...; the monitor issued no restart; c stays inactive",
+            attempts.len(),
+            o.code().map_or("-".into(), |x| x.to_string()),
+            cause.trim().chars().take(150).collect::<String>()
+        ),
+    );
+    for a in attempts {
+        say("s6", a.trim());
+    }
+    say(
+        "s6",
+        &format!(
+            "why c --json: class {}, {count} failure(s) in the series, first kept; fix: {fix}",
+            i["class"]
+        ),
+    );
+    engine::write_config(c, setup, &engine::venv_path()).unwrap();
+    restart_monitor(c);
+}
+
+fn restart_monitor(c: &Citadel) {
     c.sb.exec_t(
         &["systemctl", "restart", UNIT_MONITOR],
         Duration::from_secs(60),
     )
     .ok()
     .unwrap();
-    let unit = model_unit("c");
-    let mon0 = c.unit_log(UNIT_MONITOR).lines().count();
-    let t0 = Instant::now();
-    let o = c.citadel_service(&["start", "c"], LOAD);
-    let took = t0.elapsed().as_secs_f64();
-    let _ = c.sb.exec(&["systemctl", "stop", &unit]);
-    assert!(!o.success(), "{}", o.describe());
-    let all = format!("{}{}", o.stdout, o.stderr);
-    let attempts: Vec<&str> = all
-        .lines()
-        .filter(|l| l.contains("attempt") && l.contains("failed"))
-        .collect();
-    assert!(attempts.len() >= 2, "{all}");
-    assert!(
-        all.contains("max_model_len"),
-        "no engine cause line:\n{all}"
-    );
-    assert!(
-        all.contains("same failure"),
-        "did not give up early:\n{all}"
-    );
-    let log = c.unit_log(&unit);
-    let cause = log
-        .lines()
-        .find(|l| l.contains("max_model_len") && l.contains("4096"))
-        .unwrap_or_else(|| panic!("the engine's error is not in the journal:\n{log}"));
-    let mon = c.unit_log(UNIT_MONITOR);
-    let new: Vec<&str> = mon.lines().skip(mon0).collect();
-    assert!(
-        !new.iter()
-            .any(|l| l.contains("c: ") && l.contains("restart --no-block")),
-        "the monitor restarted c:\n{}",
-        new.join("\n")
-    );
-    say(
-        "s6",
-        &format!(
-            "max_model_len 4096 on a 512-position model: {} failed attempts shown, citadel-service start gave up after {took:.0} s (same failure twice); journal: {:?}; the monitor issued no restart",
-            attempts.len(),
-            cause.trim()
-        ),
-    );
-    for a in attempts {
-        say("s6", a.trim());
-    }
 }
