@@ -68,17 +68,15 @@ elif [[ ! -x /usr/bin/systemd-nspawn || ! -x /usr/bin/mmdebstrap ]]; then
 fi
 venv=${CITADEL_VLLM_VENV:-/var/cache/citadel-test/vllm}
 why_engine=$why_system
-# The engine tier is opt-in (CITADEL_ENGINE_TIER=1) while issue #20 is open: its scenario 6 and
-# its stop benchmark have not yet passed on this machine. It is then counted as skipped, with why.
-engine_opt_in=false
-[[ ${CITADEL_ENGINE_TIER:-0} == 1 ]] && engine_opt_in=true
 # The engine tier's real vLLM (CPU build): built once and cached by setup-vllm.sh (about 10 GB
-# and 5-10 minutes the first time, seconds after; idempotent, locked). Under CI=true always.
-if $engine_opt_in && { [[ -z $why_system ]] || $ci; }; then
+# and 5-10 minutes the first time, seconds after; idempotent, locked). Under CI=true it is always
+# made (a fresh CI machine installs it; a failure fails the tier); elsewhere the tier runs where
+# the venv is already there (setup-vllm.sh's stamp), so a plain run never downloads 10 GB.
+if $ci || [[ -z $why_system && -f $venv/.citadel-engine-ok ]]; then
   log "engine tier: the real vLLM venv (tests/system/engine/setup-vllm.sh $venv)"
   bash tests/system/engine/setup-vllm.sh "$venv" >/dev/null || why_engine="tests/system/engine/setup-vllm.sh could not make the venv at $venv"
 fi
-[[ -z $why_engine && ! -x $venv/bin/vllm ]] && why_engine="no real vLLM venv at $venv (see shared/docs/VLLM.md)"
+[[ -z $why_engine && ! -x $venv/bin/python ]] && why_engine="no real vLLM venv at $venv (bash tests/system/engine/setup-vllm.sh makes it: about 10 GB, 5-10 minutes; see shared/docs/VLLM.md)"
 why_root=""
 $root || why_root="not root"
 nvml=false
@@ -90,11 +88,10 @@ $nvml && why_nogpu="the NVIDIA driver is installed here (these tests need a mach
 if $ci; then
   # Under CI the real-systemd tiers always run: what is missing makes their tests fail.
   [[ -n $why_system ]] && log "CI=true: the system tier runs anyway, and fails: $why_system"
-  $engine_opt_in && [[ -n $why_engine ]] && log "CI=true: the engine tier runs anyway, and fails: $why_engine"
+  [[ -n $why_engine ]] && log "CI=true: the engine tier runs anyway, and fails: $why_engine"
   [[ -n $why_root ]] && log "CI=true: the root tier runs anyway, and fails: $why_root"
   why_system="" why_engine="" why_root=""
 fi
-$engine_opt_in || why_engine="opt-in while issue #20 is open (CITADEL_ENGINE_TIER=1 runs it): scenario 6 and the stop benchmark have not passed here yet"
 
 target=${CARGO_TARGET_DIR:-$PWD/target}
 # What the tests use is built here, before any test runs (tests never run cargo).
