@@ -1,7 +1,6 @@
 //! GPU readings for `status` (memory per model) and `health` (temperature and memory per GPU),
 //! from `citadel_common::gpu` (NVML, read-only).
 
-use crate::health::GpuReading;
 use citadel_common::gpu::Snapshot;
 use citadel_common::paths;
 use std::collections::BTreeMap;
@@ -18,19 +17,6 @@ pub fn memory_by_model(s: &Snapshot) -> BTreeMap<String, u64> {
         }
     }
     m
-}
-
-/// Per-GPU temperature and memory.
-pub fn readings(s: &Snapshot) -> Vec<GpuReading> {
-    s.gpus
-        .iter()
-        .map(|g| GpuReading {
-            index: g.index,
-            temperature_c: g.temperature_c,
-            memory_used_bytes: g.memory_used_bytes,
-            memory_total_bytes: g.memory_total_bytes,
-        })
-        .collect()
 }
 
 /// Read a snapshot now; `Err` (one line) when there is no NVML.

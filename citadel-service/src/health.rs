@@ -6,6 +6,7 @@
 use crate::output::{self, paint, tone_of, Tone};
 use crate::probes::ProbeResult;
 use citadel_common::config::Config;
+use citadel_common::health::GpuHealth;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,15 +52,6 @@ pub struct Resources {
     pub disks: Vec<DiskUsage>,
 }
 
-/// One GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GpuReading {
-    pub index: u32,
-    pub temperature_c: Option<u32>,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-}
-
 /// The whole `health` report (`health --json` prints exactly this).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
@@ -67,7 +59,7 @@ pub struct HealthReport {
     pub healthy: bool,
     pub models: Vec<ModelCheck>,
     pub resources: Resources,
-    pub gpus: Vec<GpuReading>,
+    pub gpus: Vec<GpuHealth>,
     /// `nvml`, `monitor` (the monitor's last sweep) or `none`.
     pub gpu_source: String,
     pub warnings: Vec<String>,
@@ -130,7 +122,7 @@ pub fn assemble(
     probes: &[ProbeResult],
     unit_states: Option<&BTreeMap<String, String>>,
     resources: Resources,
-    gpus: Vec<GpuReading>,
+    gpus: Vec<GpuHealth>,
     gpu_source: &str,
     mut warnings: Vec<String>,
 ) -> HealthReport {

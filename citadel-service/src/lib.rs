@@ -758,20 +758,9 @@ fn health_command(
         }
     };
     let (gpus, source) = match gpu::snapshot() {
-        Ok(s) => (gpu::readings(&s), "nvml"),
+        Ok(s) => (citadel_common::health::GpuHealth::of(&s), "nvml"),
         Err(e) => match HealthState::read(&cfg.monitor.state_file) {
-            Ok(Some(st)) if !st.gpus.is_empty() => (
-                st.gpus
-                    .iter()
-                    .map(|g| health::GpuReading {
-                        index: g.index,
-                        temperature_c: g.temperature_c,
-                        memory_used_bytes: g.memory_used_bytes,
-                        memory_total_bytes: g.memory_total_bytes,
-                    })
-                    .collect(),
-                "monitor",
-            ),
+            Ok(Some(st)) if !st.gpus.is_empty() => (st.gpus, "monitor"),
             _ => {
                 log::debug!("no GPU readings: {e}");
                 (vec![], "none")

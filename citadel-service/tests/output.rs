@@ -186,7 +186,7 @@ fn health_report() -> health::HealthReport {
         &probes,
         Some(&states),
         resources,
-        gpu::readings(&snap),
+        citadel_common::health::GpuHealth::of(&snap),
         "nvml",
         vec![],
     )

@@ -72,13 +72,29 @@ pub struct ModelHealth {
     pub since_unix: u64,
 }
 
-/// One GPU's reading, when NVML is there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One GPU's reading, when NVML is there: the one type for it (the monitor's state file and
+/// textfile, `citadel-service health`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuHealth {
     pub index: u32,
     pub temperature_c: Option<u32>,
     pub memory_used_bytes: u64,
     pub memory_total_bytes: u64,
+}
+
+impl GpuHealth {
+    /// The reading of every GPU of a snapshot, in its order.
+    pub fn of(s: &crate::gpu::Snapshot) -> Vec<GpuHealth> {
+        s.gpus
+            .iter()
+            .map(|g| GpuHealth {
+                index: g.index,
+                temperature_c: g.temperature_c,
+                memory_used_bytes: g.memory_used_bytes,
+                memory_total_bytes: g.memory_total_bytes,
+            })
+            .collect()
+    }
 }
 
 /// The whole state file.

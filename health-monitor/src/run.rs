@@ -26,16 +26,7 @@ pub fn gpu_reader() -> Option<GpuReader> {
         return None;
     }
     Some(Box::new(move || match source.snapshot() {
-        Ok(s) => s
-            .gpus
-            .iter()
-            .map(|g| GpuHealth {
-                index: g.index,
-                temperature_c: g.temperature_c,
-                memory_used_bytes: g.memory_used_bytes,
-                memory_total_bytes: g.memory_total_bytes,
-            })
-            .collect(),
+        Ok(s) => GpuHealth::of(&s),
         Err(e) => {
             log::debug!("GPU readings: {e}");
             vec![]
