@@ -336,21 +336,97 @@ pub fn classify(lines: &[String], ctx: &Context) -> Diagnosis {
         // The engine (or its EngineCore) was SIGKILLed and start-model did not send it.
         return word(Class::OomKilled, "", ctx, None);
     }
-    let last = lower
-        .iter()
-        .rposition(|l| is_exception_line(l))
-        .or_else(|| lower.iter().rposition(|l| !l.trim().is_empty()));
-    let msg = last.map(|i| strip_prefixes(&lines[i]).trim()).unwrap_or("");
+    // No rule matched: quote the cause line (the same one start-model's failure message
+    // quotes), else the last line that says anything.
+    let mut finder = CauseFinder::default();
+    for l in lines {
+        finder.feed(l);
+    }
+    let (last, msg) = match finder.best {
+        Some((_, i, _)) => (Some(i), cause_line(&lines[i]).map_or("", |(_, t)| t)),
+        None => {
+            let i = lower.iter().rposition(|l| !l.trim().is_empty());
+            (i, i.map_or("", |i| strip_prefixes(&lines[i]).trim()))
+        }
+    };
     word(Class::Unknown, msg, ctx, last)
 }
 
-/// A Python exception line, e.g. `ValueError: ...` or `torch.OutOfMemoryError: ...`.
-fn is_exception_line(l: &str) -> bool {
-    let head = l.split(':').next().unwrap_or("");
-    !head.is_empty()
-        && !head.contains(' ')
-        && (head.ends_with("error") || head.ends_with("exception") || head.ends_with("exit"))
-        && l.contains(": ")
+/// Wrapper exceptions that only point at the real cause: never a cause line.
+const GENERIC: &[&str] = &[
+    "Engine core initialization failed",
+    "See root cause above",
+    "EngineCore failed to start",
+    "Engine process failed to start",
+    "The above exception was the direct cause",
+    "During handling of the above exception",
+];
+
+/// The cause one line of engine output names, if any: `(rank, text)`, the text being the part
+/// of the line (vLLM's prefixes stripped) that says it. Rank 2: a compiler's `fatal error:`
+/// (torch.compile and Triton build C code at run time); rank 1: a Python exception line
+/// (`ValueError: ...`, `torch._inductor.exc.InvalidCxxCompiler: ...`) or pydantic's detail
+/// under vLLM's config checks (`Value error, ...`). vLLM's generic wrappers ([`GENERIC`],
+/// "Engine core initialization failed. See root cause above") are never a cause.
+pub fn cause_line(line: &str) -> Option<(u8, &str)> {
+    let l = strip_prefixes(line.trim()).trim();
+    if l.is_empty() || GENERIC.iter().any(|g| l.contains(g)) {
+        return None;
+    }
+    if let Some(i) = l.find("fatal error: ") {
+        return Some((2, &l[i..]));
+    }
+    // "ValidationError: 1 validation error for ModelConfig" is followed by the detail:
+    // "Value error, User-specified max_model_len (4096) is greater than ...".
+    if l.starts_with("Value error, ") {
+        return Some((1, l));
+    }
+    let (name, msg) = l.split_once(": ")?;
+    let last = name.rsplit('.').next()?;
+    let is_exception = !msg.trim().is_empty()
+        && !name.is_empty()
+        && name
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        && last.starts_with(|c: char| c.is_ascii_uppercase())
+        && last.chars().any(|c| c.is_ascii_lowercase())
+        && (last.ends_with("Error")
+            || last.ends_with("Exception")
+            || last.ends_with("Compiler")
+            || last.ends_with("Interrupt")
+            || last.ends_with("Exit")
+            || last == "AssertionError");
+    is_exception.then_some((1, l))
+}
+
+/// Picks the line of an engine's output that says why it failed, out of the hundreds of
+/// traceback and log lines a failed vLLM start prints: the last line of the highest rank
+/// [`cause_line`] gives. Fed line by line as the output arrives (start-model's failure
+/// message, `citadel-service start`'s progress); [`classify`] quotes the same line when no
+/// rule matches. The text is escaped ([`crate::vllm::escape`]).
+#[derive(Debug, Clone, Default)]
+pub struct CauseFinder {
+    /// Rank, index of the line, escaped text.
+    best: Option<(u8, usize, String)>,
+    fed: usize,
+}
+
+impl CauseFinder {
+    pub fn feed(&mut self, line: &str) {
+        let i = self.fed;
+        self.fed += 1;
+        let Some((rank, text)) = cause_line(line) else {
+            return;
+        };
+        if self.best.as_ref().map_or(true, |(r, _, _)| rank >= *r) {
+            self.best = Some((rank, i, crate::vllm::escape(text)));
+        }
+    }
+
+    /// The cause found so far.
+    pub fn cause(&self) -> Option<&str> {
+        self.best.as_ref().map(|(_, _, t)| t.as_str())
+    }
 }
 
 /// The number after `after` in `s`, e.g. `num_after("... length is 4096. ", "length is ")`.
@@ -560,5 +636,63 @@ mod tests {
             let json = serde_json::to_string(c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
+    }
+
+    fn cause_of(lines: &[&str]) -> Option<String> {
+        let mut f = CauseFinder::default();
+        for l in lines {
+            f.feed(l);
+        }
+        f.cause().map(String::from)
+    }
+
+    #[test]
+    fn the_root_cause_is_found_under_vllm_s_wrappers() {
+        let out = [
+            "(APIServer pid=9) INFO 12-01 22:00:00 [api_utils.py:286] non-default args: {}",
+            "Traceback (most recent call last):",
+            "  File \"x.py\", line 1, in <module>",
+            "(EngineCore pid=12) ERROR 12-01 22:00:01 [core.py:1] ValueError: User-specified max_model_len (4096) is greater than the derived max_model_len (512)",
+            "The above exception was the direct cause of the following exception:",
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+            "INFO:     Shutting down",
+        ];
+        assert_eq!(
+            cause_of(&out).as_deref(),
+            Some("ValueError: User-specified max_model_len (4096) is greater than the derived max_model_len (512)")
+        );
+        let pydantic = [
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+            "  Value error, User-specified max_model_len (4096) is greater than the derived max_model_len (max_position_embeddings=512.0 or model_max_length=None in model's config.json).",
+            "    For further information visit https://errors.pydantic.dev/2.14/v/value_error",
+        ];
+        assert!(cause_of(&pydantic)
+            .unwrap()
+            .starts_with("Value error, User-specified max_model_len (4096)"));
+        let cc = [
+            "torch._inductor.exc.InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')",
+            "RuntimeError: Engine core initialization failed. See root cause above.",
+        ];
+        assert!(cause_of(&cc)
+            .unwrap()
+            .starts_with("torch._inductor.exc.InvalidCxxCompiler: No working C++"));
+        let h = [
+            "/tmp/x/main.c:1:10: fatal error: Python.h: No such file or directory",
+            "torch._inductor.exc.InductorError: CppCompileError: C++ compile error",
+        ];
+        assert_eq!(
+            cause_of(&h).as_deref(),
+            Some("fatal error: Python.h: No such file or directory")
+        );
+        let none = [
+            "INFO:     Started server process",
+            "Loading safetensors checkpoint shards: 100%",
+            "WARNING: x",
+        ];
+        assert_eq!(cause_of(&none), None);
+        assert_eq!(
+            cause_of(&["OSError: bad\u{1b}[31m name"]).as_deref(),
+            Some("OSError: bad\\u{1b}[31m name")
+        );
     }
 }

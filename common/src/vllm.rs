@@ -141,20 +141,6 @@ pub fn check_extra_args(args: &[String]) -> Vec<String> {
     out
 }
 
-/// Picks the line of an engine's output that says why it failed: the root cause an operator
-/// needs, out of the hundreds of traceback and log lines a failed vLLM start prints.
-///
-/// Lines are fed in order ([`CauseFinder::feed`]); vLLM's log prefixes (`(EngineCore pid=7) `,
-/// `ERROR 12-01 22:00:00 [core.py:12] `) are stripped. A compiler's `fatal error:` wins over
-/// everything (torch.compile and Triton build C code at run time); otherwise the last Python
-/// exception line (`ValueError: ...`, `torch._inductor.exc.InvalidCxxCompiler: ...`) that is
-/// not one of vLLM's generic wrappers ("Engine core initialization failed. See root cause
-/// above"). Control characters are escaped.
-#[derive(Debug, Clone, Default)]
-pub struct CauseFinder {
-    best: Option<(u8, String)>,
-}
-
 /// What start-model writes before the engine's cause line in a failure message (the first,
 /// error-priority, line in the journal); `citadel-service start` shows what follows it.
 pub const CAUSE_MARK: &str = "the engine said: ";
@@ -177,83 +163,6 @@ pub fn is_tail_line(line: &str) -> bool {
             .strip_prefix("last ")
             .and_then(|r| r.strip_suffix(" stderr lines of the engine:"))
             .is_some_and(|n| n.parse::<usize>().is_ok())
-}
-
-/// Wrapper exceptions that only point at the real cause.
-const GENERIC: &[&str] = &[
-    "Engine core initialization failed",
-    "See root cause above",
-    "EngineCore failed to start",
-    "Engine process failed to start",
-    "The above exception was the direct cause",
-    "During handling of the above exception",
-];
-
-impl CauseFinder {
-    pub fn feed(&mut self, line: &str) {
-        let Some((rank, text)) = classify(line) else {
-            return;
-        };
-        if self.best.as_ref().map_or(true, |(r, _)| rank >= *r) {
-            self.best = Some((rank, text));
-        }
-    }
-
-    /// The cause found so far.
-    pub fn cause(&self) -> Option<&str> {
-        self.best.as_ref().map(|(_, t)| t.as_str())
-    }
-}
-
-/// `(rank, text)` of a line that names a cause: 2 a compiler's fatal error, 1 an exception.
-fn classify(line: &str) -> Option<(u8, String)> {
-    let l = strip_log_prefix(line.trim());
-    if l.is_empty() || GENERIC.iter().any(|g| l.contains(g)) {
-        return None;
-    }
-    if let Some(i) = l.find("fatal error: ") {
-        return Some((2, escape(&l[i..])));
-    }
-    // pydantic's detail under "ValidationError: 1 validation error for ModelConfig" (vLLM's
-    // config checks): "Value error, User-specified max_model_len (4096) is greater than ...".
-    if l.starts_with("Value error, ") {
-        return Some((1, escape(l)));
-    }
-    let (name, msg) = l.split_once(": ")?;
-    let last = name.rsplit('.').next()?;
-    let is_exception = !msg.trim().is_empty()
-        && !name.is_empty()
-        && name
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        && last.starts_with(|c: char| c.is_ascii_uppercase())
-        && last.chars().any(|c| c.is_ascii_lowercase())
-        && (last.ends_with("Error")
-            || last.ends_with("Exception")
-            || last.ends_with("Compiler")
-            || last.ends_with("Interrupt")
-            || last.ends_with("Exit")
-            || last == "AssertionError");
-    is_exception.then(|| (1, escape(l)))
-}
-
-/// Drop `(EngineCore pid=7) ` and `LEVEL MM-DD HH:MM:SS [file.py:N] ` prefixes.
-fn strip_log_prefix(mut l: &str) -> &str {
-    if l.starts_with('(') {
-        if let Some(i) = l.find(") ") {
-            if l[..i].contains("pid=") {
-                l = &l[i + 2..];
-            }
-        }
-    }
-    for level in ["ERROR ", "WARNING ", "INFO ", "CRITICAL ", "DEBUG "] {
-        if let Some(rest) = l.strip_prefix(level) {
-            if let Some(i) = rest.find("] ") {
-                return &rest[i + 2..];
-            }
-        }
-    }
-    l
 }
 
 /// Control characters as `\u{..}` escapes (engine text is printed and logged).
@@ -358,63 +267,5 @@ mod tests {
         assert!(!is_tail_line(
             "engine of c exited; the engine said: ValueError: x"
         ));
-    }
-
-    fn cause_of(lines: &[&str]) -> Option<String> {
-        let mut f = CauseFinder::default();
-        for l in lines {
-            f.feed(l);
-        }
-        f.cause().map(String::from)
-    }
-
-    #[test]
-    fn the_root_cause_is_found_under_vllm_s_wrappers() {
-        let out = [
-            "(APIServer pid=9) INFO 12-01 22:00:00 [api_utils.py:286] non-default args: {}",
-            "Traceback (most recent call last):",
-            "  File \"x.py\", line 1, in <module>",
-            "(EngineCore pid=12) ERROR 12-01 22:00:01 [core.py:1] ValueError: User-specified max_model_len (4096) is greater than the derived max_model_len (512)",
-            "The above exception was the direct cause of the following exception:",
-            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
-            "INFO:     Shutting down",
-        ];
-        assert_eq!(
-            cause_of(&out).as_deref(),
-            Some("ValueError: User-specified max_model_len (4096) is greater than the derived max_model_len (512)")
-        );
-        let pydantic = [
-            "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
-            "  Value error, User-specified max_model_len (4096) is greater than the derived max_model_len (max_position_embeddings=512.0 or model_max_length=None in model's config.json).",
-            "    For further information visit https://errors.pydantic.dev/2.14/v/value_error",
-        ];
-        assert!(cause_of(&pydantic)
-            .unwrap()
-            .starts_with("Value error, User-specified max_model_len (4096)"));
-        let cc = [
-            "torch._inductor.exc.InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')",
-            "RuntimeError: Engine core initialization failed. See root cause above.",
-        ];
-        assert!(cause_of(&cc)
-            .unwrap()
-            .starts_with("torch._inductor.exc.InvalidCxxCompiler: No working C++"));
-        let h = [
-            "/tmp/x/main.c:1:10: fatal error: Python.h: No such file or directory",
-            "torch._inductor.exc.InductorError: CppCompileError: C++ compile error",
-        ];
-        assert_eq!(
-            cause_of(&h).as_deref(),
-            Some("fatal error: Python.h: No such file or directory")
-        );
-        let none = [
-            "INFO:     Started server process",
-            "Loading safetensors checkpoint shards: 100%",
-            "WARNING: x",
-        ];
-        assert_eq!(cause_of(&none), None);
-        assert_eq!(
-            cause_of(&["OSError: bad\u{1b}[31m name"]).as_deref(),
-            Some("OSError: bad\\u{1b}[31m name")
-        );
     }
 }

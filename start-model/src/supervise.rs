@@ -12,8 +12,8 @@
 //! and start time, so a reused pid is never hit). The unit's cgroup (`KillMode=mixed`) is the
 //! backstop, not the only line.
 
+use citadel_common::classify::CauseFinder;
 use citadel_common::launch::LaunchSpec;
-use citadel_common::vllm::CauseFinder;
 use citadel_common::Failure;
 use nix::errno::Errno;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
