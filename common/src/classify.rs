@@ -117,7 +117,7 @@ pub struct Context {
     pub model: String,
     /// The model's port.
     pub port: Option<u16>,
-    /// Other processes on the model's GPUs, e.g. `pid 4242 python3 (citadel-model@coder.service) 30.0 GiB on GPU 0`.
+    /// Other processes on the model's GPUs, e.g. `PID 4242 (python3 on GPU 0, 30.0 GiB, citadel-model@coder.service)`.
     pub gpu_holders: Vec<String>,
     /// OOM kills the kernel counted in the model's cgroup during this run.
     pub oom_kills: u64,

@@ -36,19 +36,7 @@ pub fn gpu_holders(model: &Model, source: &dyn GpuSource) -> Vec<String> {
             if p.unit.as_deref() == Some(own.as_str()) {
                 continue;
             }
-            let mem = p
-                .used_memory_bytes
-                .map(|b| format!(" {:.1} GiB", b as f64 / (1u64 << 30) as f64))
-                .unwrap_or_default();
-            let unit = p
-                .unit
-                .as_deref()
-                .map(|u| format!(" ({u})"))
-                .unwrap_or_default();
-            v.push(format!(
-                "pid {} {}{unit}{mem} on GPU {}",
-                p.pid, p.name, g.index
-            ));
+            v.push(crate::preflight::describe_process(g.index, p));
         }
     }
     v

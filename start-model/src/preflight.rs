@@ -117,20 +117,24 @@ pub fn leftovers(model: &Model, gpus: &[citadel_common::gpu::GpuInfo]) -> Vec<(u
     out
 }
 
+/// One GPU process in words: `PID 4242 (python3 on GPU 0, 30.0 GiB, citadel-model@coder.service)`
+/// (the leftovers here, the holders of GPU memory in an incident).
+pub fn describe_process(gpu: u32, p: &GpuProcess) -> String {
+    let mem = p
+        .used_memory_bytes
+        .map(|b| format!(", {:.1} GiB", b as f64 / (1u64 << 30) as f64))
+        .unwrap_or_default();
+    let unit = p
+        .unit
+        .as_deref()
+        .map(|u| format!(", {u}"))
+        .unwrap_or_default();
+    format!("PID {} ({} on GPU {gpu}{mem}{unit})", p.pid, p.name)
+}
+
 fn describe(ps: &[(u32, GpuProcess)]) -> String {
     ps.iter()
-        .map(|(gpu, p)| {
-            let mem = p
-                .used_memory_bytes
-                .map(|b| format!(", {:.1} GiB", b as f64 / (1u64 << 30) as f64))
-                .unwrap_or_default();
-            let unit = p
-                .unit
-                .as_deref()
-                .map(|u| format!(", {u}"))
-                .unwrap_or_default();
-            format!("PID {} ({} on GPU {gpu}{mem}{unit})", p.pid, p.name)
-        })
+        .map(|(gpu, p)| describe_process(*gpu, p))
         .collect::<Vec<_>>()
         .join(", ")
 }
