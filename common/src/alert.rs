@@ -1,4 +1,5 @@
-//! Alerts: the webhook payloads of the monitor and of `citadel-notify` (boot-time failures).
+//! Alerts: the webhook payloads of the monitor, which also reports boot-time failures (a unit
+//! it sees `failed`, e.g. storage or a model that never came up: event `unit_failed`).
 //!
 //! Two formats (`[monitor] webhook_format`):
 //! - `json` (default): one POST per event, a flat JSON object (`event`, `model`, `unit`,
