@@ -11,7 +11,7 @@
 
 use crate::changes::{self, Action, ModelAction, Plan, Step};
 use crate::control::bring_up;
-use crate::services::{Kind, Member};
+use crate::services::{Kind, Member, Service};
 use crate::snapshot;
 use crate::systemd::{ActiveState, Host, Job};
 use crate::wait::{self, stop_phase, WaitOptions};
@@ -174,26 +174,45 @@ fn model_member(name: &str) -> Member {
     }
 }
 
-fn gateway_member(cfg: &Config) -> Member {
-    Member {
-        service: "gateway".into(),
-        unit: paths::UNIT_GATEWAY.into(),
-        kind: Kind::Gateway,
-        enabled: true,
-        port: Some(cfg.gateway.listen.port()),
-        listen: Some(cfg.gateway.listen.to_string()),
-    }
+/// The monitor or the gateway as `citadel-service start/stop NAME` sees it.
+fn member(service: Service, cfg: &Config) -> Member {
+    service.members(cfg).remove(0)
 }
 
-fn monitor_member() -> Member {
-    Member {
-        service: "monitor".into(),
-        unit: paths::UNIT_MONITOR.into(),
-        kind: Kind::Monitor,
-        enabled: true,
-        port: None,
-        listen: None,
+/// Whether `unit` is active now (a reload of a stopped unit is pointless: it reads the config
+/// when it starts).
+fn running(host: &dyn Host, unit: &str, what: &str, out: &mut dyn Write) -> Result<bool, Failure> {
+    let state = host.units(&[unit.to_string()])?;
+    let active = state
+        .first()
+        .is_some_and(|u| u.active_state == ActiveState::Active);
+    if !active {
+        let _ = writeln!(
+            out,
+            "  {what} not running: it reads the config when it starts"
+        );
     }
+    Ok(active)
+}
+
+/// Queue stop jobs for `units` and wait until `m` has stopped.
+fn stop_and_wait(
+    host: &dyn Host,
+    units: &[String],
+    m: Member,
+    wait_opts: &WaitOptions,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    host.queue(Job::Stop, units)?;
+    let unit = m.unit.clone();
+    let o = wait::wait(host, &[m], stop_phase, wait_opts, out)?;
+    if o.timed_out {
+        return Err(Failure::other(format!(
+            "{unit} did not stop within {}s",
+            o.elapsed.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// Carry the steps out in order; the first failure stops the apply and names the step.
@@ -247,17 +266,8 @@ fn one_step(
         Step::StorageRerun => helper(host, cfg, "storage-setup"),
         Step::GpuReapply => helper(host, cfg, "gpu-optimize"),
         Step::Stop(name) => {
-            let m = vec![model_member(name)];
-            host.queue(Job::Stop, &[m[0].unit.clone()])?;
-            let o = wait::wait(host, &m, stop_phase, wait_opts, out)?;
-            if o.timed_out {
-                return Err(Failure::other(format!(
-                    "{} did not stop within {}s",
-                    m[0].unit,
-                    o.elapsed.as_secs()
-                )));
-            }
-            Ok(())
+            let units = [paths::model_unit(name)];
+            stop_and_wait(host, &units, model_member(name), wait_opts, out)
         }
         Step::Restart(name) | Step::Start(name) => {
             let verb = if matches!(step, Step::Restart(_)) {
@@ -268,16 +278,8 @@ fn one_step(
             bring_up(host, verb, &[model_member(name)], Some(wait_opts), out).map(|_| ())
         }
         Step::MonitorReload | Step::MonitorRestart => {
-            let mon = monitor_member();
-            let state = host.units(std::slice::from_ref(&mon.unit))?;
-            let active = state
-                .first()
-                .is_some_and(|u| u.active_state == ActiveState::Active);
-            if !active {
-                let _ = writeln!(
-                    out,
-                    "  monitor not running: it reads the config when it starts"
-                );
+            let mon = member(Service::Monitor, cfg);
+            if !running(host, &mon.unit, "monitor", out)? {
                 return Ok(());
             }
             if matches!(step, Step::MonitorReload) {
@@ -287,36 +289,17 @@ fn one_step(
             }
         }
         Step::GatewayReload => {
-            let gw = gateway_member(cfg);
-            let state = host.units(std::slice::from_ref(&gw.unit))?;
-            if !state
-                .first()
-                .is_some_and(|u| u.active_state == ActiveState::Active)
-            {
-                let _ = writeln!(
-                    out,
-                    "  gateway not running: it reads the config when it starts"
-                );
+            if !running(host, paths::UNIT_GATEWAY, "gateway", out)? {
                 return Ok(());
             }
-            host.reload(&gw.unit)
+            host.reload(paths::UNIT_GATEWAY)
         }
         Step::GatewayStop => {
             let units = [
                 paths::UNIT_GATEWAY.to_string(),
                 paths::SOCKET_GATEWAY.to_string(),
             ];
-            host.queue(Job::Stop, &units)?;
-            let m = vec![gateway_member(cfg)];
-            let o = wait::wait(host, &m, stop_phase, wait_opts, out)?;
-            if o.timed_out {
-                return Err(Failure::other(format!(
-                    "{} did not stop within {}s",
-                    paths::UNIT_GATEWAY,
-                    o.elapsed.as_secs()
-                )));
-            }
-            Ok(())
+            stop_and_wait(host, &units, member(Service::Gateway, cfg), wait_opts, out)
         }
         Step::GatewayRestart | Step::GatewayStart => {
             let verb = if matches!(step, Step::GatewayRestart) {
@@ -326,7 +309,14 @@ fn one_step(
             };
             // The socket first: a new listen address is bound before the gateway asks for it.
             host.queue(verb, &[paths::SOCKET_GATEWAY.to_string()])?;
-            bring_up(host, verb, &[gateway_member(cfg)], Some(wait_opts), out).map(|_| ())
+            bring_up(
+                host,
+                verb,
+                &[member(Service::Gateway, cfg)],
+                Some(wait_opts),
+                out,
+            )
+            .map(|_| ())
         }
         Step::Snapshot => snapshot::save(cfg).map(|p| {
             let _ = writeln!(out, "  running snapshot: {}", p.display());

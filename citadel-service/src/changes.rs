@@ -318,13 +318,7 @@ fn monitor_change(old: Option<&Config>, new: &Config, models: &[ModelChange]) ->
         return Change::of(Action::Restart, restart);
     }
     let mut r = diff("monitor.", &o.monitor, &new.monitor, &[]);
-    for k in ["host", "api_key_file"] {
-        r.extend(
-            diff("engine.", &o.engine, &new.engine, &[])
-                .into_iter()
-                .filter(|l| l.starts_with(&format!("engine.{k}:"))),
-        );
-    }
+    r.extend(engine_reach(o, new));
     let probed = |c: &Config| -> Vec<(String, u16, String)> {
         c.enabled_models()
             .map(|m| (m.name.clone(), m.port, m.served_model_name.clone()))
@@ -342,6 +336,15 @@ fn monitor_change(old: Option<&Config>, new: &Config, models: &[ModelChange]) ->
         ));
     }
     Change::of(Action::Reload, r)
+}
+
+/// The engine keys the monitor and the gateway use to reach every model (`engine.host`,
+/// `engine.api_key_file`), as `key: old -> new` lines.
+fn engine_reach(o: &Config, new: &Config) -> Vec<String> {
+    diff("engine.", &o.engine, &new.engine, &[])
+        .into_iter()
+        .filter(|l| l.starts_with("engine.host:") || l.starts_with("engine.api_key_file:"))
+        .collect()
 }
 
 /// The gateway: started or stopped with `gateway.enabled`, restarted with its socket for a new
@@ -380,13 +383,7 @@ fn gateway_change(old: Option<&Config>, new: &Config) -> Change {
         );
     }
     let mut r = diff("gateway.", a, b, &[]);
-    for k in ["host", "api_key_file"] {
-        r.extend(
-            diff("engine.", &o.engine, &new.engine, &[])
-                .into_iter()
-                .filter(|l| l.starts_with(&format!("engine.{k}:"))),
-        );
-    }
+    r.extend(engine_reach(o, new));
     // What it routes by: each enabled model's served name, aliases, port and limit.
     let routes = |c: &Config| -> BTreeMap<String, Value> {
         c.enabled_models()

@@ -124,16 +124,21 @@ pub fn socket_drop_in(cfg: &Config) -> Option<String> {
         .expect("valid default");
     (cfg.gateway.listen != default).then(|| {
         format!(
-            "# Written by citadel-generator from {} at boot and on daemon-reload; do not edit\n# (edit gateway.listen in the config, then run citadel-service apply).\n[Socket]\nListenStream=\nListenStream={}\n",
-            escape_control(&cfg.file.display().to_string()),
+            "{}ListenStream=\nListenStream={}\n",
+            header_of(cfg, "Socket"),
             cfg.gateway.listen
         )
     })
 }
 
 fn header(cfg: &Config) -> String {
+    header_of(cfg, "Service")
+}
+
+/// The comment every drop-in starts with, then its `[SECTION]` line.
+fn header_of(cfg: &Config, section: &str) -> String {
     format!(
-        "# Written by citadel-generator from {} at boot and on daemon-reload; do not edit\n# (edit the config, then run citadel-service apply).\n[Service]\n",
+        "# Written by citadel-generator from {} at boot and on daemon-reload; do not edit\n# (edit the config, then run citadel-service apply).\n[{section}]\n",
         escape_control(&cfg.file.display().to_string())
     )
 }
