@@ -73,11 +73,7 @@ impl Engine {
 
     /// A counter or gauge of the engine's own `/metrics` (summed over label sets matching).
     pub fn metric(&self, name: &str, label: &str) -> f64 {
-        let (_, _, body) = http(self.port, "GET", "/metrics", &[], "");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(self.port, name, label)
     }
 }
 
@@ -151,11 +147,7 @@ impl Gateway {
     }
 
     pub fn metric(&self, name: &str, label: &str) -> f64 {
-        let (_, _, body) = http(self.port, "GET", "/metrics", &[], "");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(self.port, name, label)
     }
 }
 
@@ -256,4 +248,13 @@ pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A counter or gauge of the `/metrics` on `port` (summed over the label sets matching).
+fn metric(port: u16, name: &str, label: &str) -> f64 {
+    let (_, _, body) = http(port, "GET", "/metrics", &[], "");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
