@@ -159,9 +159,8 @@ fn verify_health(
                     "{} is active but {} is not healthy: {}",
                     p.name,
                     p.url,
-                    p.error
-                        .clone()
-                        .or(p.http_status.map(|s| format!("HTTP {s}")))
+                    p.error()
+                        .or(p.http_status().map(|s| format!("HTTP {s}")))
                         .unwrap_or_default()
                 )
             })
@@ -286,9 +285,10 @@ mod tests {
             .map(|(n, p)| ProbeResult {
                 name: n.clone(),
                 url: format!("http://127.0.0.1:{p}/health"),
-                http_status: Some(200),
-                latency_ms: Some(3),
-                error: None,
+                outcome: Ok(citadel_common::probe::Answer {
+                    status: 200,
+                    latency: Duration::from_millis(3),
+                }),
             })
             .collect()
     }
@@ -368,8 +368,7 @@ mod tests {
         let refused = |models: &[(String, u16)]| -> Vec<ProbeResult> {
             let mut r = healthy(models);
             for p in &mut r {
-                p.http_status = None;
-                p.error = Some("connection refused".into());
+                p.outcome = Err(citadel_common::probe::ProbeError::Refused);
             }
             r
         };

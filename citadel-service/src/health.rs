@@ -7,12 +7,13 @@ use crate::output::{self, paint, tone_of, Tone};
 use crate::probes::ProbeResult;
 use citadel_common::config::Config;
 use citadel_common::health::GpuHealth;
+use citadel_common::probe::{self, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One enabled model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelCheck {
     pub name: String,
     pub unit: String,
@@ -21,6 +22,10 @@ pub struct ModelCheck {
     /// The unit's STATE word ([`crate::status::state_word`]: systemd's ActiveState, or
     /// `not-installed`), when systemd answered.
     pub unit_state: Option<String>,
+    /// What `/health` got (the HEALTH word comes from it; the JSON has `http_status`,
+    /// `latency_ms` and `error`).
+    #[serde(skip)]
+    pub probe: Outcome,
     pub healthy: bool,
     pub http_status: Option<u16>,
     pub latency_ms: Option<u64>,
@@ -68,13 +73,16 @@ pub struct HealthReport {
 }
 
 /// The gateway, probed the way a client reaches it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatewayCheck {
     pub unit: String,
     pub url: String,
     /// The unit's STATE word ([`crate::status::state_word`]: systemd's ActiveState, or
     /// `not-installed`), when systemd answered.
     pub unit_state: Option<String>,
+    /// What `GET /health` through the gateway got (its HEALTH word comes from it).
+    #[serde(skip)]
+    pub probe: Outcome,
     /// `GET /health` through the gateway answered 200.
     pub healthy: bool,
     pub http_status: Option<u16>,
@@ -132,15 +140,14 @@ pub fn assemble(
         .map(|(m, p)| {
             let unit_state = unit_states.and_then(|s| s.get(&m.unit()).cloned());
             let unit_ok = unit_state.as_deref().map_or(true, |s| s == "active");
-            let error = match (&p.error, p.http_status) {
-                (_, Some(200)) if !unit_ok => Some(format!(
+            let error = match &p.outcome {
+                Ok(a) if a.status == 200 && !unit_ok => Some(format!(
                     "/health answers but the unit is {}",
                     unit_state.as_deref().unwrap_or("?")
                 )),
-                (_, Some(200)) => None,
-                (_, Some(s)) => Some(format!("/health returned HTTP {s}")),
-                (Some(e), None) => Some(e.clone()),
-                (None, None) => Some("no answer".into()),
+                Ok(a) if a.status == 200 => None,
+                Ok(a) => Some(format!("/health returned HTTP {}", a.status)),
+                Err(e) => Some(e.to_string()),
             };
             ModelCheck {
                 name: m.name.clone(),
@@ -148,9 +155,10 @@ pub fn assemble(
                 port: m.port,
                 url: p.url.clone(),
                 unit_state,
+                probe: p.outcome.clone(),
                 healthy: p.healthy() && unit_ok,
-                http_status: p.http_status,
-                latency_ms: p.latency_ms,
+                http_status: p.http_status(),
+                latency_ms: p.latency_ms(),
                 error,
                 via_gateway: None,
             }
@@ -248,7 +256,7 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
         .to_vec()];
     for m in &r.models {
         // The probe's word (status --probe says the same); STATE and DETAIL say the rest.
-        let word = &crate::probes::probe_word(m.http_status, m.error.as_deref());
+        let word = &probe::health_word(&m.probe);
         rows.push(vec![
             m.name.clone(),
             m.unit_state.clone().unwrap_or_else(|| "-".into()),
@@ -303,7 +311,7 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
         ));
     }
     if let Some(g) = &r.gateway {
-        let word = &crate::probes::probe_word(g.http_status, g.error.as_deref());
+        let word = &probe::health_word(&g.probe);
         let routes = g
             .routable
             .as_ref()
@@ -351,18 +359,24 @@ mod tests {
             &citadel_common::config::Limits::default(),
         )
         .unwrap();
-        for (http, error, word) in [
-            (Some(503), None, "http 503"),
-            (None, Some("connection refused"), "refused"),
-            (None, Some("timed out after 2s"), "timeout"),
-            (Some(200), None, "healthy"),
+        use citadel_common::probe::{Answer, ProbeError};
+        let answer = |status| {
+            Ok(Answer {
+                status,
+                latency: std::time::Duration::ZERO,
+            })
+        };
+        for (outcome, word) in [
+            (answer(503), "http 503"),
+            (Err(ProbeError::Refused), "refused"),
+            (Err(ProbeError::Timeout), "timeout"),
+            (Err(ProbeError::Other("reset".into())), "error"),
+            (answer(200), "healthy"),
         ] {
             let p = ProbeResult {
                 name: "a".into(),
                 url: "http://127.0.0.1:11403/health".into(),
-                http_status: http,
-                latency_ms: None,
-                error: error.map(str::to_string),
+                outcome,
             };
             let status_word = crate::status::cells_from_probes(std::slice::from_ref(&p))["a"]
                 .health

@@ -1,39 +1,79 @@
-//! Live `/health` probes of the models, in parallel, each bounded by one timeout.
+//! Live `/health` probes of the models, in parallel (common's one `probe_all`), each bounded
+//! by one timeout.
 
-use citadel_common::probe::{base_url, Prober};
+use citadel_common::probe::{self, base_url, Answer, Get, Outcome, ProbeError, Prober};
 use std::time::Duration;
 
 /// One model's `/health` answer (or why there was none).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "ProbeRecord", from = "ProbeRecord")]
 pub struct ProbeResult {
     pub name: String,
     pub url: String,
-    /// HTTP status, when the server answered.
-    pub http_status: Option<u16>,
-    pub latency_ms: Option<u64>,
-    /// `connection refused`, `timed out` ...
-    pub error: Option<String>,
+    pub outcome: Outcome,
 }
 
 impl ProbeResult {
     pub fn healthy(&self) -> bool {
-        self.http_status == Some(200)
+        self.http_status() == Some(200)
     }
     /// `healthy`, `http 503`, `refused`, `timeout`, `error`.
     pub fn word(&self) -> String {
-        probe_word(self.http_status, self.error.as_deref())
+        probe::health_word(&self.outcome)
+    }
+    /// HTTP status, when the server answered.
+    pub fn http_status(&self) -> Option<u16> {
+        self.outcome.as_ref().ok().map(|a| a.status)
+    }
+    pub fn latency_ms(&self) -> Option<u64> {
+        self.outcome
+            .as_ref()
+            .ok()
+            .map(|a| a.latency.as_millis() as u64)
+    }
+    /// `connection refused`, `timed out` ..., when there was no answer.
+    pub fn error(&self) -> Option<String> {
+        self.outcome.as_ref().err().map(ProbeError::to_string)
     }
 }
 
-/// The HEALTH word of one `/health` probe, the same in `status --probe`, `health` and its
-/// gateway line: `healthy`, `http 503`, `refused`, `timeout`, `error`.
-pub fn probe_word(http_status: Option<u16>, error: Option<&str>) -> String {
-    match (http_status, error) {
-        (Some(200), _) => "healthy".into(),
-        (Some(s), _) => format!("http {s}"),
-        (None, Some(e)) if e.contains("refused") => "refused".into(),
-        (None, Some(e)) if e.contains("timed out") => "timeout".into(),
-        _ => "error".into(),
+/// A [`ProbeResult`] as JSON: `http_status`, `latency_ms` and `error` (the message).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProbeRecord {
+    name: String,
+    url: String,
+    http_status: Option<u16>,
+    latency_ms: Option<u64>,
+    error: Option<String>,
+}
+
+impl From<ProbeResult> for ProbeRecord {
+    fn from(p: ProbeResult) -> ProbeRecord {
+        ProbeRecord {
+            http_status: p.http_status(),
+            latency_ms: p.latency_ms(),
+            error: p.error(),
+            name: p.name,
+            url: p.url,
+        }
+    }
+}
+
+impl From<ProbeRecord> for ProbeResult {
+    fn from(r: ProbeRecord) -> ProbeResult {
+        let outcome = match (r.http_status, r.error) {
+            (Some(status), _) => Ok(Answer {
+                status,
+                latency: Duration::from_millis(r.latency_ms.unwrap_or(0)),
+            }),
+            (None, Some(e)) => Err(ProbeError::from_message(&e)),
+            (None, None) => Err(ProbeError::Other("no answer".into())),
+        };
+        ProbeResult {
+            name: r.name,
+            url: r.url,
+            outcome,
+        }
     }
 }
 
@@ -90,6 +130,7 @@ pub fn probe_gateway(
         unit: citadel_common::paths::UNIT_GATEWAY.into(),
         url: base,
         unit_state: None,
+        probe: health.as_ref().map(|h| h.answer()).map_err(Clone::clone),
         healthy: health.as_ref().is_ok_and(|h| h.status == 200),
         http_status: health.as_ref().ok().map(|h| h.status),
         latency_ms: health.as_ref().ok().map(|h| h.latency.as_millis() as u64),
@@ -101,38 +142,26 @@ pub fn probe_gateway(
 /// `GET http://HOST:PORT/health` for every `(name, port)` at once; returns in input order.
 pub fn probe_all(host: &str, models: &[(String, u16)], timeout: Duration) -> Vec<ProbeResult> {
     let prober = Prober::new(timeout);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = models
-            .iter()
-            .map(|(name, port)| {
-                let prober = prober.clone();
-                let url = format!("{}/health", base_url(host, *port));
-                s.spawn(move || {
-                    let r = prober.get(&url, None);
-                    ProbeResult {
-                        name: name.clone(),
-                        http_status: r.as_ref().ok().map(|r| r.status),
-                        latency_ms: r.as_ref().ok().map(|r| r.latency.as_millis() as u64),
-                        error: r.err().map(|e| e.to_string()),
-                        url,
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(models)
-            .map(|(h, (name, port))| {
-                h.join().unwrap_or_else(|_| ProbeResult {
-                    name: name.clone(),
-                    url: format!("{}/health", base_url(host, *port)),
-                    http_status: None,
-                    latency_ms: None,
-                    error: Some("probe thread panicked".into()),
-                })
-            })
-            .collect()
-    })
+    let urls: Vec<String> = models
+        .iter()
+        .map(|(_, port)| format!("{}/health", base_url(host, *port)))
+        .collect();
+    let gets = urls
+        .iter()
+        .map(|url| Get {
+            prober: prober.clone(),
+            url: url.clone(),
+        })
+        .collect();
+    probe::probe_all(gets)
+        .into_iter()
+        .zip(models.iter().zip(urls))
+        .map(|(r, ((name, _), url))| ProbeResult {
+            name: name.clone(),
+            url,
+            outcome: r.map(|r| r.answer()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

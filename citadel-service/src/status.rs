@@ -112,8 +112,8 @@ pub fn cells_from_probes(probes: &[ProbeResult]) -> BTreeMap<String, HealthCell>
                 p.name.clone(),
                 HealthCell {
                     health: p.word(),
-                    reason: if p.healthy() { None } else { p.error.clone() },
-                    latency_ms: p.latency_ms,
+                    reason: if p.healthy() { None } else { p.error() },
+                    latency_ms: p.latency_ms(),
                 },
             )
         })

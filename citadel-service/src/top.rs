@@ -14,7 +14,7 @@ use crate::status::{self, Row, StatusReport};
 use crate::systemd::Host;
 use crate::{gpu, output};
 use citadel_common::config::Config;
-use citadel_common::probe::Prober;
+use citadel_common::probe::{probe_all, Get, Prober};
 use citadel_common::promtext;
 use citadel_common::{Exit, Failure};
 use std::collections::BTreeMap;
@@ -98,29 +98,25 @@ impl Source for Live<'_> {
             .filter(|r| r.kind == Kind::Model && r.up)
             .filter_map(|r| r.port.map(|p| (r.service.clone(), p)))
             .collect();
-        let metrics = std::thread::scope(|sc| {
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|(name, port)| {
-                    let url = format!(
-                        "{}/metrics",
-                        citadel_common::probe::base_url(&self.cfg.engine.host, *port)
-                    );
-                    let h = sc.spawn(move || {
-                        Prober::with_max_body(timeout, METRICS_MAX_BODY)
-                            .get(&url, None)
-                            .ok()
-                            .filter(|r| r.status == 200)
-                            .map(|r| parse_metrics(&r.body))
-                    });
-                    (name.clone(), h)
-                })
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|(n, h)| h.join().ok().flatten().map(|m| (n, m)))
-                .collect::<BTreeMap<_, _>>()
-        });
+        let prober = Prober::with_max_body(timeout, METRICS_MAX_BODY);
+        let gets = targets
+            .iter()
+            .map(|(_, port)| Get {
+                prober: prober.clone(),
+                url: format!(
+                    "{}/metrics",
+                    citadel_common::probe::base_url(&self.cfg.engine.host, *port)
+                ),
+            })
+            .collect();
+        let metrics = probe_all(gets)
+            .into_iter()
+            .zip(&targets)
+            .filter_map(|(r, (name, _))| {
+                let r = r.ok().filter(|r| r.status == 200)?;
+                Some((name.clone(), parse_metrics(&r.body)))
+            })
+            .collect::<BTreeMap<_, _>>();
         let up: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
         let gpu_temp_c = self
             .cfg

@@ -12,7 +12,8 @@
 //! - [`notify`]: sd_notify without libsystemd;
 //! - [`systemd`]: the one systemd client (unit states and jobs over D-Bus, [`systemd::ActiveState`],
 //!   one fake behind the `testing` feature); [`systemctl`]: the one wrapper around `systemctl`;
-//! - [`probe`]: bounded HTTP probes of a model server;
+//! - [`probe`]: bounded HTTP probes of a model server (typed outcomes, one parallel
+//!   [`probe::probe_all`]);
 //! - [`promtext`]: Prometheus text format samples (vLLM's `/metrics`);
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
 //!   service account", shared by storage-setup and start-model;

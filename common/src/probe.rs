@@ -1,7 +1,14 @@
 //! Bounded HTTP probes of a model server: every request has a timeout that covers connect,
 //! send and reading the body, and bodies are read up to a small bound.
+//!
+//! A probe's outcome is typed ([`Outcome`]: an [`Answer`] with its HTTP status, or a
+//! [`ProbeError`]: refused, timed out, other); callers branch on it, never on its message.
+//! [`probe_all`] is the one way to probe many servers at once (`status --probe`, `health`,
+//! `top`, the monitor's sweep).
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// Why a probe did not get an HTTP answer.
@@ -26,6 +33,19 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
+impl ProbeError {
+    /// The inverse of `Display` (for records that hold the message, e.g. test fixtures):
+    /// `connection refused` and `timed out` are [`Refused`](ProbeError::Refused) and
+    /// [`Timeout`](ProbeError::Timeout), anything else is [`Other`](ProbeError::Other).
+    pub fn from_message(msg: &str) -> ProbeError {
+        match msg {
+            "connection refused" => ProbeError::Refused,
+            "timed out" => ProbeError::Timeout,
+            m => ProbeError::Other(m.to_string()),
+        }
+    }
+}
+
 /// The answer to one probe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -33,6 +53,38 @@ pub struct Reply {
     /// At most the bound, lossily decoded.
     pub body: String,
     pub latency: Duration,
+}
+
+impl Reply {
+    /// Status and latency, the body aside.
+    pub fn answer(&self) -> Answer {
+        Answer {
+            status: self.status,
+            latency: self.latency,
+        }
+    }
+}
+
+/// An HTTP answer: status and latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub latency: Duration,
+}
+
+/// What one probe got: an HTTP answer (any status), or why there was none.
+pub type Outcome = Result<Answer, ProbeError>;
+
+/// The HEALTH word of one `/health` probe, the same in `status --probe`, `health` and its
+/// gateway line: `healthy` (200), `http 503`, `refused`, `timeout`, `error`.
+pub fn health_word(o: &Outcome) -> String {
+    match o {
+        Ok(a) if a.status == 200 => "healthy".into(),
+        Ok(a) => format!("http {}", a.status),
+        Err(ProbeError::Refused) => "refused".into(),
+        Err(ProbeError::Timeout) => "timeout".into(),
+        Err(ProbeError::Other(_)) => "error".into(),
+    }
 }
 
 /// Bodies larger than this are cut (a `/health` answer is empty; `/metrics` is a few KiB).
@@ -43,6 +95,7 @@ pub const DEFAULT_MAX_BODY: u64 = 256 * 1024;
 pub struct Prober {
     agent: ureq::Agent,
     max_body: u64,
+    timeout: Duration,
 }
 
 impl Prober {
@@ -57,7 +110,16 @@ impl Prober {
             .max_idle_connections(0)
             .redirects(0)
             .build();
-        Prober { agent, max_body }
+        Prober {
+            agent,
+            max_body,
+            timeout,
+        }
+    }
+
+    /// The one timeout of every exchange.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// `GET url`; any HTTP status is a [`Reply`].
@@ -139,6 +201,87 @@ fn classify(t: &ureq::Transport) -> ProbeError {
     } else {
         ProbeError::Other(msg)
     }
+}
+
+/// How long past the longest probe timeout [`probe_all`] waits for a probe thread's answer.
+/// The socket timeouts inside a probe fire a little late (about 20 ms on a 1 s timeout), so
+/// `probe_all` keeps its own deadline and counts a later answer as a timeout: with hung servers
+/// it returns one probe timeout plus this slack after it began.
+pub const MARGIN: Duration = Duration::from_millis(10);
+/// How often a waiting [`probe_all_or_stop`] looks at the stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// One `GET` of [`probe_all`]: the URL, with the prober (timeout, body bound) to use.
+#[derive(Clone)]
+pub struct Get {
+    pub prober: Prober,
+    pub url: String,
+}
+
+/// `GET` every URL at once, each in a thread of its own with its prober's timeout; the
+/// replies in input order. Waits at most the longest timeout plus [`MARGIN`]: a probe that
+/// has not answered by then is [`ProbeError::Timeout`] (its thread is left to end on its own
+/// within its timeout, so a hung server never delays the others or the caller).
+pub fn probe_all(gets: Vec<Get>) -> Vec<Result<Reply, ProbeError>> {
+    let n = gets.len();
+    // Never raised: always `Some`.
+    probe_all_or_stop(gets, &AtomicBool::new(false))
+        .unwrap_or_else(|| vec![Err(ProbeError::Timeout); n])
+}
+
+/// [`probe_all`] that stops waiting at once when `stop` is raised (SIGTERM): `None` then.
+pub fn probe_all_or_stop(
+    gets: Vec<Get>,
+    stop: &AtomicBool,
+) -> Option<Vec<Result<Reply, ProbeError>>> {
+    let timeout = gets.iter().map(|g| g.prober.timeout).max();
+    let mut out: Vec<Option<Result<Reply, ProbeError>>> = vec![None; gets.len()];
+    let (tx, rx) = mpsc::channel::<(usize, Result<Reply, ProbeError>)>();
+    let mut pending = 0usize;
+    for (i, g) in gets.into_iter().enumerate() {
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("probe-{i}"))
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    g.prober.get(&g.url, None)
+                }))
+                .unwrap_or_else(|_| Err(ProbeError::Other("probe thread panicked".into())));
+                let _ = tx.send((i, r));
+            });
+        match spawned {
+            Ok(_) => pending += 1,
+            Err(e) => {
+                out[i] = Some(Err(ProbeError::Other(format!(
+                    "cannot start probe thread: {e}"
+                ))))
+            }
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout.unwrap_or_default() + MARGIN;
+    while pending > 0 {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left.min(STOP_POLL)) {
+            Ok((i, r)) => {
+                pending -= 1;
+                out[i] = Some(r);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(ProbeError::Timeout)))
+            .collect(),
+    )
 }
 
 /// The base URL of a model server: the bind host, unless it binds every interface.
@@ -223,6 +366,76 @@ mod tests {
             .get(&format!("http://127.0.0.1:{port}/"), None)
             .unwrap();
         assert_eq!(r.body.len(), 10);
+    }
+
+    #[test]
+    fn probe_all_runs_in_parallel_keeps_the_order_and_types_every_outcome() {
+        let ok = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
+        let dead = serve_once(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
+        let slow1 = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
+        let slow2 = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = Prober::new(Duration::from_millis(500));
+        let gets = [ok, dead, slow1, slow2, closed]
+            .iter()
+            .map(|port| Get {
+                prober: p.clone(),
+                url: format!("{}/health", base_url("127.0.0.1", *port)),
+            })
+            .collect();
+        let t0 = Instant::now();
+        let r: Vec<Outcome> = probe_all(gets)
+            .iter()
+            .map(|r| r.as_ref().map(Reply::answer).map_err(Clone::clone))
+            .collect();
+        // Two hung servers cost one timeout (plus the margin), not two.
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        let words: Vec<String> = r.iter().map(health_word).collect();
+        assert_eq!(
+            words,
+            ["healthy", "http 503", "timeout", "timeout", "refused"]
+        );
+        assert_eq!(
+            health_word(&Err(ProbeError::Other("reset".into()))),
+            "error"
+        );
+    }
+
+    #[test]
+    fn a_raised_stop_flag_abandons_the_wait() {
+        let hung = serve_once(b"", Duration::from_secs(30));
+        let gets = vec![Get {
+            prober: Prober::new(Duration::from_secs(5)),
+            url: format!("http://127.0.0.1:{hung}/health"),
+        }];
+        let t0 = Instant::now();
+        assert!(probe_all_or_stop(gets, &AtomicBool::new(true)).is_none());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_message_reads_back_as_the_error_it_displays() {
+        for e in [
+            ProbeError::Refused,
+            ProbeError::Timeout,
+            ProbeError::Other("reset by peer".into()),
+        ] {
+            assert_eq!(ProbeError::from_message(&e.to_string()), e);
+        }
     }
 
     #[test]

@@ -42,12 +42,8 @@ use citadel_common::probe::ProbeError;
 use citadel_common::systemd::{ActiveState, UnitStatus};
 use std::time::{Duration, Instant};
 
-/// An HTTP answer: status and latency.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Answer {
-    pub status: u16,
-    pub latency: Duration,
-}
+/// An HTTP answer: status and latency (the one type, from common's probe).
+pub use citadel_common::probe::Answer;
 
 /// What one deep probe (one-token completion) got, with `/metrics` read just before and just
 /// after it.

@@ -1,7 +1,7 @@
 //! The probes of one sweep. Every model's `/health` and `/metrics` are probed in threads of
 //! their own (side by side, each with the probe timeout, bodies bounded, each its own verdict:
 //! only `/health` decides liveness here, a bad `/metrics` only costs the stall detector that
-//! sweep); the sweep collects the answers
+//! sweep) by common's one [`probe::probe_all_or_stop`]: the sweep collects the answers
 //! until a deadline of one probe timeout plus a small margin, so a hung server never delays the
 //! others, and stops waiting at once when asked to stop (SIGTERM).
 //!
@@ -13,11 +13,10 @@
 
 use crate::decide::{Answer, DeepOutcome};
 use crate::metrics::{self, Metrics};
-use citadel_common::probe::{ProbeError, Prober};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use citadel_common::probe::{self, Get, ProbeError, Prober, Reply};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
 
 /// `/health` answers are empty; anything bigger is cut here.
 pub const HEALTH_MAX_BODY: u64 = 4 * 1024;
@@ -25,13 +24,9 @@ pub const HEALTH_MAX_BODY: u64 = 4 * 1024;
 pub const METRICS_MAX_BODY: u64 = 1024 * 1024;
 /// Completion answers are small JSON.
 pub const DEEP_MAX_BODY: u64 = 64 * 1024;
-/// How long past the probe timeout the sweep waits for a probe thread's answer. The socket
-/// timeouts inside a probe fire a little late (about 20 ms on a 1 s timeout), so the sweep
-/// keeps its own deadline and counts a later answer as a timeout: a sweep with hung servers
-/// ends one probe timeout plus this slack after it began.
-pub const MARGIN: Duration = Duration::from_millis(10);
-/// How often a waiting sweep looks at the stop flag.
-pub const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long past the probe timeout the sweep waits for a probe thread's answer, and how often
+/// a waiting sweep looks at the stop flag (common's).
+pub use citadel_common::probe::{MARGIN, STOP_POLL};
 
 /// What one model's probe thread got.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,28 +35,17 @@ pub struct ProbeResult {
     pub metrics: Option<Metrics>,
 }
 
-/// Read `/metrics` and parse the two metrics the hang detector needs.
-pub fn read_metrics(base_url: &str, timeout: Duration) -> Option<Metrics> {
-    let r = Prober::with_max_body(timeout, METRICS_MAX_BODY)
-        .get(&format!("{base_url}/metrics"), None)
-        .ok()?;
+/// The two metrics the hang detector needs, from a `/metrics` reply.
+fn metrics_of(r: Result<Reply, ProbeError>) -> Option<Metrics> {
+    let r = r.ok()?;
     (r.status == 200).then(|| metrics::parse(&r.body)).flatten()
 }
 
-/// `GET /health`, bounded by `timeout`.
-pub fn read_health(base_url: &str, timeout: Duration) -> Result<Answer, ProbeError> {
-    Prober::with_max_body(timeout, HEALTH_MAX_BODY)
-        .get(&format!("{base_url}/health"), None)
-        .map(|r| Answer {
-            status: r.status,
-            latency: r.latency,
-        })
-}
-
-/// One probe's answer, as its own thread sends it.
-enum Part {
-    Health(Result<Answer, ProbeError>),
-    Metrics(Option<Metrics>),
+/// Read `/metrics` and parse the two metrics the hang detector needs.
+pub fn read_metrics(base_url: &str, timeout: Duration) -> Option<Metrics> {
+    metrics_of(
+        Prober::with_max_body(timeout, METRICS_MAX_BODY).get(&format!("{base_url}/metrics"), None),
+    )
 }
 
 /// Probe every `(index, base_url)` in parallel; answers by index. `/health` and `/metrics`
@@ -75,70 +59,34 @@ pub fn probe_all(
     timeout: Duration,
     stop: &AtomicBool,
 ) -> Option<Vec<(usize, ProbeResult)>> {
-    let (tx, rx) = mpsc::channel::<(usize, Part)>();
-    let mut pending = 0usize;
-    let mut health: BTreeMap<usize, Result<Answer, ProbeError>> = BTreeMap::new();
-    let mut metrics: BTreeMap<usize, Option<Metrics>> = BTreeMap::new();
-    for (i, base) in targets {
-        let (i, base_h, tx_h) = (*i, base.clone(), tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("health-{i}"))
-            .spawn(move || {
-                let _ = tx_h.send((i, Part::Health(read_health(&base_h, timeout))));
-            });
-        match spawned {
-            Ok(_) => pending += 1,
-            Err(e) => {
-                health.insert(
-                    i,
-                    Err(ProbeError::Other(format!("cannot start probe thread: {e}"))),
-                );
-            }
-        }
-        let (base_m, tx_m) = (base.clone(), tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("metrics-{i}"))
-            .spawn(move || {
-                let _ = tx_m.send((i, Part::Metrics(read_metrics(&base_m, timeout))));
-            });
-        if spawned.is_ok() {
-            pending += 1;
-        }
-    }
-    drop(tx);
-    let deadline = Instant::now() + timeout + MARGIN;
-    while pending > 0 {
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left.min(STOP_POLL)) {
-            Ok((i, part)) => {
-                pending -= 1;
-                match part {
-                    Part::Health(h) => {
-                        health.insert(i, h);
-                    }
-                    Part::Metrics(m) => {
-                        metrics.insert(i, m);
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    let health = Prober::with_max_body(timeout, HEALTH_MAX_BODY);
+    let metrics = Prober::with_max_body(timeout, METRICS_MAX_BODY);
+    let gets = targets
+        .iter()
+        .flat_map(|(_, base)| {
+            [
+                Get {
+                    prober: health.clone(),
+                    url: format!("{base}/health"),
+                },
+                Get {
+                    prober: metrics.clone(),
+                    url: format!("{base}/metrics"),
+                },
+            ]
+        })
+        .collect();
+    let mut replies = probe::probe_all_or_stop(gets, stop)?.into_iter();
     let out = targets
         .iter()
         .map(|(i, _)| {
+            let health = replies.next().unwrap_or(Err(ProbeError::Timeout));
+            let metrics = replies.next().and_then(metrics_of);
             (
                 *i,
                 ProbeResult {
-                    health: health.remove(i).unwrap_or(Err(ProbeError::Timeout)),
-                    metrics: metrics.remove(i).flatten(),
+                    health: health.map(|r| r.answer()),
+                    metrics,
                 },
             )
         })
@@ -169,10 +117,7 @@ pub fn spawn_deep(
                 let before = read_metrics(&base, probe_timeout);
                 let result = Prober::with_max_body(deep_timeout, DEEP_MAX_BODY)
                     .post_json(&format!("{base}/v1/completions"), &body, key.as_deref())
-                    .map(|r| Answer {
-                        status: r.status,
-                        latency: r.latency,
-                    });
+                    .map(|r| r.answer());
                 let after = read_metrics(&base, probe_timeout);
                 let _ = tx.send(DeepOutcome {
                     result,
@@ -200,6 +145,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::time::Instant;
 
     /// A server that answers every connection with `reply` after `delay`.
     fn server(reply: &'static [u8], delay: Duration) -> String {
