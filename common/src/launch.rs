@@ -38,10 +38,6 @@ use std::path::Path;
 /// helpers such as `ninja` live) in front of this fixed list. Never the caller's `PATH`.
 pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The signal that tells start-model "your next stop skips the drain" (the monitor sends it
-/// right before it restarts a broken model: nothing in flight will finish).
-pub const NO_DRAIN_SIGNAL: &str = "SIGUSR1";
-
 /// What `--dry-run` shows in place of the API key (the key itself is never printed).
 pub const REDACTED: &str = "<redacted>";
 

@@ -14,6 +14,7 @@
 //!   one fake behind the `testing` feature); [`systemctl`]: the one wrapper around `systemctl`;
 //! - [`probe`]: bounded HTTP probes of a model server (typed outcomes, one parallel
 //!   [`probe::probe_all`]);
+//! - [`signals`]: the stop / reload / no-drain signal flags of start-model and health-monitor;
 //! - [`promtext`]: Prometheus text format samples (vLLM's `/metrics`);
 //! - [`modelfiles`] and [`access`]: "is this model directory complete and readable by the
 //!   service account", shared by storage-setup and start-model;
@@ -55,6 +56,7 @@ pub mod quarantine;
 pub mod report;
 pub mod safefs;
 pub mod salvage;
+pub mod signals;
 pub mod systemctl;
 pub mod systemd;
 pub mod text;

@@ -18,39 +18,7 @@ use citadel_common::config::Config;
 use citadel_common::{notify, Exit, Failure};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Raised by SIGHUP.
-static RELOAD: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_hup(_: nix::libc::c_int) {
-    RELOAD.store(true, Ordering::SeqCst);
-}
-
-/// Handle SIGHUP as "reload the config".
-pub fn install_hup_handler() -> Result<(), Failure> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_hup),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGHUP, &act) }
-        .map_err(|e| Failure::other(format!("cannot install a SIGHUP handler: {e}")))?;
-    Ok(())
-}
-
-/// A reload was asked for and not yet taken.
-pub fn pending() -> bool {
-    RELOAD.load(Ordering::SeqCst)
-}
-
-/// Take the pending reload request, if any.
-pub fn take() -> bool {
-    RELOAD.swap(false, Ordering::SeqCst)
-}
 
 /// The acknowledgement file: which config the running monitor uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

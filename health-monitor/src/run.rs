@@ -6,9 +6,10 @@ use crate::monitor::{GpuReader, Monitor};
 use crate::output;
 use crate::reload;
 use crate::settings::{Settings, Target};
-use crate::signals::{install_signal_handlers, sleep_until, spawn_stop_relay};
+use crate::signals::sleep_until;
 use citadel_common::config::Config;
 use citadel_common::health::GpuHealth;
+use citadel_common::signals::{self, spawn_stop_relay, Meaning};
 use citadel_common::systemd::{Client, Systemd};
 use citadel_common::{notify, Exit, Failure};
 use std::path::PathBuf;
@@ -109,7 +110,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     let settings = Settings::from_config(&cfg);
     let targets = Target::from_config(&cfg);
     let api_key = api_key_for(&cfg, &settings);
-    install_signal_handlers()?;
+    signals::install(&[Meaning::Stop])?;
     let stop = Arc::new(AtomicBool::new(false));
     let systemd: Arc<dyn Systemd> = Arc::new(Client::with_timeout(settings.probe_timeout));
 
@@ -148,7 +149,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         m = m.with_gpu_faults(kernel, gpu_snapshots());
     }
     let _relay = spawn_stop_relay(stop.clone());
-    reload::install_hup_handler()?;
+    signals::install(&[Meaning::Reload])?;
     let mut runtime_dir = cfg.paths.runtime_dir.clone();
     reload::Loaded::of(&cfg, None).write(&runtime_dir);
     log::info!(
@@ -175,7 +176,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         if !sleep_until(start + m.settings().interval, &stop) {
             break;
         }
-        if reload::take() {
+        if signals::take_reload() {
             reload_now(args, &mut m, &mut runtime_dir);
         }
     }

@@ -1,32 +1,10 @@
-//! Signals: SIGTERM / SIGINT raise one process-wide flag; a relay thread copies it into the
-//! monitor's own stop flag, which every wait checks.
+//! Signals: SIGTERM / SIGINT (stop) and SIGHUP (reload) raise common's process-wide flags
+//! ([`citadel_common::signals`]); a relay thread copies the stop into the monitor's own stop
+//! flag, which every wait checks, and [`sleep_until`] wakes for a reload.
 
-use citadel_common::{notify, Failure};
+use citadel_common::{notify, signals};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Raised by SIGTERM / SIGINT.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-pub(crate) fn install_signal_handlers() -> Result<(), Failure> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &act) }
-            .map_err(|e| Failure::other(format!("cannot install a {sig} handler: {e}")))?;
-    }
-    Ok(())
-}
 
 /// Sleep until `until` (or a reload is asked for), in small steps, petting the watchdog;
 /// false when stopped.
@@ -38,7 +16,7 @@ pub(crate) fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
             return false;
         }
         let now = Instant::now();
-        if now >= until || crate::reload::pending() {
+        if now >= until || signals::reload_pending() {
             return true;
         }
         if pet.is_some_and(|p| now.duration_since(last_pet) >= p) {
@@ -47,18 +25,4 @@ pub(crate) fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
         }
         std::thread::sleep((until - now).min(Duration::from_millis(100)));
     }
-}
-
-/// Copy the process-wide signal flag into the monitor's stop flag (a small thread).
-pub(crate) fn spawn_stop_relay(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || loop {
-        if STOP.load(Ordering::SeqCst) {
-            stop.store(true, Ordering::SeqCst);
-            return;
-        }
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    })
 }

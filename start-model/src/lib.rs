@@ -59,11 +59,12 @@ use citadel_common::config::{Config, Model};
 use citadel_common::gpu::GpuSource;
 use citadel_common::incident::{Event, ExitInfo};
 use citadel_common::probe::{base_url, ProbeError, Prober};
+use citadel_common::signals;
 use citadel_common::{launch, notify, Exit, Failure};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use supervise::{stop_requested, Engine, StopHow, StopPlan};
+use supervise::{Engine, StopHow, StopPlan};
 
 /// Start one model server, report readiness to systemd, and stop it cleanly.
 #[derive(Debug, Parser)]
@@ -138,9 +139,11 @@ pub fn launch(
     credentials_dir: Option<&std::path::Path>,
     gpu_source: &dyn GpuSource,
 ) -> Result<Exit, Failure> {
-    supervise::install_stop_handlers()?;
+    // SIGTERM / SIGINT set a flag the loops read; the no-drain signal makes the next stop skip
+    // the drain (handlers revert to the default in the engine at exec).
+    signals::install(&[signals::Meaning::Stop, signals::Meaning::NoDrain])?;
     supervise::become_subreaper();
-    let stop = || stop_requested().is_some();
+    let stop = signals::stop_requested;
     let name = &model.name;
 
     refuse_quarantined(cfg, model)?;
@@ -197,7 +200,7 @@ pub fn launch(
         let plan = StopPlan {
             drain: Duration::ZERO,
             grace,
-            skip_drain: supervise::drain_skipped(),
+            skip_drain: signals::drain_skipped(),
         };
         return Ok(stop_engine(
             &mut engine,
@@ -217,11 +220,11 @@ pub fn launch(
         engine.pid()
     );
     loop {
-        if let Some(sig) = stop_requested() {
+        if let Some(sig) = signals::stop_signal() {
             let plan = StopPlan {
                 drain: Duration::from_secs(cfg.engine.drain_secs.into()),
                 grace,
-                skip_drain: supervise::drain_skipped(),
+                skip_drain: signals::drain_skipped(),
             };
             return Ok(stop_engine(&mut engine, name, sig, plan, ""));
         }
@@ -257,7 +260,7 @@ fn wait_ready(
     let mut next_status = t0 + STATUS_EVERY;
     let mut next_probe = t0;
     loop {
-        if let Some(sig) = stop_requested() {
+        if let Some(sig) = signals::stop_signal() {
             return Ok(Some(sig));
         }
         if let Some(end) = engine.poll() {

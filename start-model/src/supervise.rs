@@ -16,14 +16,13 @@ use citadel_common::classify::CauseFinder;
 use citadel_common::launch::LaunchSpec;
 use citadel_common::Failure;
 use nix::errno::Errno;
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,61 +81,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 // ------------------------------------------------------------------------------------------
 // Stop signals
 
-/// The stop signal received (SIGTERM or SIGINT), 0 = none. Set by the handler, read by loops.
-static STOP: AtomicI32 = AtomicI32::new(0);
-/// Set by [`NO_DRAIN_SIGNAL`]: the next stop skips the drain.
-static NO_DRAIN: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(sig: nix::libc::c_int) {
-    STOP.store(sig, Ordering::SeqCst);
-}
-
-extern "C" fn on_no_drain(_: nix::libc::c_int) {
-    NO_DRAIN.store(true, Ordering::SeqCst);
-}
-
-/// The signal the monitor sends to start-model (`systemctl kill --kill-whom=main`) right
-/// before it restarts a broken model: the stop that follows kills the engine at once instead
-/// of draining requests that will never finish ([`citadel_common::launch::NO_DRAIN_SIGNAL`]).
-pub const NO_DRAIN_SIGNAL: Signal = Signal::SIGUSR1;
-
-/// Whether [`NO_DRAIN_SIGNAL`] has been received.
-pub fn drain_skipped() -> bool {
-    NO_DRAIN.load(Ordering::SeqCst)
-}
-
-/// Catch SIGTERM and SIGINT (they only set a flag that [`stop_requested`] reads) and
-/// [`NO_DRAIN_SIGNAL`] (a flag for [`drain_skipped`]). Handlers revert to the default in the
-/// engine at exec, so the engine gets normal signals; the engine never sees SIGUSR1 from us.
-pub fn install_stop_handlers() -> Result<(), Failure> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { signal::sigaction(sig, &action) }
-            .map_err(|e| Failure::other(format!("installing a {sig} handler: {e}")))?;
-    }
-    let no_drain = SigAction::new(
-        SigHandler::Handler(on_no_drain),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: as above, an atomic store only.
-    unsafe { signal::sigaction(NO_DRAIN_SIGNAL, &no_drain) }
-        .map_err(|e| Failure::other(format!("installing a {NO_DRAIN_SIGNAL} handler: {e}")))?;
-    Ok(())
-}
-
-/// The stop signal received so far, if any.
-pub fn stop_requested() -> Option<Signal> {
-    match STOP.load(Ordering::SeqCst) {
-        0 => None,
-        s => Signal::try_from(s).ok(),
-    }
-}
+// SIGTERM / SIGINT and the monitor's no-drain signal: common's one set of signal flags
+// (`citadel_common::signals`: `install`, `stop_signal`, `drain_skipped`, `NO_DRAIN_SIGNAL`).
 
 /// Become the reaper of the engine's orphans (best effort; logged when refused).
 pub fn become_subreaper() {
@@ -794,14 +740,6 @@ mod tests {
             "{took:?}"
         );
         assert!(!e.group_alive());
-    }
-
-    #[test]
-    fn the_no_drain_signal_is_the_one_the_monitor_sends() {
-        assert_eq!(
-            NO_DRAIN_SIGNAL.as_str(),
-            citadel_common::launch::NO_DRAIN_SIGNAL
-        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub trait Systemd: Send + Sync {
     /// The last `lines` journal lines of a unit (`journalctl -u UNIT -n N -o cat`).
     fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure>;
 
-    /// The monitor's restart of a broken model: [`crate::launch::NO_DRAIN_SIGNAL`] to its main
+    /// The monitor's restart of a broken model: [`crate::signals::NO_DRAIN_SIGNAL`] to its main
     /// process first (start-model's next stop kills the engine at once instead of draining
     /// requests that will never finish; best effort, a refusal is logged), then a restart job.
     fn restart_no_drain(&self, unit: &str) -> Result<(), Failure> {
@@ -101,11 +101,9 @@ pub trait Systemd: Send + Sync {
     }
 }
 
-/// [`crate::launch::NO_DRAIN_SIGNAL`] as a signal.
+/// [`crate::signals::NO_DRAIN_SIGNAL`].
 pub fn no_drain_signal() -> Signal {
-    crate::launch::NO_DRAIN_SIGNAL
-        .parse()
-        .unwrap_or(Signal::SIGUSR1)
+    crate::signals::NO_DRAIN_SIGNAL
 }
 
 /// The real systemd: D-Bus for states and jobs, `systemctl`/`journalctl` for what operators
@@ -166,7 +164,7 @@ mod tests {
 
     #[test]
     fn the_no_drain_signal_is_the_launch_contract() {
-        assert_eq!(no_drain_signal().as_str(), crate::launch::NO_DRAIN_SIGNAL);
+        assert_eq!(no_drain_signal(), crate::signals::NO_DRAIN_SIGNAL);
     }
 
     #[test]
