@@ -16,7 +16,7 @@ use crate::snapshot;
 use crate::systemd::{ActiveState, Host, Job};
 use crate::wait::{self, stop_phase, WaitOptions};
 use citadel_common::config::{Config, ConfigError};
-use citadel_common::plan::table;
+use citadel_common::output::table;
 use citadel_common::{paths, Exit, Failure};
 use std::io::Write;
 use std::path::Path;

@@ -73,7 +73,7 @@ pub fn run(
                 }),
             );
         }
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        citadel_common::output::print_json(&doc)?;
     }
     match result {
         Ok(cfg) => {

@@ -343,8 +343,8 @@ pub fn render_table(r: &HealthReport, color: bool) -> String {
 }
 
 /// `health --json`.
-pub fn to_json(r: &HealthReport) -> String {
-    serde_json::to_string_pretty(r).unwrap_or_default()
+pub fn to_json(r: &HealthReport) -> Result<String, citadel_common::Failure> {
+    citadel_common::output::to_json(r)
 }
 
 #[cfg(test)]

@@ -693,7 +693,7 @@ fn status_command(
         .ok();
     let report = status_report(host, cfg, s, probe, gpus.as_ref())?;
     if json {
-        println!("{}", status::to_json(&report));
+        println!("{}", status::to_json(&report)?);
     } else {
         print!(
             "{}",
@@ -781,7 +781,7 @@ fn health_command(
         report = health::with_gateway(report, cfg, g);
     }
     if json {
-        println!("{}", health::to_json(&report));
+        println!("{}", health::to_json(&report)?);
     } else {
         print!("{}", health::render_table(&report, output::use_color()));
     }

@@ -91,7 +91,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-pub use citadel_common::plan::{table, visible_len};
+pub use citadel_common::output::{table, visible_len};
 
 #[cfg(test)]
 mod tests {

@@ -374,8 +374,8 @@ fn why_down(r: &StatusReport) -> Vec<String> {
 }
 
 /// `status --json`.
-pub fn to_json(r: &StatusReport) -> String {
-    serde_json::to_string_pretty(r).unwrap_or_default()
+pub fn to_json(r: &StatusReport) -> Result<String, citadel_common::Failure> {
+    citadel_common::output::to_json(r)
 }
 
 #[cfg(test)]

@@ -191,9 +191,7 @@ fn ctx(model: &str) -> citadel_common::classify::Context {
 pub fn run(host: &dyn Host, cfg: &Config, name: &str, json: bool) -> Result<Exit, Failure> {
     let w = gather(host, cfg, name)?;
     if json {
-        let text = serde_json::to_string_pretty(&w)
-            .map_err(|e| Failure::other(format!("cannot encode the answer: {e}")))?;
-        println!("{text}");
+        citadel_common::output::print_json(&w)?;
     } else {
         print!("{}", render(&w));
     }

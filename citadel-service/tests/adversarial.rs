@@ -233,7 +233,7 @@ fn adversarial_status_escapes_what_the_state_file_says() {
     );
     assert!(text.contains("\\u{1b}]0;owned\\u{7}"), "{text}");
     // --json carries them as JSON escapes: still one valid document.
-    let v: serde_json::Value = serde_json::from_str(&status::to_json(&r)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status::to_json(&r).unwrap()).unwrap();
     assert!(v.to_string().contains("forged line"));
 }
 

@@ -114,7 +114,7 @@ fn status_table() {
 #[test]
 fn status_json() {
     let r = status_report();
-    let text = status::to_json(&r);
+    let text = status::to_json(&r).unwrap();
     golden("status.json", &format!("{text}\n"));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["all_up"], false);
@@ -207,7 +207,7 @@ fn health_table() {
 #[test]
 fn health_json() {
     let r = health_report();
-    let text = health::to_json(&r);
+    let text = health::to_json(&r).unwrap();
     golden("health.json", &format!("{text}\n"));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["healthy"], false);

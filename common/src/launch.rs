@@ -154,9 +154,8 @@ pub fn build(cfg: &Config, model: &Model, api_key: Option<&str>) -> LaunchSpec {
 }
 
 /// The `--dry-run` document: `{"model", "argv", "env", "port", "gpus"}`; the key is redacted.
-pub fn dry_run_json(cfg: &Config, model: &Model, has_key: bool) -> String {
-    let spec = build(cfg, model, has_key.then_some(REDACTED));
-    serde_json::to_string_pretty(&spec).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+pub fn dry_run_json(cfg: &Config, model: &Model, has_key: bool) -> Result<String, crate::Failure> {
+    crate::output::to_json(&build(cfg, model, has_key.then_some(REDACTED)))
 }
 
 #[cfg(test)]
@@ -349,7 +348,8 @@ tensor_parallel_size = 2
     fn dry_run_has_the_documented_shape_and_hides_the_key() {
         let cfg = config(PHI3);
         let m = cfg.model("phi3").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&dry_run_json(&cfg, m, true)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&dry_run_json(&cfg, m, true).unwrap()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut sorted = keys.clone();
         sorted.sort_unstable();
@@ -359,7 +359,8 @@ tensor_parallel_size = 2
         assert_eq!(v["port"], 11403);
         assert_eq!(v["gpus"], serde_json::json!([5]));
         assert_eq!(v["env"]["VLLM_API_KEY"], REDACTED);
-        let v: serde_json::Value = serde_json::from_str(&dry_run_json(&cfg, m, false)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&dry_run_json(&cfg, m, false).unwrap()).unwrap();
         assert!(v["env"].get("VLLM_API_KEY").is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! - [`config`]: the one TOML file that describes the box, and its validation
 //!   ([`config::hostile`]: the rules that keep a hostile config off the system);
 //! - [`plan`]: the per-model and per-GPU view of a validated config (`citadel-service check`);
+//! - [`output`]: the one aligned table and the one way to print a JSON document (and fail to);
 //! - [`exit`]: the exit-code contract shared with the unit files;
 //! - [`logging`]: journal-friendly logging (priority prefixes, no timestamps);
 //! - [`paths`]: install paths, system tools and unit names;
@@ -48,6 +49,7 @@ pub mod launch;
 pub mod logging;
 pub mod modelfiles;
 pub mod notify;
+pub mod output;
 pub mod paths;
 pub mod plan;
 pub mod probe;

@@ -4,6 +4,7 @@
 
 pub use crate::config::rules::{gpu_shares, GpuRow};
 use crate::config::Config;
+use crate::output::table;
 use serde::Serialize;
 
 /// One model as it will run.
@@ -105,48 +106,6 @@ fn join(v: &[u32]) -> String {
     v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded. Widths count
-/// the characters shown, so cells coloured with ANSI escapes stay aligned.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |x| visible_len(x)))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            line.push_str(cell);
-            if c + 1 < r.len() {
-                line.push_str(&" ".repeat(widths[c] - visible_len(cell) + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Characters shown, not counting ANSI escape sequences (`ESC ... m`).
-pub fn visible_len(s: &str) -> usize {
-    let mut n = 0;
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, _) => n += 1,
-        }
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,14 +146,5 @@ enabled = false
         let text = p.render();
         assert!(text.contains("a (0.40), b (0.50)"), "{text}");
         assert!(text.contains("c      no"), "{text}");
-    }
-
-    #[test]
-    fn table_aligns_columns() {
-        let t = table(&[
-            vec!["A".into(), "BB".into()],
-            vec!["CCC".into(), "D".into()],
-        ]);
-        assert_eq!(t, "A    BB\nCCC  D\n");
     }
 }

@@ -164,10 +164,7 @@ fn fake_card(p: &Path) -> Result<Box<dyn Card>, GpuUnavailable> {
 /// Print the report and turn it into the exit code.
 fn finish(report: &Report, json: bool) -> Result<Exit, Failure> {
     if json {
-        match serde_json::to_string_pretty(report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return Err(Failure::other(format!("cannot encode the report: {e}"))),
-        }
+        citadel_common::output::print_json(report)?;
     } else {
         print!("{}", report.table());
     }

@@ -133,7 +133,7 @@ impl Report {
                 c.detail.clone(),
             ]);
         }
-        citadel_common::plan::table(&rows)
+        citadel_common::output::table(&rows)
     }
 }
 

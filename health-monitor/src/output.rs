@@ -73,7 +73,7 @@ pub fn table(s: &HealthState) -> String {
             m.reason.clone().unwrap_or_default(),
         ]);
     }
-    let mut out = citadel_common::plan::table(&rows);
+    let mut out = citadel_common::output::table(&rows);
     let _ = writeln!(out, "{}", summary(s));
     out
 }

@@ -127,9 +127,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
             return Ok(Exit::Ok);
         };
         if args.json {
-            let text = serde_json::to_string_pretty(&report.state)
-                .map_err(|e| Failure::other(format!("cannot encode the state: {e}")))?;
-            println!("{text}");
+            citadel_common::output::print_json(&report.state)?;
         } else {
             print!("{}", output::table(&report.state));
         }

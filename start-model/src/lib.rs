@@ -115,7 +115,7 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
             || creds
                 .as_ref()
                 .is_some_and(|d| d.join(citadel_common::paths::API_KEY_CREDENTIAL).exists());
-        println!("{}", launch::dry_run_json(&cfg, model, has_key));
+        println!("{}", launch::dry_run_json(&cfg, model, has_key)?);
         return Ok(Exit::Ok);
     }
     let gpus = citadel_common::gpu::open();

@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         setup_report(planned, args.check)
     };
     if args.json {
-        println!("{}", report.json());
+        println!("{}", report.json()?);
     } else {
         print!("{}", report.text());
     }

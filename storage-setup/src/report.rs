@@ -137,9 +137,9 @@ impl Report {
         out
     }
 
-    /// The JSON document.
-    pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    /// The JSON document (common's one encoding, and its one failure).
+    pub fn json(&self) -> Result<String, citadel_common::Failure> {
+        citadel_common::output::to_json(self)
     }
 }
 
@@ -185,7 +185,7 @@ mod tests {
         e.changed = true;
         e.action = Some("create symlink".into());
         let r = Report::new(Mode::Setup, vec![e], "configured".into());
-        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
         assert_eq!(v["mode"], "setup");
         assert_eq!(v["ok"], true);
         assert_eq!(v["exit"], 0);

@@ -125,7 +125,7 @@ const HEAD: [&str; 7] = [
 pub fn text_table(rows: &[Row]) -> String {
     let mut t = vec![HEAD.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     t.extend(rows.iter().map(Row::cells));
-    citadel_common::plan::table(&t)
+    citadel_common::output::table(&t)
 }
 
 fn md_cell(s: &str) -> String {
