@@ -249,7 +249,7 @@ fn helper(host: &dyn Host, cfg: &Config, name: &str) -> Result<(), Failure> {
         let last = text.lines().last().unwrap_or("").trim().to_string();
         Err(Failure::other(format!(
             "{name} exited with {code}: {}",
-            citadel_common::logging::escape_control(&last)
+            citadel_common::text::escape_controls(&last)
         )))
     }
 }

@@ -4,6 +4,9 @@
 //! Pure: no systemd, no files. A model restarts only when something it is started with
 //! changed; keys that start-model reads only while starting or stopping (`load_timeout_secs`,
 //! the engine's waits and grace) are noted and take effect at the model's next start.
+//!
+//! Over 500 lines as one concern: the plan of each key that can change; tests are in
+//! `changes/tests.rs`.
 
 use citadel_common::config::{Config, Model};
 use serde::Serialize;

@@ -313,17 +313,6 @@ mod tests {
     use super::*;
     use crate::services::tests::cfg;
     use crate::systemd::fake::{unit, FakeHost};
-    use std::time::Duration;
-
-    fn opts() -> WaitOptions {
-        WaitOptions {
-            timeout: Duration::from_secs(100),
-            poll: Duration::from_secs(1),
-            tty: false,
-            color: false,
-            attempts: true,
-        }
-    }
 
     #[test]
     fn root_is_required_by_name() {
@@ -369,7 +358,7 @@ mod tests {
             &cfg(),
             &Service::All,
             Job::Start,
-            Some(&opts()),
+            Some(&WaitOptions::for_tests()),
             &mut vec![],
         )
         .unwrap_err();
@@ -392,7 +381,7 @@ mod tests {
             &cfg(),
             &Service::Gpu,
             Job::Start,
-            Some(&opts()),
+            Some(&WaitOptions::for_tests()),
             &mut vec![],
         )
         .unwrap_err();
@@ -413,7 +402,14 @@ mod tests {
         );
         host.leftover_pids
             .insert(format!("/system.slice/{g}"), vec![4242]);
-        let e = stop(&host, &cfg(), &Service::Gpu, Some(&opts()), &mut vec![]).unwrap_err();
+        let e = stop(
+            &host,
+            &cfg(),
+            &Service::Gpu,
+            Some(&WaitOptions::for_tests()),
+            &mut vec![],
+        )
+        .unwrap_err();
         assert!(
             e.message
                 .contains("processes still in /system.slice/citadel-gpu.service: 4242"),
@@ -427,7 +423,14 @@ mod tests {
             vec![unit(g, "active", false), unit(g, "inactive", false)],
         );
         assert_eq!(
-            stop(&host, &cfg(), &Service::Gpu, Some(&opts()), &mut out).unwrap(),
+            stop(
+                &host,
+                &cfg(),
+                &Service::Gpu,
+                Some(&WaitOptions::for_tests()),
+                &mut out
+            )
+            .unwrap(),
             Exit::Ok
         );
         assert!(String::from_utf8(out).unwrap().contains("stopped: gpu"));

@@ -16,6 +16,9 @@
 //! Reading the machine ([`gather`]) and judging it ([`evaluate`]) are apart, so the judging is
 //! tested on plain data. Exit codes: 0 every check ok or warn, 1 a check failed, 78 the config
 //! is invalid (nothing else is checked then).
+//!
+//! Over 500 lines as one concern: one function per check listed above, each with the message it
+//! prints; tests are in `hostcheck/tests.rs`.
 
 use crate::services::Service;
 use crate::systemd::{ActiveState, Host, Unit};
@@ -557,7 +560,7 @@ fn helper(name: &str, r: &HelperRun) -> HostCheck {
 }
 
 fn last_line(out: &str) -> String {
-    citadel_common::logging::escape_control(
+    citadel_common::text::escape_controls(
         out.lines()
             .rev()
             .find(|l| !l.trim().is_empty())

@@ -195,33 +195,14 @@ pub fn boot_units(cfg: &Config, legacy: &[String]) -> (Vec<String>, Vec<String>)
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use citadel_common::config::Limits;
-    use std::path::Path;
+    use citadel_common::config::testing::{config, PHI3_CODER, VISION_DISABLED};
 
+    /// phi3 and coder, and vision disabled; named `test.toml` (the messages the tests here, in
+    /// control and in deploy look for name the file).
     pub(crate) fn cfg() -> Config {
-        Config::parse_with(
-            r#"
-[models.phi3]
-path = "phi3"
-port = 11403
-gpus = [0]
-gpu_memory_utilization = 0.3
-[models.coder]
-path = "coder"
-port = 11405
-gpus = [1]
-gpu_memory_utilization = 0.4
-[models.vision]
-path = "vision"
-port = 11406
-gpus = [1]
-gpu_memory_utilization = 0.4
-enabled = false
-"#,
-            Path::new("test.toml"),
-            &Limits::default(),
-        )
-        .unwrap()
+        let mut c = config(&format!("{PHI3_CODER}{VISION_DISABLED}"));
+        c.file = "test.toml".into();
+        c
     }
 
     #[test]

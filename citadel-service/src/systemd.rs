@@ -136,7 +136,7 @@ pub fn cause_of(lines: &str) -> Option<String> {
         .find(|l| !l.trim().is_empty() && !citadel_common::vllm::is_tail_line(l))?
         .trim();
     let text = line.find(mark).map_or(line, |i| &line[i + mark.len()..]);
-    Some(citadel_common::vllm::escape(text))
+    Some(citadel_common::text::escape_controls(text).into_owned())
 }
 
 /// The model instances linked in a `.wants/` directory (sorted; none when it is missing).

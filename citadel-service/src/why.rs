@@ -36,7 +36,7 @@ pub fn gather(host: &dyn Host, cfg: &Config, name: &str) -> Result<Why, Failure>
     let model = cfg.models.iter().find(|m| m.name == name).ok_or_else(|| {
         Failure::usage(format!(
             "unknown model {:?}: not a [models.NAME] table in the config",
-            citadel_common::incident::escape(name)
+            citadel_common::text::escape_controls(name)
         ))
     })?;
     let unit = paths::model_unit(name);

@@ -86,27 +86,22 @@ fn walk(account: &Account, path: &Path) -> Result<(), String> {
         prefix.push(c);
         let meta = std::fs::metadata(&prefix).map_err(|e| format!("{}: {e}", prefix.display()))?;
         let last = i + 1 == comps.len();
-        if (!last || meta.is_dir()) && !account.allows(&meta, X) {
-            return Err(format!(
-                "{} (mode {:o}, owner {}:{}) cannot be traversed by {} (uid {})",
+        let denied = |verb: &str| {
+            format!(
+                "{} (mode {:o}, owner {}:{}) cannot be {verb} by {} (uid {})",
                 prefix.display(),
                 meta.mode() & 0o7777,
                 meta.uid(),
                 meta.gid(),
                 account.name,
                 account.uid
-            ));
+            )
+        };
+        if (!last || meta.is_dir()) && !account.allows(&meta, X) {
+            return Err(denied("traversed"));
         }
         if last && !account.allows(&meta, R) {
-            return Err(format!(
-                "{} (mode {:o}, owner {}:{}) cannot be read by {} (uid {})",
-                prefix.display(),
-                meta.mode() & 0o7777,
-                meta.uid(),
-                meta.gid(),
-                account.name,
-                account.uid
-            ));
+            return Err(denied("read"));
         }
     }
     Ok(())

@@ -161,36 +161,15 @@ pub fn dry_run_json(cfg: &Config, model: &Model, has_key: bool) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
+    use crate::config::testing::{PATHS, PHI3_GPU5 as PHI3};
 
-    pub(crate) fn config(models: &str) -> Config {
-        let text = format!(
-            r#"
-[paths]
-cache_dir = "/srv/cache"
-runtime_dir = "/run/citadel"
-[engine]
-command = ["/opt/citadel/venv/bin/vllm", "serve"]
-[engine.env]
-HF_HUB_OFFLINE = "1"
-{models}
-"#
-        );
-        Config::parse_with(
-            &text,
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+    /// [`PATHS`], an engine with one env value, then `models`.
+    fn config(models: &str) -> Config {
+        crate::config::testing::config(&format!(
+            "{PATHS}[engine]\ncommand = [\"/opt/citadel/venv/bin/vllm\", \"serve\"]\n\
+             [engine.env]\nHF_HUB_OFFLINE = \"1\"\n{models}"
+        ))
     }
-
-    const PHI3: &str = r#"
-[models.phi3]
-path = "phi-3"
-port = 11403
-gpus = [5]
-gpu_memory_utilization = 0.85
-"#;
 
     #[test]
     fn argv_puts_the_model_first_and_managed_flags_in_order() {

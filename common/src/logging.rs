@@ -49,20 +49,6 @@ pub fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }
 
-/// Text from a config or an engine made safe for one log line: control characters (newlines
-/// included) become `\xNN`, so one event stays one line and cannot forge another.
-pub fn escape_control(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.push_str(&format!("\\x{:02x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Set up logging once, at the start of `main`.
 pub fn init(verbose: u8, quiet: u8) {
     let journal = stderr_is_journal();
@@ -112,11 +98,5 @@ mod tests {
         assert_eq!(priority(Level::Warn), 4);
         assert_eq!(priority(Level::Info), 6);
         assert_eq!(priority(Level::Debug), 7);
-    }
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_control("a\nb\x1b[31m"), "a\\x0ab\\x1b[31m");
-        assert_eq!(escape_control("plain é"), "plain é");
     }
 }

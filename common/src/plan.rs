@@ -109,12 +109,10 @@ fn join(v: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Limits};
-    use std::path::Path;
 
     #[test]
     fn shares_are_summed_per_gpu_over_enabled_models() {
-        let c = Config::parse_with(
+        let c = crate::config::testing::config(
             r#"
 [models.a]
 path = "a"
@@ -134,10 +132,7 @@ gpus = [1]
 gpu_memory_utilization = 0.9
 enabled = false
 "#,
-            Path::new("x.toml"),
-            &Limits::default(),
-        )
-        .unwrap();
+        );
         let p = Plan::of(&c);
         assert_eq!(p.gpus.len(), 2);
         assert_eq!(p.gpus[0].share, 0.4);

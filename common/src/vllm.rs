@@ -165,19 +165,6 @@ pub fn is_tail_line(line: &str) -> bool {
             .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
-/// Control characters as `\u{..}` escapes (engine text is printed and logged).
-pub fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,7 @@ fn real_vllm_failures_are_classified() {
                 d.fix
             );
             let (ex, _) = excerpt(&lines, d.line);
-            let evidence = citadel_common::incident::escape(lines[d.line.unwrap()].trim_end());
+            let evidence = citadel_common::text::escape_controls(lines[d.line.unwrap()].trim_end());
             assert!(
                 ex.iter()
                     .any(|l| l.contains(&evidence[..evidence.len().min(200)])),

@@ -12,8 +12,8 @@ use support::*;
 
 #[test]
 fn routes_by_served_name_and_alias_and_404_names_the_models() {
-    let a = Engine::start("org/a-7b", &[], &[]);
-    let b = Engine::start("b", &[], &[]);
+    let a = start_engine("org/a-7b", &[], &[]);
+    let b = start_engine("b", &[], &[]);
     let rest = model_toml(
         "a",
         a.port,
@@ -78,7 +78,7 @@ fn routes_by_served_name_and_alias_and_404_names_the_models() {
 
 #[test]
 fn a_loading_model_gets_503_with_retry_after_and_never_a_refused_connection() {
-    let e = Engine::start("slow", &[("STANDIN_LOAD_SECS", "3")], &[]);
+    let e = start_engine("slow", &[("STANDIN_LOAD_SECS", "3")], &[]);
     let g = Gateway::start("", &model_toml("slow", e.port, ""));
     let t0 = Instant::now();
     let (mut unavailable, mut ok) = (0, 0);
@@ -105,7 +105,7 @@ fn a_loading_model_gets_503_with_retry_after_and_never_a_refused_connection() {
 
 #[test]
 fn the_monitors_state_keeps_requests_away_with_its_reason() {
-    let e = Engine::start("m", &[], &[]);
+    let e = start_engine("m", &[], &[]);
     let g = Gateway::start("", &model_toml("m", e.port, ""));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -150,8 +150,8 @@ fn the_monitors_state_keeps_requests_away_with_its_reason() {
 
 #[test]
 fn a_hung_model_fills_only_its_own_slots_and_queue_and_never_delays_another() {
-    let hung = Engine::start("hung", &[("STANDIN_HANG_AFTER_SECS", "0")], &[]);
-    let fine = Engine::start("fine", &[], &[]);
+    let hung = start_engine("hung", &[("STANDIN_HANG_AFTER_SECS", "0")], &[]);
+    let fine = start_engine("fine", &[], &[]);
     let rest =
         model_toml("hung", hung.port, "max_concurrent = 2") + &model_toml("fine", fine.port, "");
     let g = Gateway::start("queue_limit = 1\nqueue_timeout_secs = 2", &rest);
@@ -202,7 +202,7 @@ fn a_hung_model_fills_only_its_own_slots_and_queue_and_never_delays_another() {
 
 #[test]
 fn a_client_that_leaves_mid_stream_closes_the_engine_request() {
-    let e = Engine::start("s", &[("STANDIN_TOKEN_DELAY_MS", "100")], &[]);
+    let e = start_engine("s", &[("STANDIN_TOKEN_DELAY_MS", "100")], &[]);
     let g = Gateway::start("", &model_toml("s", e.port, ""));
     let mut c = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
     let body = r#"{"model":"s","prompt":"a b c","max_tokens":200,"stream":true}"#;
@@ -236,7 +236,7 @@ fn a_client_that_leaves_mid_stream_closes_the_engine_request() {
 #[test]
 fn client_keys_401_or_pass_and_never_reach_the_log_and_the_engine_key_is_added() {
     let engine_key = "engine-key-0123456789";
-    let e = Engine::start("k", &[], &["--api-key", engine_key]);
+    let e = start_engine("k", &[], &["--api-key", engine_key]);
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let alice = "sk-alice-0123456789abcdef";
@@ -356,7 +356,7 @@ fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 
 #[test]
 fn sigterm_finishes_the_stream_in_flight_then_exits_0() {
-    let e = Engine::start("s", &[("STANDIN_TOKEN_DELAY_MS", "50")], &[]);
+    let e = start_engine("s", &[("STANDIN_TOKEN_DELAY_MS", "50")], &[]);
     let mut g = Gateway::start("drain_secs = 30", &model_toml("s", e.port, ""));
     let port = g.port;
     let stream = std::thread::spawn(move || {
@@ -383,7 +383,7 @@ fn sigterm_finishes_the_stream_in_flight_then_exits_0() {
 
 #[test]
 fn sighup_reloads_routes_and_keeps_running_on_a_bad_config() {
-    let e = Engine::start("r", &[], &[]);
+    let e = start_engine("r", &[], &[]);
     let g = Gateway::start("", &model_toml("r", e.port, ""));
     assert_eq!(g.post("/v1/chat/completions", &chat("new-alias")).0, 404);
     let cfg = Gateway::config_path(g.dir.path());
@@ -410,7 +410,7 @@ fn sighup_reloads_routes_and_keeps_running_on_a_bad_config() {
 
 #[test]
 fn takes_its_socket_from_systemd_and_refuses_one_that_is_not_gateway_listen() {
-    let e = Engine::start("sa", &[], &[]);
+    let e = start_engine("sa", &[], &[]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = dir.path().join("c.toml");

@@ -28,8 +28,8 @@
 //! would without the generator.
 
 use citadel_common::config::{Config, Paths};
-use citadel_common::logging::escape_control;
 use citadel_common::paths;
+use citadel_common::text::escape_controls;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -139,7 +139,7 @@ fn header(cfg: &Config) -> String {
 fn header_of(cfg: &Config, section: &str) -> String {
     format!(
         "# Written by citadel-generator from {} at boot and on daemon-reload; do not edit\n# (edit the config, then run citadel-service apply).\n[{section}]\n",
-        escape_control(&cfg.file.display().to_string())
+        escape_controls(&cfg.file.display().to_string())
     )
 }
 
@@ -324,7 +324,7 @@ pub fn log_line(message: &str) {
     let line = format!(
         "<3>citadel-generator[{}]: {}\n",
         std::process::id(),
-        escape_control(message)
+        escape_controls(message)
     );
     let kmsg = std::env::var_os("CITADEL_KMSG")
         .filter(|v| !v.is_empty())

@@ -1,36 +1,12 @@
 use super::*;
-use citadel_common::config::Limits;
+use citadel_common::config::testing::{config, PHI3_CODER, VISION_DISABLED};
 
+/// `paths`, an engine with its stop and drain times and `extra` keys, then phi3, coder and
+/// vision (disabled).
 fn cfg_with(paths: &str, extra: &str) -> Config {
-    Config::parse_with(
-        &format!(
-            r#"{paths}
-[engine]
-stop_grace_secs = 45
-drain_secs = 20
-{extra}
-[models.phi3]
-path = "phi3"
-port = 11403
-gpus = [0]
-gpu_memory_utilization = 0.3
-[models.coder]
-path = "coder"
-port = 11405
-gpus = [1]
-gpu_memory_utilization = 0.4
-[models.vision]
-path = "vision"
-port = 11406
-gpus = [1]
-gpu_memory_utilization = 0.4
-enabled = false
-"#
-        ),
-        Path::new("/etc/citadel/citadel.toml"),
-        &Limits::default(),
-    )
-    .unwrap()
+    config(&format!(
+        "{paths}\n[engine]\nstop_grace_secs = 45\ndrain_secs = 20\n{extra}\n{PHI3_CODER}{VISION_DISABLED}"
+    ))
 }
 
 fn links(items: &[Item]) -> Vec<String> {

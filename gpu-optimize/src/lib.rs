@@ -245,6 +245,13 @@ fn open_and_read<'c>(
     Ok((card, snap))
 }
 
+/// `r` ended where the GPUs could not be opened or read: that check, and the exit it makes.
+fn without_gpu(mut r: Report, cfg: &Config, e: &GpuUnavailable) -> Report {
+    r.checks.push(no_gpu(cfg, e));
+    r.exit = r.outcome().code();
+    r
+}
+
 /// Apply the policy, then verify. `open` gives the read-write backend.
 pub fn apply_mode<'c>(
     open: impl FnOnce() -> Result<&'c mut dyn Card, GpuUnavailable>,
@@ -253,11 +260,7 @@ pub fn apply_mode<'c>(
     let mut r = Report::new("apply");
     let (card, before) = match open_and_read(open) {
         Ok(x) => x,
-        Err(e) => {
-            r.checks.push(no_gpu(cfg, &e));
-            r.exit = r.outcome().code();
-            return Ok(r);
-        }
+        Err(e) => return Ok(without_gpu(r, cfg, &e)),
     };
     // Too few GPUs: change nothing.
     let mut pre = verify::verify(&before, cfg, false);
@@ -308,11 +311,7 @@ pub fn restore_mode<'c>(
     };
     let (card, before) = match open_and_read(open) {
         Ok(x) => x,
-        Err(e) => {
-            r.checks.push(no_gpu(cfg, &e));
-            r.exit = r.outcome().code();
-            return Ok(r);
-        }
+        Err(e) => return Ok(without_gpu(r, cfg, &e)),
     };
     r.changes = apply::restore(card, &before, &saved);
     for c in r.changes.iter().filter(|c| c.status == Status::Ok) {

@@ -46,7 +46,7 @@ fn real_systemd() -> bool {
 #[test]
 fn once_json_reports_a_healthy_model_and_exits_0() {
     let port = free_port();
-    let _e = Engine::start("m1", port, &[]);
+    let _e = start_engine("m1", port, &[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), port, "");
     let out = Command::new(HEALTH_MONITOR)
@@ -132,7 +132,7 @@ fn recv_until(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
 #[test]
 fn the_service_notifies_writes_its_files_and_stops_on_sigterm() {
     let port = free_port();
-    let _e = Engine::start("m1", port, &[]);
+    let _e = start_engine("m1", port, &[]);
     let dir = tempfile::tempdir().unwrap();
     let prom = dir.path().join("citadel.prom");
     let cfg = config(

@@ -47,7 +47,7 @@ fn seven_models_with_two_hung_finish_within_one_probe_timeout() {
             } else {
                 &[]
             };
-            Engine::start(n, free_port(), knobs)
+            start_engine(n, free_port(), knobs)
         })
         .collect();
     let sd = fake_systemd();
@@ -96,7 +96,7 @@ fn seven_models_with_two_hung_finish_within_one_probe_timeout() {
 #[test]
 fn a_slow_loader_is_never_restarted() {
     let port = free_port();
-    let _e = Engine::start("big", port, &[("STANDIN_LOAD_SECS", "60")]);
+    let _e = start_engine("big", port, &[("STANDIN_LOAD_SECS", "60")]);
     let sd = fake_systemd();
     sd.set("big", "activating", 4242);
     let mut d = Driver::new(Monitor::supervisor(
@@ -143,7 +143,7 @@ fn a_crashed_engine_is_restarted_after_the_threshold_and_followed_back() {
     d.sweep();
     assert_eq!(d.state("phi3"), ModelState::Restarting);
     sd.set("phi3", "activating", 101);
-    let e = Engine::start("phi3", port, &[]);
+    let e = start_engine("phi3", port, &[]);
     d.sweep();
     assert_eq!(d.state("phi3"), ModelState::Starting);
     sd.set("phi3", "active", e.pid());
@@ -156,7 +156,7 @@ fn a_crashed_engine_is_restarted_after_the_threshold_and_followed_back() {
 #[test]
 fn a_hung_engine_with_health_200_is_found_by_the_deep_probe_and_restarted() {
     let port = free_port();
-    let e = Engine::start("hung", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
+    let e = start_engine("hung", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
     let sd = fake_systemd();
     sd.set("hung", "active", e.pid());
     let mut s = settings();
@@ -194,7 +194,7 @@ fn a_hung_engine_with_health_200_is_found_by_the_deep_probe_and_restarted() {
 #[test]
 fn a_hung_engine_is_also_found_by_the_stall_detector() {
     let port = free_port();
-    let e = Engine::start("hung2", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
+    let e = start_engine("hung2", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
     // A client stuck in a completion: requests running, tokens frozen.
     let url = format!("{}/v1/completions", e.base_url());
     std::thread::spawn(move || {
@@ -249,7 +249,7 @@ fn ureq_post(url: &str) -> std::io::Result<()> {
 #[test]
 fn a_busy_engine_is_not_restarted() {
     let port = free_port();
-    let e = Engine::start("busy", port, &[("STANDIN_TOKEN_DELAY_MS", "1500")]);
+    let e = start_engine("busy", port, &[("STANDIN_TOKEN_DELAY_MS", "1500")]);
     // Ten long generations, started 150 ms apart: a token every ~150 ms overall, while a
     // one-token deep probe takes 1.5 s and so times out (timeout 1 s).
     let mut load = vec![];
@@ -478,7 +478,7 @@ fn the_read_only_monitor_never_restarts() {
 #[test]
 fn state_file_and_textfile_are_written_each_sweep() {
     let port = free_port();
-    let e = Engine::start("ok", port, &[]);
+    let e = start_engine("ok", port, &[]);
     let sd = fake_systemd();
     sd.set("ok", "active", e.pid());
     let dir = tempfile::tempdir().unwrap();
@@ -515,9 +515,9 @@ fn state_file_and_textfile_are_written_each_sweep() {
 #[test]
 fn one_read_only_sweep_waits_for_the_deep_probe_and_finds_a_hang() {
     let port = free_port();
-    let e = Engine::start("h", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
+    let e = start_engine("h", port, &[("STANDIN_HANG_AFTER_SECS", "0")]);
     let ok_port = free_port();
-    let ok = Engine::start("ok", ok_port, &[]);
+    let ok = start_engine("ok", ok_port, &[]);
     let sd = fake_systemd();
     sd.set("h", "active", e.pid());
     sd.set("ok", "active", ok.pid());

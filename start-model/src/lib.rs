@@ -47,6 +47,9 @@
 //! 0 stopped on request (or `--dry-run`); 1 engine exited or failed to load in time; 2 usage;
 //! 69 model files, engine program or GPU missing; 75 port or GPU memory still busy (retry);
 //! 78 invalid config, unknown or disabled model, empty API key.
+//!
+//! Over 500 lines as one concern: the steps above, in the order they run (the engine process itself
+//! is in [`supervise`], its argv in [`citadel_common::launch`]).
 
 pub mod incident;
 pub mod lock;

@@ -45,32 +45,11 @@ pub fn find_model<'c>(cfg: &'c Config, name: &str) -> Result<&'c Model, Failure>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citadel_common::config::Limits;
+    use citadel_common::config::testing::{PATHS, PHI3_GPU5 as PHI3};
 
     fn config(models: &str) -> Config {
-        let text = format!(
-            r#"
-[paths]
-cache_dir = "/srv/cache"
-runtime_dir = "/run/citadel"
-{models}
-"#
-        );
-        Config::parse_with(
-            &text,
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        citadel_common::config::testing::config(&format!("{PATHS}{models}"))
     }
-
-    const PHI3: &str = r#"
-[models.phi3]
-path = "phi-3"
-port = 11403
-gpus = [5]
-gpu_memory_utilization = 0.85
-"#;
 
     #[test]
     fn unknown_and_disabled_models_are_config_errors() {

@@ -11,6 +11,9 @@
 //! orphans as subreaper, and on every way out signals, kills and reaps each of them too (by pid
 //! and start time, so a reused pid is never hit). The unit's cgroup (`KillMode=mixed`) is the
 //! backstop, not the only line.
+//!
+//! Over 500 lines as one concern: the engine's process tree from spawn to the last reaped
+//! descendant (spawning, tracking and stopping share the group and the descendant list).
 
 use citadel_common::classify::CauseFinder;
 use citadel_common::launch::LaunchSpec;

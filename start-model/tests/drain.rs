@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use support::{engine_pid, group_members, sigterm, wait_exit, Setup, TestBox};
+use support::{group_members, sigterm, wait_exit, Setup, TestBox};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -43,17 +43,6 @@ fn stream(port: u16, tokens: u32) -> (mpsc::Receiver<()>, std::thread::JoinHandl
     (rx, h)
 }
 
-fn start(b: &TestBox) -> (std::process::Child, u32) {
-    let sm = b.spawn(&[]);
-    let engine = engine_pid(sm.id());
-    assert!(
-        b.notify.wait_for("READY=1", LONG).is_some(),
-        "no READY; stderr:\n{}",
-        b.stderr()
-    );
-    (sm, engine)
-}
-
 fn setup(drain: u32) -> Setup {
     Setup {
         engine_extra: format!("drain_secs = {drain}\nstop_grace_secs = 20\nport_wait_secs = 1\n"),
@@ -67,7 +56,7 @@ fn setup(drain: u32) -> Setup {
 #[test]
 fn a_stop_drains_the_stream_in_flight_then_the_engine_exits_by_itself() {
     let b = TestBox::new(setup(10));
-    let (mut sm, engine) = start(&b);
+    let (mut sm, engine) = b.start_ready();
     let (first, client) = stream(b.port, 20);
     first.recv_timeout(LONG).expect("no first chunk");
     let t0 = Instant::now();
@@ -107,7 +96,7 @@ fn a_stop_drains_the_stream_in_flight_then_the_engine_exits_by_itself() {
 #[test]
 fn drain_secs_0_aborts_the_stream() {
     let b = TestBox::new(setup(0));
-    let (mut sm, engine) = start(&b);
+    let (mut sm, engine) = b.start_ready();
     let (first, client) = stream(b.port, 50);
     first.recv_timeout(LONG).expect("no first chunk");
     let t0 = Instant::now();
@@ -124,7 +113,7 @@ fn drain_secs_0_aborts_the_stream() {
 #[test]
 fn after_the_no_drain_signal_a_stop_kills_at_once() {
     let b = TestBox::new(setup(30));
-    let (mut sm, engine) = start(&b);
+    let (mut sm, engine) = b.start_ready();
     let (first, client) = stream(b.port, 100);
     first.recv_timeout(LONG).expect("no first chunk");
     nix::sys::signal::kill(

@@ -114,18 +114,6 @@ fn load_timeout_kills_the_engine_and_exits_non_zero() {
     assert_group_gone(engine);
 }
 
-/// Start, wait for READY, return (start-model, engine pid).
-fn start_ready(b: &TestBox) -> (std::process::Child, u32) {
-    let sm = b.spawn(&[]);
-    let engine = engine_pid(sm.id());
-    assert!(
-        b.notify.wait_for("READY=1", LONG).is_some(),
-        "no READY; stderr:\n{}",
-        b.stderr()
-    );
-    (sm, engine)
-}
-
 #[test]
 fn engine_crash_is_a_failure_and_its_surviving_child_is_killed() {
     let b = TestBox::new(
@@ -133,7 +121,7 @@ fn engine_crash_is_a_failure_and_its_surviving_child_is_killed() {
             .env("STANDIN_CRASH_AFTER_SECS", "1")
             .env("STANDIN_ENGINE_CORE", "1"),
     );
-    let (mut sm, engine) = start_ready(&b);
+    let (mut sm, engine) = b.start_ready();
     assert_eq!(wait_exit(&mut sm, LONG), Some(Some(1)), "{}", b.stderr());
     let err = b.stderr();
     assert!(err.contains("was killed by signal SIGABRT"), "{err}");
@@ -151,7 +139,7 @@ fn engine_exit_0_is_still_a_failure() {
             .env("STANDIN_EXIT_AFTER_SECS", "1")
             .env("STANDIN_EXIT_CODE", "0"),
     );
-    let (mut sm, engine) = start_ready(&b);
+    let (mut sm, engine) = b.start_ready();
     assert_eq!(wait_exit(&mut sm, LONG), Some(Some(1)), "{}", b.stderr());
     let err = b.stderr();
     assert!(
@@ -168,7 +156,7 @@ fn engine_exit_non_zero_is_a_failure() {
             .env("STANDIN_EXIT_AFTER_SECS", "2")
             .env("STANDIN_EXIT_CODE", "7"),
     );
-    let (mut sm, _) = start_ready(&b);
+    let (mut sm, _) = b.start_ready();
     assert_eq!(wait_exit(&mut sm, LONG), Some(Some(1)), "{}", b.stderr());
     assert!(
         b.stderr().contains("exited with status 7"),
@@ -180,7 +168,7 @@ fn engine_exit_non_zero_is_a_failure() {
 #[test]
 fn engine_killed_by_a_signal_is_a_failure() {
     let b = TestBox::new(Setup::default());
-    let (mut sm, engine) = start_ready(&b);
+    let (mut sm, engine) = b.start_ready();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(engine as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -216,7 +204,7 @@ fn sigterm_escalates_to_sigkill_and_leaves_no_process_of_the_group() {
             .env("STANDIN_LEAVE_CHILD", "1")
             .env("STANDIN_CHILD_IGNORE_TERM", "1")
     });
-    let (mut sm, engine) = start_ready(&b);
+    let (mut sm, engine) = b.start_ready();
     let members = group_members(engine);
     assert!(
         members.len() >= 2,
@@ -343,7 +331,7 @@ fn models_sharing_a_gpu_load_one_at_a_time() {
 #[test]
 fn sigint_stops_like_sigterm() {
     let b = TestBox::new(Setup::default());
-    let (mut sm, engine) = start_ready(&b);
+    let (mut sm, engine) = b.start_ready();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sm.id() as i32),
         nix::sys::signal::Signal::SIGINT,

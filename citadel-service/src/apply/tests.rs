@@ -1,35 +1,12 @@
 use super::*;
 use crate::systemd::fake::{unit, FakeHost};
+use citadel_common::config::testing::A_B as MODELS;
 use citadel_common::config::Paths;
-use std::time::Duration;
-
-fn wait_opts() -> WaitOptions {
-    WaitOptions {
-        timeout: Duration::from_secs(100),
-        poll: Duration::from_secs(1),
-        tty: false,
-        color: false,
-        attempts: true,
-    }
-}
 
 struct Box_ {
     dir: tempfile::TempDir,
     file: std::path::PathBuf,
 }
-
-const MODELS: &str = r#"
-[models.a]
-path = "a"
-port = 11401
-gpus = [0]
-gpu_memory_utilization = 0.6
-[models.b]
-path = "b"
-port = 11402
-gpus = [1]
-gpu_memory_utilization = 0.6
-"#;
 
 /// A config in a temp dir with its state dir, and `running` saved as the snapshot.
 fn setup(running: &str) -> Box_ {
@@ -52,7 +29,7 @@ fn opts(dry_run: bool) -> ApplyOptions {
     ApplyOptions {
         dry_run,
         json: false,
-        wait: wait_opts(),
+        wait: WaitOptions::for_tests(),
     }
 }
 
@@ -112,7 +89,7 @@ fn apply_restarts_the_changed_model_only_and_saves_the_snapshot() {
     let old = snapshot::load(&cfg).unwrap().unwrap().1;
     let plan = changes::plan(Some(&old), &cfg);
     let host = host_all_active();
-    execute(&host, &cfg, &plan, &wait_opts(), &mut vec![]).unwrap();
+    execute(&host, &cfg, &plan, &WaitOptions::for_tests(), &mut vec![]).unwrap();
     let calls = host.recorded();
     assert_eq!(
         calls,
@@ -139,7 +116,7 @@ fn a_failed_step_stops_the_apply_and_names_it() {
     let plan = changes::plan(Some(&old), &cfg);
     let a = "citadel-model@a.service";
     let host = host_all_active().with(a, vec![unit(a, "active", true), unit(a, "failed", false)]);
-    let e = execute(&host, &cfg, &plan, &wait_opts(), &mut vec![]).unwrap_err();
+    let e = execute(&host, &cfg, &plan, &WaitOptions::for_tests(), &mut vec![]).unwrap_err();
     assert!(
         e.message
             .starts_with("apply stopped at step 2/4 (restart a)"),
@@ -186,7 +163,7 @@ fn an_alias_or_limit_change_reloads_the_gateway_and_restarts_no_engine() {
         paths::UNIT_GATEWAY,
         vec![unit(paths::UNIT_GATEWAY, "active", false)],
     );
-    execute(&host, &cfg, &plan, &wait_opts(), &mut vec![]).unwrap();
+    execute(&host, &cfg, &plan, &WaitOptions::for_tests(), &mut vec![]).unwrap();
     assert_eq!(
         host.recorded(),
         ["daemon-reload", "reload citadel-gateway.service"]
@@ -202,7 +179,7 @@ fn an_alias_or_limit_change_reloads_the_gateway_and_restarts_no_engine() {
         vec![unit(paths::UNIT_GATEWAY, "inactive", false)],
     );
     let mut out = vec![];
-    execute(&host, &cfg, &plan, &wait_opts(), &mut out).unwrap();
+    execute(&host, &cfg, &plan, &WaitOptions::for_tests(), &mut out).unwrap();
     assert_eq!(host.recorded(), ["daemon-reload"]);
     assert!(String::from_utf8(out)
         .unwrap()

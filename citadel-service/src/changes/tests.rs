@@ -1,24 +1,9 @@
 use super::*;
-use citadel_common::config::Limits;
-use std::path::Path;
+use citadel_common::config::testing::{config as cfg, A_B};
 
-const BASE: &str = r#"
-[monitor]
-interval_secs = 10
-[models.a]
-path = "a"
-port = 11401
-gpus = [0]
-gpu_memory_utilization = 0.6
-[models.b]
-path = "b"
-port = 11402
-gpus = [1]
-gpu_memory_utilization = 0.6
-"#;
-
-fn cfg(text: &str) -> Config {
-    Config::parse_with(text, Path::new("t.toml"), &Limits::default()).unwrap()
+/// A monitor interval, then models a and b.
+fn base() -> String {
+    format!("\n[monitor]\ninterval_secs = 10\n{A_B}")
 }
 
 fn action(p: &Plan, name: &str) -> (ModelAction, Vec<String>) {
@@ -28,7 +13,7 @@ fn action(p: &Plan, name: &str) -> (ModelAction, Vec<String>) {
 
 #[test]
 fn the_same_config_is_nothing_to_do() {
-    let c = cfg(BASE);
+    let c = cfg(&base());
     let p = plan(Some(&c), &c);
     assert!(p.nothing_to_do(), "{p:?}");
     assert_eq!(p.monitor.action, Action::Unchanged);
@@ -37,8 +22,8 @@ fn the_same_config_is_nothing_to_do() {
 
 #[test]
 fn one_changed_key_restarts_that_model_only_and_says_why() {
-    let new = BASE.replace("port = 11402\n", "port = 11402\nmax_model_len = 4096\n");
-    let p = plan(Some(&cfg(BASE)), &cfg(&new));
+    let new = base().replace("port = 11402\n", "port = 11402\nmax_model_len = 4096\n");
+    let p = plan(Some(&cfg(&base())), &cfg(&new));
     assert_eq!(action(&p, "a").0, ModelAction::Unchanged);
     assert_eq!(
         action(&p, "b"),
@@ -59,8 +44,8 @@ fn one_changed_key_restarts_that_model_only_and_says_why() {
 
 #[test]
 fn load_timeout_is_a_note_not_a_restart() {
-    let new = BASE.replace("port = 11402\n", "port = 11402\nload_timeout_secs = 60\n");
-    let p = plan(Some(&cfg(BASE)), &cfg(&new));
+    let new = base().replace("port = 11402\n", "port = 11402\nload_timeout_secs = 60\n");
+    let p = plan(Some(&cfg(&base())), &cfg(&new));
     assert_eq!(action(&p, "b").0, ModelAction::Unchanged);
     assert_eq!(p.steps, [Step::DaemonReload, Step::Snapshot]);
     assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
@@ -73,8 +58,8 @@ fn load_timeout_is_a_note_not_a_restart() {
 
 #[test]
 fn a_monitor_interval_is_a_reload() {
-    let new = BASE.replace("interval_secs = 10", "interval_secs = 20");
-    let p = plan(Some(&cfg(BASE)), &cfg(&new));
+    let new = base().replace("interval_secs = 10", "interval_secs = 20");
+    let p = plan(Some(&cfg(&base())), &cfg(&new));
     assert_eq!(p.monitor.action, Action::Reload);
     assert_eq!(p.monitor.reasons, ["monitor.interval_secs: 10 -> 20"]);
     assert_eq!(
@@ -85,11 +70,11 @@ fn a_monitor_interval_is_a_reload() {
 
 #[test]
 fn a_swap_of_gpus_that_over_commits_midway_is_refused() {
-    let new = BASE
+    let new = base()
         .replace("gpus = [0]", "gpus = [X]")
         .replace("gpus = [1]", "gpus = [0]")
         .replace("gpus = [X]", "gpus = [1]");
-    let p = plan(Some(&cfg(BASE)), &cfg(&new));
+    let p = plan(Some(&cfg(&base())), &cfg(&new));
     assert!(p.steps.is_empty());
     let r = p.refused.unwrap();
     assert!(r.contains("over-commit GPU 1"), "{r}");
@@ -99,10 +84,10 @@ fn a_swap_of_gpus_that_over_commits_midway_is_refused() {
 #[test]
 fn an_order_that_fits_is_found() {
     // a moves onto GPU 1 only after b has left it for GPU 2: b must go first.
-    let new = BASE
+    let new = base()
         .replace("gpus = [1]", "gpus = [2]")
         .replace("gpus = [0]", "gpus = [1]");
-    let p = plan(Some(&cfg(BASE)), &cfg(&new));
+    let p = plan(Some(&cfg(&base())), &cfg(&new));
     assert!(p.refused.is_none(), "{p:?}");
     assert_eq!(
         p.steps,
@@ -117,7 +102,7 @@ fn an_order_that_fits_is_found() {
 
 #[test]
 fn without_a_snapshot_every_enabled_model_is_started() {
-    let p = plan(None, &cfg(BASE));
+    let p = plan(None, &cfg(&base()));
     assert_eq!(
         action(&p, "a"),
         (

@@ -281,11 +281,9 @@ pub fn notes(cfg: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citadel_common::config::Limits;
-    use std::path::Path;
 
     fn cfg() -> Config {
-        Config::parse_with(
+        citadel_common::config::testing::config(
             r#"
 [engine]
 drain_secs = 25
@@ -304,10 +302,7 @@ gpus = [2]
 gpu_memory_utilization = 0.6
 load_timeout_secs = 900
 "#,
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
         )
-        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn spec(v: &Rendered, i: usize) -> Value {
@@ -408,12 +403,7 @@ load_timeout_secs = 900
             "[gateway]\nlisten = \"0.0.0.0:9000\"\napi_keys_file = \"/etc/citadel/keys\"\nqueue_limit = 7\n",
             "[models.a]\npath = \"a\"\nport = 11400\ngpus = [0]\naliases = [\"gpt-4\"]\nmax_concurrent = 3\n"
         );
-        let lan = Config::parse_with(
-            &text,
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let lan = citadel_common::config::testing::config(&text);
         assert_eq!(router(&lan)["servicePort"], 9000);
         let n = gateway_notes(&lan).join("\n");
         for want in [
@@ -430,12 +420,9 @@ load_timeout_secs = 900
             !n.contains("gateway.listen") && !n.contains("api_keys_file"),
             "{n}"
         );
-        let off = Config::parse_with(
+        let off = citadel_common::config::testing::config(
             "[gateway]\nenabled = false\n[models.a]\npath = \"a\"\nport = 11400\ngpus = [0]\n",
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        );
         assert_eq!(router(&off)["enableRouter"], false);
         assert_eq!(gateway_notes(&off).len(), 1);
     }

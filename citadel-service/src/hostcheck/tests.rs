@@ -1,28 +1,11 @@
 use super::*;
 use crate::systemd::fake::unit;
-use citadel_common::config::Limits;
+use citadel_common::config::testing::PHI3_CODER;
 use citadel_common::gpu::{FixtureGpu, GpuSource};
 
-const CFG: &str = r#"
-[models.phi3]
-path = "phi3"
-port = 11403
-gpus = [0]
-gpu_memory_utilization = 0.3
-[models.coder]
-path = "coder"
-port = 11405
-gpus = [1]
-gpu_memory_utilization = 0.4
-"#;
-
+/// `extra`, then phi3 and coder.
 fn cfg(extra: &str) -> Config {
-    Config::parse_with(
-        &format!("{extra}\n{CFG}"),
-        Path::new("/etc/citadel/citadel.toml"),
-        &Limits::default(),
-    )
-    .unwrap()
+    citadel_common::config::testing::config(&format!("{extra}\n{PHI3_CODER}"))
 }
 
 /// Two GPUs of 140 GiB (the fixture), nothing listening, every unit active, the generator's

@@ -159,7 +159,7 @@ pub mod model {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{parse, GOOD};
+    use super::super::testing::{parse, GOOD};
     use super::*;
 
     #[test]

@@ -18,7 +18,9 @@
 //!   name predicates and the host limits;
 //! - [`hostile`]: the rules that keep a hostile or careless config off the system (system
 //!   directories, overlapping roles, maxima of every timeout, NUL and control characters),
-//!   general so that every key, new ones included, goes through them.
+//!   general so that every key, new ones included, goes through them;
+//! - [`testing`] (tests only, the `testing` feature): the one way a test reads a config text,
+//!   and the model tables the tests of several crates share.
 
 pub mod defaults;
 mod gateway;
@@ -33,35 +35,5 @@ pub use read::{show, MAX_CONFIG_BYTES};
 pub use rules::{gpu_shares, valid_model_name, GpuRow, Limits, MANAGED_ENV, MAX_DRAIN_SECS};
 pub use types::*;
 
-#[cfg(test)]
-pub(crate) mod test_support {
-    use super::*;
-    use std::path::Path;
-
-    pub const GOOD: &str = r#"
-[engine]
-command = ["/usr/bin/vllm", "serve"]
-[models.a]
-path = "a"
-port = 11400
-gpus = [0]
-tensor_parallel_size = 1
-gpu_memory_utilization = 0.5
-[models.b]
-path = "/srv/b"
-port = 11401
-gpus = [0, 1]
-tensor_parallel_size = 2
-gpu_memory_utilization = 0.5
-max_model_len = 4096
-extra_args = ["--enforce-eager", "--dtype", "bfloat16"]
-"#;
-
-    pub fn parse(s: &str) -> Result<Config, ConfigError> {
-        Config::parse_with(
-            s,
-            Path::new("/etc/citadel/citadel.toml"),
-            &Limits::default(),
-        )
-    }
-}
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

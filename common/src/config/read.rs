@@ -323,7 +323,7 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{parse, GOOD};
+    use super::super::testing::{parse, GOOD};
     use std::path::PathBuf;
 
     #[test]

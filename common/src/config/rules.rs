@@ -211,7 +211,7 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{parse, GOOD};
+    use super::super::testing::{parse, GOOD};
     use super::*;
 
     #[test]

@@ -1,4 +1,7 @@
 //! Reading each section, with the rules that concern one key or one section.
+//!
+//! Over 500 lines as one concern: one reader method per section, each with the rules of its own
+//! keys (the cross-section rules are in `rules` and `hostile`).
 
 use super::defaults::model;
 use super::hostile::{self, Text};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use citadel_standin::testing::free_port;
+pub use citadel_standin::testing::{free_port, wait_listening, Engine};
 
 /// Status, headers (lower-case names), body.
 pub type Answer = (u16, Vec<(String, String)>, String);
@@ -19,68 +19,25 @@ pub fn standin() -> PathBuf {
     citadel_standin::testing::binary(Path::new(GATEWAY))
 }
 
-/// Wait until something listens on `port`.
-pub fn wait_listening(port: u16, limit: Duration) {
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < limit,
-            "nothing listened on {port} within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A stand-in engine on a free port, with its control endpoint on (`STANDIN_CONTROL=1`), then
+/// `knobs`; `citadel-standin serve ... ARGS`.
+pub fn start_engine(name: &str, knobs: &[(&str, &str)], args: &[&str]) -> Engine {
+    let knobs: Vec<(&str, &str)> = [("STANDIN_CONTROL", "1")]
+        .into_iter()
+        .chain(knobs.iter().copied())
+        .collect();
+    Engine::start(&standin(), name, free_port(), &knobs, args)
 }
 
-/// One stand-in engine, killed when dropped.
-pub struct Engine {
-    pub name: String,
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+/// A counter or gauge of a stand-in engine's own `/metrics`.
+pub trait EngineMetric {
+    /// Summed over the label sets matching `label`.
+    fn metric(&self, name: &str, label: &str) -> f64;
 }
 
-impl Engine {
-    /// `citadel-standin serve DIR --port P --served-model-name NAME [ARGS]` with knobs; waits
-    /// until it listens unless it loads slowly.
-    pub fn start(name: &str, knobs: &[(&str, &str)], args: &[&str]) -> Engine {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(standin());
-        cmd.arg("serve")
-            .arg(dir.path())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--served-model-name", name])
-            .args(args)
-            .env("STANDIN_CONTROL", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in knobs {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start the stand-in");
-        let e = Engine {
-            name: name.into(),
-            port,
-            child,
-            _dir: dir,
-        };
-        if !knobs.iter().any(|(k, _)| *k == "STANDIN_LOAD_SECS") {
-            wait_listening(port, Duration::from_secs(20));
-        }
-        e
-    }
-
-    /// A counter or gauge of the engine's own `/metrics` (summed over label sets matching).
-    pub fn metric(&self, name: &str, label: &str) -> f64 {
+impl EngineMetric for Engine {
+    fn metric(&self, name: &str, label: &str) -> f64 {
         metric(self.port, name, label)
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

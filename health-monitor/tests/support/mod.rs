@@ -10,81 +10,24 @@ use health_monitor::{Settings, Target};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const HEALTH_MONITOR: &str = env!("CARGO_BIN_EXE_health-monitor");
 
 #[allow(unused_imports)]
-pub use citadel_standin::testing::{free_port, workspace};
+pub use citadel_standin::testing::{free_port, workspace, Engine};
 
 /// The stand-in engine binary (see `citadel_standin::testing::binary` for how it is found).
 pub fn standin() -> PathBuf {
     citadel_standin::testing::binary(Path::new(HEALTH_MONITOR))
 }
 
-/// One stand-in engine, killed when dropped.
-pub struct Engine {
-    pub name: String,
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Engine {
-    /// Start `citadel-standin serve DIR --host 127.0.0.1 --port P --served-model-name NAME`
-    /// with the given knobs; waits until it serves unless it is told to load slowly.
-    pub fn start(name: &str, port: u16, knobs: &[(&str, &str)]) -> Engine {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(standin());
-        cmd.arg("serve")
-            .arg(dir.path())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--served-model-name", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in knobs {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start the stand-in");
-        let e = Engine {
-            name: name.into(),
-            port,
-            child,
-            _dir: dir,
-        };
-        if !knobs.iter().any(|(k, _)| *k == "STANDIN_LOAD_SECS") {
-            e.wait_listening(Duration::from_secs(20));
-        }
-        e
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Wait until the port accepts connections.
-    pub fn wait_listening(&self, limit: Duration) {
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < limit, "{} never listened", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A stand-in engine on `port` with `knobs` (see `citadel_standin::testing::Engine`).
+pub fn start_engine(name: &str, port: u16, knobs: &[(&str, &str)]) -> Engine {
+    Engine::start(&standin(), name, port, knobs, &[])
 }
 
 /// A target for an engine on `port`.

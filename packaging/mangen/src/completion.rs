@@ -9,6 +9,9 @@
 //! file (`--config` on the line, else `$CITADEL_CONFIG`, else the default) with `sed` over its
 //! `[models.NAME]` headers: no TOML parser, so completion keeps working while the config is
 //! broken, which is when an operator most needs `status` and `stop`.
+//!
+//! Over 500 lines as one concern: the three shells' scripts are written from one walk of the clap
+//! definition, so they stay in one file.
 
 use clap::{Arg, ArgAction, Command, ValueHint};
 use std::fmt::Write as _;

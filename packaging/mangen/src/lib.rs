@@ -147,30 +147,14 @@ fn title(name: &str, section: &str) -> String {
 }
 
 /// The examples at the end of a command's `--help` (`Examples:`, then each command indented
-/// by two spaces and what it does by six) as (command, what) pairs.
+/// by two spaces and what it does by six) as (command, what) pairs; the one parser is
+/// [`citadel_service::examples::parse`] (every binary's help follows that layout).
 pub fn examples(cmd: &clap::Command) -> Vec<(String, String)> {
     let text = cmd
         .get_after_help()
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let mut out: Vec<(String, String)> = vec![];
-    for line in text
-        .lines()
-        .skip_while(|l| !l.starts_with("Examples:"))
-        .skip(1)
-    {
-        if let Some(what) = line.strip_prefix("      ") {
-            if let Some(last) = out.last_mut() {
-                if !last.1.is_empty() {
-                    last.1.push(' ');
-                }
-                last.1.push_str(what.trim());
-            }
-        } else if let Some(c) = line.strip_prefix("  ") {
-            out.push((c.trim().to_string(), String::new()));
-        }
-    }
-    out
+    citadel_service::examples::parse(&text)
 }
 
 /// EXIT STATUS, ENVIRONMENT, FILES, EXAMPLES and SEE ALSO.

@@ -219,6 +219,20 @@ gpu_memory_utilization = 0.4
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
+
+    /// Spawn start-model, wait (30 s at most) for its READY=1: (start-model, engine pid).
+    pub fn start_ready(&self) -> (Child, u32) {
+        let sm = self.spawn(&[]);
+        let engine = engine_pid(sm.id());
+        assert!(
+            self.notify
+                .wait_for("READY=1", Duration::from_secs(30))
+                .is_some(),
+            "no READY; stderr:\n{}",
+            self.stderr()
+        );
+        (sm, engine)
+    }
 }
 
 /// Wait for a child to exit, up to `timeout`; its exit code (None = killed by a signal).

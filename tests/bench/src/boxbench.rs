@@ -7,6 +7,9 @@
 //! injected from the host (SIGKILL by host PID; the hang request from a thread inside the box's
 //! network namespace) and stamped there, and systemd's `*TimestampMonotonic` properties say
 //! when the unit left active, when the new main process started and when it was ready again.
+//!
+//! Over 500 lines as one concern: the benchmarks that share one box, each with its fault
+//! injection and its timestamps.
 
 use crate::cleanup;
 use crate::procs::{self, monotonic_us, netns_http};

@@ -1,5 +1,8 @@
 //! The benchmarks that run on the host, with no systemd: the health sweep (1), the monitor's
 //! footprint (4), storage-setup and gpu-optimize in their boot mode (6), sizes (7).
+//!
+//! Over 500 lines as one concern: each host benchmark with its measurement and its report rows (the
+//! box benchmarks are in `boxbench`).
 
 use crate::procs::{self, Guarded, Standin};
 use crate::report::{Row, Target};

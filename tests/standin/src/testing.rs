@@ -1,10 +1,13 @@
-//! Helpers for the tests of other crates that run the stand-in (start-model, health-monitor):
-//! where the binary is, and a free port the config accepts. One copy, used by both.
+//! Helpers for the tests of other crates that run the stand-in (start-model, health-monitor,
+//! the gateway): where the binary is, a free port the config accepts, and a stand-in engine run
+//! directly ([`Engine`]). One copy, used by all.
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -83,5 +86,83 @@ pub fn free_port() -> u16 {
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
+    }
+}
+
+/// Wait until something listens on loopback `port`; panics after `limit`.
+pub fn wait_listening(port: u16, limit: Duration) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < limit,
+            "nothing listened on {port} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One stand-in engine, run directly (no systemd), killed when dropped.
+pub struct Engine {
+    pub name: String,
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    /// `STANDIN serve DIR --host 127.0.0.1 --port PORT --served-model-name NAME ARGS` with the
+    /// knobs in its environment, output discarded; waits until it listens unless a knob tells it
+    /// to load slowly (`STANDIN_LOAD_SECS`).
+    pub fn start(
+        standin: &Path,
+        name: &str,
+        port: u16,
+        knobs: &[(&str, &str)],
+        args: &[&str],
+    ) -> Engine {
+        let dir = tempfile::tempdir().expect("a temp dir for the stand-in's model");
+        let mut cmd = Command::new(standin);
+        cmd.arg("serve")
+            .arg(dir.path())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--served-model-name", name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in knobs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the stand-in");
+        let e = Engine {
+            name: name.into(),
+            port,
+            child,
+            _dir: dir,
+        };
+        if !knobs.iter().any(|(k, _)| *k == "STANDIN_LOAD_SECS") {
+            e.wait_listening(Duration::from_secs(20));
+        }
+        e
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Wait until the port accepts connections.
+    pub fn wait_listening(&self, limit: Duration) {
+        wait_listening(self.port, limit)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -2,6 +2,9 @@
 //! the stand-in engine at `/usr/local/bin/citadel-standin`, a test config with three models
 //! (two of them sharing GPU 0), fake model files on a tmpfs mounted at the models mount, and
 //! short monitor intervals.
+//!
+//! Over 500 lines as one concern: installing Citadel into a box and the helpers the scenarios use
+//! to drive and read it.
 
 use crate::run::{wait_for, Output};
 use crate::sdbox::{self, BootOptions, Result, SdBox};

@@ -10,6 +10,9 @@
 //! - every command inside through `nsenter -t PID1 -a` with a clean environment and a timeout,
 //! - [`SdBox`]'s `Drop` powers the box off (SIGTERM to nspawn = clean poweroff, SIGKILL of the
 //!   box's PID 1 after a timeout), removes its cgroups, unmounts and deletes it.
+//!
+//! Over 500 lines as one concern: the lifecycle of one box in the steps above (build, boot, enter,
+//! power off), which share its paths and cgroups.
 
 use crate::run::{self, Output};
 use nix::fcntl::{Flock, FlockArg};
