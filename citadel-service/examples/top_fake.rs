@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Ok(e) => e.code(),
         Err(e) => {
             eprintln!("error: {e}");
-            e.exit.code()
+            e.exit().code()
         }
     };
     if let Some(f) = std::env::var_os("TOP_FAKE_EXIT_FILE") {

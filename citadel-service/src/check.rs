@@ -3,7 +3,6 @@
 
 use citadel_common::config::{Config, ConfigError};
 use citadel_common::plan::Plan;
-use citadel_common::report::Status;
 use citadel_common::text::count;
 use citadel_common::{Exit, Failure};
 use std::path::Path;
@@ -68,7 +67,7 @@ pub fn run(
             obj.insert(
                 "host".into(),
                 serde_json::json!({
-                    "ok": c.iter().all(|c| c.status != Status::Fail),
+                    "ok": crate::hostcheck::judge(c).ok(),
                     "checks": c,
                 }),
             );
@@ -93,8 +92,9 @@ pub fn run(
                     ),
                 }
             }
-            let failed = checks.iter().flatten().any(|c| c.status == Status::Fail);
-            Ok(if failed { Exit::Failure } else { Exit::Ok })
+            Ok(checks
+                .as_deref()
+                .map_or(Exit::Ok, |c| crate::hostcheck::judge(c).exit))
         }
         Err(e) => {
             let f = Failure::config(format!(

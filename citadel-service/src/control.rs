@@ -362,7 +362,7 @@ mod tests {
             &mut vec![],
         )
         .unwrap_err();
-        assert_eq!(e.exit, Exit::Failure);
+        assert_eq!(e.exit(), Exit::Failure);
         assert!(
             e.message
                 .contains("phi3 (citadel-model@phi3.service: result exit-code)"),
@@ -385,7 +385,7 @@ mod tests {
             &mut vec![],
         )
         .unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(host.recorded().is_empty(), "nothing queued");
     }
 

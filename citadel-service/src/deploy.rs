@@ -387,7 +387,7 @@ mod tests {
         assert!(e.message.contains("phase 2 is not in place"), "{e}");
         assert!(host.recorded().is_empty());
         let e = run(&host, &cfg(), &opts(Some(5)), &healthy, &mut vec![]).unwrap_err();
-        assert_eq!(e.exit, Exit::Usage);
+        assert_eq!(e.exit(), Exit::Usage);
     }
 
     #[test]
@@ -395,7 +395,7 @@ mod tests {
         let c = cfg();
         assert!(check_test_model(&c, "phi3").is_ok());
         assert_eq!(
-            check_test_model(&c, "vision").unwrap_err().exit,
+            check_test_model(&c, "vision").unwrap_err().exit(),
             Exit::Usage
         );
         assert!(check_test_model(&c, "mixtral")

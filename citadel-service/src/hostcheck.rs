@@ -25,7 +25,7 @@ use crate::systemd::{ActiveState, Host, Unit};
 use citadel_common::config::Config;
 use citadel_common::gpu::Snapshot;
 use citadel_common::plan::Plan;
-use citadel_common::report::Status;
+use citadel_common::report::{verdict, Finding, Status, Verdict};
 use citadel_common::text::count;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,7 +50,18 @@ pub struct HostCheck {
     pub output: Option<String>,
 }
 
-fn verdict(name: &str, status: Status, detail: String, fix: Option<String>) -> HostCheck {
+impl Finding for HostCheck {
+    fn status(&self) -> Status {
+        self.status
+    }
+}
+
+/// What the host checks come to (exit 1 when one failed).
+pub fn judge(checks: &[HostCheck]) -> Verdict {
+    verdict(checks)
+}
+
+fn check(name: &str, status: Status, detail: String, fix: Option<String>) -> HostCheck {
     HostCheck {
         name: name.to_string(),
         status,
@@ -210,7 +221,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
     let snap = match &f.gpus {
         Ok(s) => s,
         Err(e) if wanted.is_empty() => {
-            return verdict(
+            return check(
                 "gpus",
                 Status::Ok,
                 format!("no model needs a GPU ({e})"),
@@ -218,7 +229,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
             )
         }
         Err(e) => {
-            return verdict(
+            return check(
                 "gpus",
                 Status::Fail,
                 format!(
@@ -245,7 +256,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
             .filter(|m| m.gpus.iter().any(|g| missing.contains(g)))
             .map(|m| m.name.clone())
             .collect();
-        return verdict(
+        return check(
             "gpus",
             Status::Fail,
             format!(
@@ -292,7 +303,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
         }
     }
     if short.is_empty() {
-        verdict(
+        check(
             "gpus",
             Status::Ok,
             format!(
@@ -307,7 +318,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
             None,
         )
     } else {
-        verdict(
+        check(
             "gpus",
             Status::Fail,
             short.join("; "),
@@ -319,7 +330,7 @@ fn gpus(cfg: &Config, f: &Facts) -> HostCheck {
 fn ports(cfg: &Config, f: &Facts) -> HostCheck {
     let listening = match &f.listening {
         Ok(l) => l,
-        Err(e) => return verdict("ports", Status::Warn, e.clone(), None),
+        Err(e) => return check("ports", Status::Warn, e.clone(), None),
     };
     let mut wanted: Vec<(String, u16, Vec<String>)> = cfg
         .enabled_models()
@@ -361,16 +372,16 @@ fn ports(cfg: &Config, f: &Facts) -> HostCheck {
     }
     let n = wanted.len();
     if !fail.is_empty() {
-        verdict(
+        check(
             "ports",
             Status::Fail,
             fail.join("; "),
             Some("ss -ltnp names the process; stop it or change the port in the config".into()),
         )
     } else if !warn.is_empty() {
-        verdict("ports", Status::Warn, warn.join("; "), None)
+        check("ports", Status::Warn, warn.join("; "), None)
     } else {
-        verdict(
+        check(
             "ports",
             Status::Ok,
             format!("{} free or held by their own unit", count(n, "port")),
@@ -381,7 +392,7 @@ fn ports(cfg: &Config, f: &Facts) -> HostCheck {
 
 fn api_key(cfg: &Config, f: &Facts) -> HostCheck {
     let Some(k) = &f.key else {
-        return verdict(
+        return check(
             "api-key",
             Status::Ok,
             format!(
@@ -394,7 +405,7 @@ fn api_key(cfg: &Config, f: &Facts) -> HostCheck {
     let path = k.path.display();
     if let Err(e) = &k.readable {
         let root = nix::unistd::geteuid().is_root();
-        return verdict(
+        return check(
             "api-key",
             if root { Status::Fail } else { Status::Warn },
             e.clone(),
@@ -408,7 +419,7 @@ fn api_key(cfg: &Config, f: &Facts) -> HostCheck {
         );
     }
     if let Some(mode) = k.mode.filter(|m| m & 0o077 != 0) {
-        return verdict(
+        return check(
             "api-key",
             Status::Warn,
             format!("{path} is mode {mode:04o}: readable by others than root"),
@@ -426,7 +437,7 @@ fn api_key(cfg: &Config, f: &Facts) -> HostCheck {
             .and_then(|c| c.as_deref())
             .is_some_and(|c| !want.is_empty() && c.contains(&want));
         if !loaded {
-            return verdict(
+            return check(
                 "api-key",
                 Status::Fail,
                 format!(
@@ -437,7 +448,7 @@ fn api_key(cfg: &Config, f: &Facts) -> HostCheck {
             );
         }
     }
-    verdict(
+    check(
         "api-key",
         Status::Ok,
         format!("{path}: a key; systemd loads it as root (LoadCredential=), the service account never reads it"),
@@ -449,7 +460,7 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
     let u = match &f.units {
         Ok(u) => u,
         Err(e) => {
-            return verdict(
+            return check(
                 "units",
                 Status::Warn,
                 format!("{e}: units not checked"),
@@ -463,7 +474,7 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
         .map(|u| u.unit.as_str())
         .collect();
     if !missing.is_empty() {
-        return verdict(
+        return check(
             "units",
             Status::Fail,
             format!("not installed: {}", missing.join(", ")),
@@ -485,7 +496,7 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
         .map(|i| i.path().display().to_string())
         .collect();
     if !stale.is_empty() {
-        return verdict(
+        return check(
             "units",
             Status::Fail,
             format!(
@@ -502,7 +513,7 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
         .filter(|u| !cfg.enabled_models().any(|m| m.unit() == **u))
         .collect();
     if !disabled.is_empty() {
-        return verdict(
+        return check(
             "units",
             Status::Warn,
             format!(
@@ -519,7 +530,7 @@ fn units(cfg: &Config, f: &Facts) -> HostCheck {
             ),
         );
     }
-    verdict(
+    check(
         "units",
         Status::Ok,
         format!(
@@ -539,18 +550,18 @@ fn helper(name: &str, r: &HelperRun) -> HostCheck {
     match r {
         Ok((0, out)) => HostCheck {
             output: escaped(out),
-            ..verdict(&label, Status::Ok, last_line(out), None)
+            ..check(&label, Status::Ok, last_line(out), None)
         },
         Ok((code, out)) => HostCheck {
             output: escaped(out),
-            ..verdict(
+            ..check(
                 &label,
                 Status::Fail,
                 format!("exited {code}: {}", last_line(out)),
                 Some(format!("{} --check shows every finding", path.display())),
             )
         },
-        Err(e) => verdict(
+        Err(e) => check(
             &label,
             Status::Fail,
             e.clone(),
@@ -600,18 +611,7 @@ pub fn render(checks: &[HostCheck]) -> String {
 
 /// The one summary: `host: ok`, or how many checks failed and warned.
 pub fn summary(checks: &[HostCheck]) -> String {
-    let fail = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let warn = checks.iter().filter(|c| c.status == Status::Warn).count();
-    match (fail, warn) {
-        (0, 0) => "host: ok".into(),
-        (0, w) => format!("host: ok, {}", count(w, "warning")),
-        (f, 0) => format!("host: {} failed", count(f, "check")),
-        (f, w) => format!(
-            "host: {} failed, {}",
-            count(f, "check"),
-            count(w, "warning")
-        ),
-    }
+    judge(checks).summary("host")
 }
 
 #[cfg(test)]

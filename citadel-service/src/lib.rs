@@ -557,7 +557,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(require_systemd(d.path(), &status).is_ok());
         let e = require_systemd(&d.path().join("system"), &status).unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(e.message.starts_with("systemd is not running here"), "{e}");
         assert!(e.message.contains("status needs it"), "{e}");
         assert!(e.message.len() < 160 && !e.message.contains('\n'), "{e}");

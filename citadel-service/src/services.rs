@@ -221,7 +221,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_names_are_usage_errors_listing_the_valid_ones() {
         let e = Service::parse("mixtral", &cfg()).unwrap_err();
-        assert_eq!(e.exit, citadel_common::Exit::Usage);
+        assert_eq!(e.exit(), citadel_common::Exit::Usage);
         assert_eq!(
             e.message,
             "unknown service \"mixtral\"; valid names: all, storage, gpu, models, monitor, gateway, coder, phi3, vision"

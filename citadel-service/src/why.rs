@@ -343,7 +343,7 @@ mod tests {
         assert!(w.serving && w.incident.is_none());
         assert!(render(&w).starts_with("coder: serving"));
         let e = gather(&host, &c, "nope").unwrap_err();
-        assert_eq!(e.exit, Exit::Usage);
+        assert_eq!(e.exit(), Exit::Usage);
     }
 
     #[test]

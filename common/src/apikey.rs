@@ -90,7 +90,7 @@ mod tests {
         let empty = d.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
         let e = read_from(None, Some(&empty)).unwrap_err();
-        assert_eq!(e.exit, crate::Exit::Config);
+        assert_eq!(e.exit(), crate::Exit::Config);
         assert!(e.message.contains("empty"), "{e}");
         let e = read_from(None, Some(&d.path().join("nope"))).unwrap_err();
         assert!(e.message.contains("nope"), "{e}");

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn short_keys_and_empty_files_are_config_errors_without_the_key() {
         let e = Keys::parse("bob:short\n", Path::new("/k")).unwrap_err();
-        assert_eq!(e.exit, crate::Exit::Config);
+        assert_eq!(e.exit(), crate::Exit::Config);
         assert!(e.message.starts_with("/k:1:"), "{e}");
         assert!(
             !e.message.contains("short\n") && !e.message.contains(":short"),

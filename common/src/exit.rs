@@ -68,9 +68,13 @@ impl From<Exit> for ExitCode {
 }
 
 /// An error on its way out of a binary: the exit status and one line for the journal.
+///
+/// A `Failure` never carries success: its status is private and [`Failure::new`] turns
+/// [`Exit::Ok`] into [`Exit::Failure`] (an early end that is not an error is the caller's own
+/// type, e.g. start-model's `Abort::Stopped`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub exit: Exit,
+    exit: Exit,
     pub message: String,
     /// The binary already printed its one JSON document (a report saying what failed): with
     /// `--json`, [`report_as`] prints no second one.
@@ -79,11 +83,20 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        debug_assert!(exit != Exit::Ok, "a Failure with exit status 0");
         Failure {
-            exit,
+            exit: if exit == Exit::Ok {
+                Exit::Failure
+            } else {
+                exit
+            },
             message: message.into(),
             document_printed: false,
         }
+    }
+    /// The exit status (never [`Exit::Ok`]).
+    pub fn exit(&self) -> Exit {
+        self.exit
     }
     /// Exit 1: something unexpected.
     pub fn other(message: impl Into<String>) -> Self {
@@ -246,6 +259,19 @@ mod tests {
     fn context_prefixes_the_message() {
         let f = Failure::temporary("port 11400 busy").context("model phi3");
         assert_eq!(f.to_string(), "model phi3: port 11400 busy");
-        assert_eq!(f.exit, Exit::TempFail);
+        assert_eq!(f.exit(), Exit::TempFail);
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn a_failure_never_carries_success() {
+        assert_eq!(Failure::new(Exit::Ok, "x").exit(), Exit::Failure);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a Failure with exit status 0")]
+    fn a_failure_with_status_zero_is_a_bug() {
+        let _ = Failure::new(Exit::Ok, "x");
     }
 }

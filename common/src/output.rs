@@ -86,7 +86,7 @@ mod tests {
         let mut m = std::collections::BTreeMap::new();
         m.insert((1, 2), "tuple keys are not JSON");
         let f = to_json(&m).unwrap_err();
-        assert_eq!(f.exit, Exit::Failure);
+        assert_eq!(f.exit(), Exit::Failure);
         assert!(
             f.message.starts_with("cannot encode the JSON document: "),
             "{f}"

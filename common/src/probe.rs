@@ -12,25 +12,18 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// Why a probe did not get an HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeError {
     /// Nothing listens (vLLM does not listen while it loads weights).
+    #[error("connection refused")]
     Refused,
     /// No full answer within the timeout.
+    #[error("timed out")]
     Timeout,
     /// Anything else (reset, malformed response ...).
+    #[error("{0}")]
     Other(String),
-}
-
-impl std::fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProbeError::Refused => f.write_str("connection refused"),
-            ProbeError::Timeout => f.write_str("timed out"),
-            ProbeError::Other(s) => f.write_str(s),
-        }
-    }
 }
 
 impl ProbeError {

@@ -75,6 +75,6 @@ mod tests {
             program: PathBuf::from("/nonexistent/systemctl"),
         };
         let e = s.run(&["status"]).unwrap_err();
-        assert_eq!(e.exit, crate::Exit::Unavailable);
+        assert_eq!(e.exit(), crate::Exit::Unavailable);
     }
 }

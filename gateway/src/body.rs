@@ -35,16 +35,9 @@ enum Kind {
     Stream(Incoming, Idle),
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the engine for {0:?}")]
 struct IdleTimeout(Duration);
-
-impl std::fmt::Display for IdleTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no data from the engine for {:?}", self.0)
-    }
-}
-
-impl std::error::Error for IdleTimeout {}
 
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Body {

@@ -176,15 +176,7 @@ fn finish(report: &Report, json: bool) -> Result<Exit, Failure> {
     match report.outcome() {
         Exit::Ok => Ok(Exit::Ok),
         exit => {
-            let lines: Vec<String> = report
-                .changes
-                .iter()
-                .chain(&report.checks)
-                .filter(|c| c.status == Status::Fail)
-                .filter(|c| exit != Exit::Unavailable || c.unavailable)
-                .map(Check::line)
-                .collect();
-            let f = Failure::new(exit, lines.join("\n"));
+            let f = Failure::new(exit, report.failure_lines().join("\n"));
             Err(if json { f.with_document_printed() } else { f })
         }
     }

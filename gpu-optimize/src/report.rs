@@ -5,6 +5,7 @@ use citadel_common::Exit;
 use serde::Serialize;
 
 pub use citadel_common::report::Status;
+use citadel_common::report::{verdict, Finding};
 
 /// One line of the report: `{"gpu": 0|null, "check": "...", "status": "...", "detail": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,6 +52,19 @@ impl Check {
             self.status.as_str(),
             self.detail
         )
+    }
+}
+
+impl Finding for Check {
+    fn status(&self) -> Status {
+        self.status
+    }
+    fn exit(&self) -> Exit {
+        if self.unavailable {
+            Exit::Unavailable
+        } else {
+            Exit::Failure
+        }
     }
 }
 
@@ -102,19 +116,24 @@ impl Report {
 
     /// The exit code: 69 for a "no usable GPU" failure, 1 for any other failure, else 0.
     pub fn outcome(&self) -> Exit {
-        let fails = || {
-            self.checks
-                .iter()
-                .chain(&self.changes)
-                .filter(|c| c.status == Status::Fail)
-        };
-        if fails().any(|c| c.unavailable) {
-            Exit::Unavailable
-        } else if fails().next().is_some() {
-            Exit::Failure
-        } else {
-            Exit::Ok
-        }
+        verdict(self.deciding_order()).exit
+    }
+
+    /// Every entry in the order that decides the exit status: "no usable GPU" first.
+    fn deciding_order(&self) -> impl Iterator<Item = &Check> + Clone {
+        let all = self.changes.iter().chain(&self.checks);
+        all.clone()
+            .filter(|c| c.unavailable)
+            .chain(all.filter(|c| !c.unavailable))
+    }
+
+    /// The failed entries that decide the exit status, one line each (the error message).
+    pub fn failure_lines(&self) -> Vec<String> {
+        let all = || self.deciding_order();
+        citadel_common::report::deciding(all(), &verdict(all()))
+            .into_iter()
+            .map(Check::line)
+            .collect()
     }
 
     /// A human-readable table of changes and checks.

@@ -107,7 +107,7 @@ fn power_limit_out_of_range_is_refused_naming_the_constraints() {
         let before = card.readings().clone();
         let c = &mut card;
         let e = apply_mode(move || Ok(c as &mut dyn Card), &cfg).unwrap_err();
-        assert_eq!(e.exit, Exit::Config);
+        assert_eq!(e.exit(), Exit::Config);
         assert!(
             e.message.contains(&format!("gpu.power_limit_watts = {w}")),
             "{e}"
@@ -205,7 +205,7 @@ fn ecc_error_and_hot_gpu_fail_the_check() {
     assert_eq!(r.outcome(), Exit::Failure);
     assert_eq!(status_of(&r.checks, "temperature")[0].status, Status::Fail);
     let f = finish(&r, true).unwrap_err();
-    assert_eq!(f.exit, Exit::Failure);
+    assert_eq!(f.exit(), Exit::Failure);
     assert!(f.message.contains("gpu 0: temperature: fail: 86 C"), "{f}");
 }
 

@@ -100,12 +100,28 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the loading `STATUS=` is refreshed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// A stop asked before anything was spawned: exit 0 with this line.
-pub(crate) fn stopped(what: &str) -> Failure {
-    Failure::new(
-        Exit::Ok,
-        format!("stop requested while {what}; nothing was started"),
-    )
+/// How a launch ends short of serving: a stop asked before anything was spawned (exit 0, the
+/// line logged at info), or a failure with its exit status. A [`Failure`] never means success.
+#[derive(Debug, thiserror::Error)]
+pub enum Abort {
+    #[error("stop requested while {0}; nothing was started")]
+    Stopped(String),
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+impl Abort {
+    /// The failure, if it is one (tests).
+    pub fn failure(self) -> Option<Failure> {
+        match self {
+            Abort::Failed(f) => Some(f),
+            Abort::Stopped(_) => None,
+        }
+    }
+}
+
+pub(crate) fn stopped(what: &str) -> Abort {
+    Abort::Stopped(what.to_string())
 }
 
 /// Run start-model.
@@ -123,11 +139,12 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
     }
     let gpus = citadel_common::gpu::open();
     match launch(&cfg, model, creds.as_deref(), gpus.as_ref()) {
-        Err(f) if f.exit == Exit::Ok => {
-            log::info!("{f}");
+        Ok(exit) => Ok(exit),
+        Err(Abort::Stopped(what)) => {
+            log::info!("{}", Abort::Stopped(what));
             Ok(Exit::Ok)
         }
-        other => other,
+        Err(Abort::Failed(f)) => Err(f),
     }
 }
 
@@ -141,7 +158,7 @@ pub fn launch(
     model: &Model,
     credentials_dir: Option<&std::path::Path>,
     gpu_source: &dyn GpuSource,
-) -> Result<Exit, Failure> {
+) -> Result<Exit, Abort> {
     // SIGTERM / SIGINT set a flag the loops read; the no-drain signal makes the next stop skip
     // the drain (handlers revert to the default in the engine at exec).
     signals::install(&[signals::Meaning::Stop, signals::Meaning::NoDrain])?;
@@ -172,7 +189,7 @@ pub fn launch(
     )
     .map_err(|e| match e {
         lock::LockError::Stopped => stopped("waiting for a GPU lock"),
-        lock::LockError::Io(m) => Failure::unavailable(m),
+        lock::LockError::Io(m) => Failure::unavailable(m).into(),
     })?;
     preflight::gpus(
         gpu_source,
@@ -232,7 +249,7 @@ pub fn launch(
             return Ok(stop_engine(&mut engine, name, sig, plan, ""));
         }
         if let Some(end) = engine.poll() {
-            return Err(died(&mut engine, &run, end, "while serving"));
+            return Err(died(&mut engine, &run, end, "while serving").into());
         }
         std::thread::sleep(supervise::TICK);
     }

@@ -23,11 +23,13 @@ pub struct GpuLocks {
 }
 
 /// Why the locks were not taken.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     /// A stop was asked while waiting.
+    #[error("stop requested while waiting for a GPU lock")]
     Stopped,
     /// The lock file could not be created or locked (one line naming it).
+    #[error("{0}")]
     Io(String),
 }
 

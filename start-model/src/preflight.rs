@@ -2,7 +2,7 @@
 //! model files missing or unreadable 69, port still busy 75, GPU missing 69, GPU memory still
 //! held by leftover processes 75. Waits are bounded and end early when a stop is asked.
 
-use crate::{stopped, Failure};
+use crate::{stopped, Abort, Failure};
 use citadel_common::access::{check_tree_readable, Account};
 use citadel_common::config::Model;
 use citadel_common::gpu::{GpuProcess, GpuSource};
@@ -64,7 +64,7 @@ pub fn port_free(host: &str, port: u16) -> Result<bool, Failure> {
 }
 
 /// Wait up to `wait` for the port to be free (a crashed server's port can linger); then 75.
-pub fn port(host: &str, port: u16, wait: Duration, stop: &dyn Fn() -> bool) -> Result<(), Failure> {
+pub fn port(host: &str, port: u16, wait: Duration, stop: &dyn Fn() -> bool) -> Result<(), Abort> {
     let t0 = Instant::now();
     let mut told = false;
     loop {
@@ -75,7 +75,8 @@ pub fn port(host: &str, port: u16, wait: Duration, stop: &dyn Fn() -> bool) -> R
             return Err(Failure::temporary(format!(
                 "port {port} on {host} is in use (waited {} s, engine.port_wait_secs); another server still holds it",
                 wait.as_secs()
-            )));
+            ))
+            .into());
         }
         if !told {
             let msg = format!(
@@ -146,7 +147,7 @@ pub fn gpus(
     model: &Model,
     wait: Duration,
     stop: &dyn Fn() -> bool,
-) -> Result<(), Failure> {
+) -> Result<(), Abort> {
     let t0 = Instant::now();
     let mut last = String::new();
     loop {
@@ -163,7 +164,8 @@ pub fn gpus(
                     "GPU {g} (models.{}.gpus) does not exist: the driver sees {} GPU(s)",
                     model.name,
                     snap.gpus.len()
-                )));
+                ))
+                .into());
             }
         }
         let left = leftovers(model, &snap.gpus);
@@ -175,7 +177,8 @@ pub fn gpus(
             return Err(Failure::temporary(format!(
                 "GPU memory still held after {} s (engine.gpu_release_wait_secs) by leftover processes: {who}",
                 wait.as_secs()
-            )));
+            ))
+            .into());
         }
         if who != last {
             let msg = format!("waiting for leftover processes to release GPU memory: {who}");
@@ -232,7 +235,7 @@ mod tests {
     fn a_missing_model_directory_is_69() {
         let d = tempfile::tempdir().unwrap();
         let e = model_files(&d.path().join("nope")).unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(e.message.contains("nope"));
         assert_eq!(e.message.lines().count(), 1);
     }
@@ -244,7 +247,7 @@ mod tests {
         model_files(d.path()).unwrap();
         std::fs::remove_file(d.path().join("model-00002-of-00002.safetensors")).unwrap();
         let e = model_files(d.path()).unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(
             e.message.contains("model-00002-of-00002.safetensors"),
             "{e}"
@@ -264,7 +267,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let e = model_readable(&m, "nobody").unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(e.message.contains("nobody"), "{e}");
         assert!(model_readable(&m, "root").is_ok());
     }
@@ -275,8 +278,11 @@ mod tests {
         let p = l.local_addr().unwrap().port();
         assert!(!port_free("127.0.0.1", p).unwrap());
         let t0 = Instant::now();
-        let e = port("127.0.0.1", p, Duration::from_millis(700), &|| false).unwrap_err();
-        assert_eq!(e.exit, Exit::TempFail);
+        let e = port("127.0.0.1", p, Duration::from_millis(700), &|| false)
+            .unwrap_err()
+            .failure()
+            .unwrap();
+        assert_eq!(e.exit(), Exit::TempFail);
         assert!(e.message.contains(&format!("port {p}")), "{e}");
         assert!(t0.elapsed() >= Duration::from_millis(700));
         drop(l);
@@ -298,7 +304,7 @@ mod tests {
     #[test]
     fn a_host_that_is_not_ours_is_a_config_error() {
         let e = port_free("192.0.2.1", 11400).unwrap_err();
-        assert_eq!(e.exit, Exit::Config);
+        assert_eq!(e.exit(), Exit::Config);
     }
 
     #[test]
@@ -319,8 +325,10 @@ mod tests {
             Duration::ZERO,
             &|| false,
         )
-        .unwrap_err();
-        assert_eq!(e.exit, Exit::Unavailable);
+        .unwrap_err()
+        .failure()
+        .unwrap();
+        assert_eq!(e.exit(), Exit::Unavailable);
         assert!(e.message.contains("GPU 2"), "{e}");
     }
 
@@ -332,9 +340,12 @@ mod tests {
             {"pid": 4444, "used_memory": null, "name": "python3"}
         ]));
         let t0 = Instant::now();
-        let e = gpus(&src, &model(&[1]), Duration::from_millis(600), &|| false).unwrap_err();
+        let e = gpus(&src, &model(&[1]), Duration::from_millis(600), &|| false)
+            .unwrap_err()
+            .failure()
+            .unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(600));
-        assert_eq!(e.exit, Exit::TempFail);
+        assert_eq!(e.exit(), Exit::TempFail);
         assert!(
             e.message.contains("PID 4242") && e.message.contains("2.0 GiB"),
             "{e}"
@@ -352,6 +363,9 @@ mod tests {
     fn a_stop_ends_the_gpu_wait() {
         let src = fixture(serde_json::json!([{"pid": 1, "used_memory": 1, "name": "x"}]));
         let e = gpus(&src, &model(&[1]), Duration::from_secs(60), &|| true).unwrap_err();
-        assert_eq!(e.exit, Exit::Ok);
+        assert!(
+            matches!(e, Abort::Stopped(ref w) if w == "waiting for GPU memory"),
+            "{e}"
+        );
     }
 }

@@ -57,10 +57,10 @@ mod tests {
             "{PHI3}\n[models.off]\npath = \"o\"\nport = 11409\ngpus = [1]\nenabled = false\n"
         ));
         let e = find_model(&cfg, "nope").unwrap_err();
-        assert_eq!(e.exit, citadel_common::Exit::Config);
+        assert_eq!(e.exit(), citadel_common::Exit::Config);
         assert!(e.message.contains("\"nope\"") && e.message.contains("off, phi3"));
         let e = find_model(&cfg, "off").unwrap_err();
-        assert_eq!(e.exit, citadel_common::Exit::Config);
+        assert_eq!(e.exit(), citadel_common::Exit::Config);
         assert!(e.message.contains("disabled"), "{e}");
         assert!(find_model(&cfg, "phi3").is_ok());
     }
@@ -73,11 +73,11 @@ mod tests {
         assert_eq!(read_key(&cfg, None).unwrap(), None);
         cfg.engine.api_key_file = Some(file.clone());
         let e = read_key(&cfg, None).unwrap_err();
-        assert_eq!(e.exit, citadel_common::Exit::Unavailable);
+        assert_eq!(e.exit(), citadel_common::Exit::Unavailable);
         assert!(e.message.contains(&file.display().to_string()), "{e}");
         std::fs::write(&file, " \n").unwrap();
         assert_eq!(
-            read_key(&cfg, None).unwrap_err().exit,
+            read_key(&cfg, None).unwrap_err().exit(),
             citadel_common::Exit::Config
         );
         std::fs::write(&file, "  sk-1 \n").unwrap();

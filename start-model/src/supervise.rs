@@ -687,7 +687,7 @@ mod tests {
     fn a_missing_program_is_69() {
         match Engine::spawn(&spec(&["/nonexistent/vllm", "serve"])) {
             Err(f) => {
-                assert_eq!(f.exit, citadel_common::Exit::Unavailable);
+                assert_eq!(f.exit(), citadel_common::Exit::Unavailable);
                 assert!(f.message.contains("/nonexistent/vllm"));
             }
             Ok(_) => panic!("spawned a missing program"),

@@ -112,13 +112,8 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     }
     match first_failure(&report.checks) {
         None => Ok(Exit::Ok),
-        Some((entry, exit)) => {
-            let more = report
-                .checks
-                .iter()
-                .filter(|c| c.status == Status::Fail)
-                .count()
-                - 1;
+        Some((entry, exit, failed)) => {
+            let more = failed - 1;
             let mut line = format!("storage-setup: {}", entry.detail);
             if more > 0 {
                 line.push_str(&format!(
@@ -148,10 +143,10 @@ pub fn setup_report(planned: Vec<checks::Planned>, check_only: bool) -> Report {
         if let Some(a) = p.action {
             let what = a.describe();
             if check_only {
-                e.status = worst(e.status, Status::Warn);
+                e.status = e.status.worst(Status::Warn);
                 e.action = Some(format!("would {what}"));
             } else if failed || apply_failed {
-                e.status = worst(e.status, Status::Warn);
+                e.status = e.status.worst(Status::Warn);
                 e.action = Some(format!("not done: {what} (another check failed)"));
             } else {
                 match a.apply() {
@@ -206,19 +201,6 @@ fn cleanup_report(cfg: &citadel_common::config::Config, dry_run: bool) -> Report
         ));
     }
     Report::new(Mode::Cleanup, entries, summary)
-}
-
-fn worst(a: Status, b: Status) -> Status {
-    let rank = |s: Status| match s {
-        Status::Ok => 0,
-        Status::Warn => 1,
-        Status::Fail => 2,
-    };
-    if rank(a) >= rank(b) {
-        a
-    } else {
-        b
-    }
 }
 
 #[cfg(test)]

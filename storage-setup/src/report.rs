@@ -25,6 +25,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub use citadel_common::report::Status;
+use citadel_common::report::{verdict, Finding};
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,6 +73,15 @@ impl Entry {
     }
 }
 
+impl Finding for Entry {
+    fn status(&self) -> Status {
+        self.status
+    }
+    fn exit(&self) -> Exit {
+        self.exit.unwrap_or(Exit::Failure)
+    }
+}
+
 /// Which mode produced the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,11 +105,11 @@ pub struct Report {
 impl Report {
     /// Build the report; `exit`, `ok` and `changed` follow from the entries.
     pub fn new(mode: Mode, checks: Vec<Entry>, summary: String) -> Report {
-        let exit = first_failure(&checks).map_or(Exit::Ok, |(_, e)| e);
+        let v = verdict(&checks);
         Report {
             mode,
-            ok: checks.iter().all(|c| c.status != Status::Fail),
-            exit: exit.code(),
+            ok: v.ok(),
+            exit: v.exit.code(),
             changed: checks.iter().any(|c| c.changed),
             summary,
             checks,
@@ -108,7 +118,7 @@ impl Report {
 
     /// Aligned text: `STATUS  NAME  PATH  DETAIL`, then the summary.
     pub fn text(&self) -> String {
-        let rows: Vec<[String; 4]> = self
+        let rows: Vec<Vec<String>> = self
             .checks
             .iter()
             .map(|c| {
@@ -116,7 +126,7 @@ impl Report {
                 if let Some(a) = &c.action {
                     detail = format!("{detail} [{a}]");
                 }
-                [
+                vec![
                     c.status.as_str().to_string(),
                     c.name.clone(),
                     c.path.display().to_string(),
@@ -124,15 +134,7 @@ impl Report {
                 ]
             })
             .collect();
-        let w = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
-        let (w0, w1, w2) = (w(0), w(1), w(2));
-        let mut out = String::new();
-        for r in &rows {
-            out.push_str(&format!(
-                "{:w0$}  {:w1$}  {:w2$}  {}\n",
-                r[0], r[1], r[2], r[3]
-            ));
-        }
+        let mut out = citadel_common::output::table(&rows);
         out.push_str(&format!("storage-setup: {}\n", self.summary));
         out
     }
@@ -143,12 +145,13 @@ impl Report {
     }
 }
 
-/// The first failed entry and the exit status it calls for.
-pub fn first_failure(checks: &[Entry]) -> Option<(&Entry, Exit)> {
-    checks
-        .iter()
-        .find(|c| c.status == Status::Fail)
-        .map(|c| (c, c.exit.unwrap_or(Exit::Failure)))
+/// The failed entry that decides the exit status (the rule of `citadel_common::report`), the
+/// status, and how many entries failed.
+pub fn first_failure(checks: &[Entry]) -> Option<(&Entry, Exit, usize)> {
+    let v = verdict(checks);
+    citadel_common::report::deciding(checks, &v)
+        .first()
+        .map(|e| (*e, v.exit, v.failed))
 }
 
 #[cfg(test)]

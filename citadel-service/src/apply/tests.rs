@@ -137,7 +137,7 @@ fn an_invalid_config_is_78_and_nothing_is_touched() {
     edit(&b, &format!("{MODELS}\n[bogus]\n"));
     let host = host_all_active();
     let e = run(&host, &b.file, &opts(false), &mut vec![]).unwrap_err();
-    assert_eq!(e.exit, Exit::Config);
+    assert_eq!(e.exit(), Exit::Config);
     assert!(e.message.contains("bogus"), "{e}");
     assert!(host.recorded().is_empty());
 }

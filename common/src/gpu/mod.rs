@@ -164,7 +164,8 @@ impl GpuProcess {
 }
 
 /// No GPU information at all: no library, no driver, no permission, unreadable fixture.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
 pub struct GpuUnavailable {
     /// One line naming the library (or file) and the fix.
     pub message: String,
@@ -177,14 +178,6 @@ impl GpuUnavailable {
         }
     }
 }
-
-impl fmt::Display for GpuUnavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for GpuUnavailable {}
 
 /// Anything that can read the GPUs.
 pub trait GpuSource {

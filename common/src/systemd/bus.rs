@@ -296,7 +296,7 @@ mod tests {
         let addr = format!("unix:path={}/no-bus", d.path().display());
         let bus = Bus::at(&addr, Duration::from_secs(1));
         let e = bus.units(&["a.service".into()]).unwrap_err();
-        assert_eq!(e.exit, crate::Exit::Unavailable);
+        assert_eq!(e.exit(), crate::Exit::Unavailable);
         assert!(e.message.contains(&addr), "{e}");
         let e = bus.queue(Job::Restart, "a.service").unwrap_err();
         assert!(e.message.contains(&addr), "{e}");

@@ -216,7 +216,7 @@ fn the_header_names_shared_gpus_and_disabled_models() {
 fn two_models_with_one_kubernetes_name_are_a_config_error() {
     let c = cfg("[models.coder_]\npath = \"c2\"\nport = 11409\ngpus = [7]\n");
     let e = render(&c, None).unwrap_err();
-    assert_eq!(e.exit, citadel_common::Exit::Config);
+    assert_eq!(e.exit(), citadel_common::Exit::Config);
     assert!(e.message.contains("models.coder and models.coder_"), "{e}");
     assert!(e.message.contains("\"citadel-coder\""), "{e}");
     assert!(!e.message.contains('\n'));
