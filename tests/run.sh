@@ -39,7 +39,8 @@ root=false
 need_pkgs=()
 # prometheus: promtool, for health-monitor/tests/observability.rs (promtool check rules).
 # tmux: citadel-service/tests/top.rs drives `citadel-service top` in a real terminal.
-for p in systemd-container mmdebstrap lintian debootstrap zsh fish prometheus tmux; do
+# systemd-journal-remote: tests/system/tests/xid.rs writes a kernel-transport journal entry into a box.
+for p in systemd-container mmdebstrap lintian debootstrap zsh fish prometheus tmux systemd-journal-remote; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

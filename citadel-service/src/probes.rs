@@ -167,23 +167,10 @@ pub fn probe_all(host: &str, models: &[(String, u16)], timeout: Duration) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::time::Instant;
 
-    fn serve(reply: &'static [u8], delay: Duration) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                std::thread::sleep(delay);
-                let _ = s.write_all(reply);
-            }
-        });
-        port
-    }
+    use citadel_common::probe::testing::serve_once as serve;
 
     #[test]
     fn probes_run_in_parallel_and_classify_answers() {

@@ -3,7 +3,11 @@
 //! the affected model, or note it.
 //!
 //! The kernel log is read through the journal (`journalctl _TRANSPORT=kernel`, which works
-//! under the monitor's sandboxing), resuming after the last cursor. The test hook
+//! under the monitor's sandboxing), resuming after the last cursor; the first read starts at
+//! this boot's start (`--since=@BOOT`, the realtime clock minus `/proc/uptime`), not `-b`: in a
+//! container (systemd-nspawn) a sandboxed unit's `/proc/sys/kernel/random/boot_id` is the
+//! host's while journald stamps entries with the container's own, so `-b` matched nothing
+//! there (found by the system test `tests/system/tests/xid.rs`). The test hook
 //! `CITADEL_KERNEL_LOG=FILE` replaces the journal with a file of kernel lines (read from the
 //! offset reached so far); NVML health comes from `citadel_common::gpu` (NVML, or the readings
 //! file named by `CITADEL_FAKE_GPU`).
@@ -348,11 +352,14 @@ impl KernelLog for Journal {
             "cat",
             "--show-cursor",
         ]);
-        match &self.cursor {
-            Some(c) => {
+        match (&self.cursor, boot_started_unix()) {
+            (Some(c), _) => {
                 cmd.arg(format!("--after-cursor={c}"));
             }
-            None => {
+            (None, Some(t)) => {
+                cmd.arg(format!("--since=@{t}"));
+            }
+            (None, None) => {
                 cmd.arg("-b");
             }
         }
@@ -361,6 +368,11 @@ impl KernelLog for Journal {
             .stderr(std::process::Stdio::piped())
             .output()
             .map_err(|e| format!("{}: {e}", crate::paths::JOURNALCTL))?;
+        // journalctl 252 exits 1, printing nothing, when nothing matches (no kernel line since
+        // the boot or the cursor: the usual case in a container, where the kernel logs nothing).
+        if out.status.code() == Some(1) && out.stdout.is_empty() && out.stderr.is_empty() {
+            return Ok(vec![]);
+        }
         if !out.status.success() {
             return Err(format!(
                 "journalctl _TRANSPORT=kernel: {}",
@@ -381,6 +393,28 @@ impl KernelLog for Journal {
         }
         Ok(lines)
     }
+}
+
+/// When this boot started, in seconds since the epoch: the realtime clock minus the uptime
+/// (`/proc/uptime`, the kernel's own, also in a container), a second early so that no line of
+/// the boot's first second is missed.
+pub fn boot_started_unix() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    boot_started(&text, std::time::SystemTime::now())
+}
+
+/// [`boot_started_unix`] from the text of `/proc/uptime` and the time now.
+pub fn boot_started(uptime: &str, now: std::time::SystemTime) -> Option<u64> {
+    let up: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    if !up.is_finite() || up < 0.0 {
+        return None;
+    }
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let t = (now - up).floor() - 1.0;
+    (t > 0.0).then_some(t as u64)
 }
 
 /// `CITADEL_KERNEL_LOG=FILE`: kernel lines appended to a file by a test.

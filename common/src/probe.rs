@@ -288,15 +288,18 @@ pub fn base_url(host: &str, port: u16) -> String {
     format!("http://{h}:{port}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
+/// Test support: a one-shot HTTP server on loopback.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::time::Duration;
 
-    fn serve_once(reply: &'static [u8], delay: Duration) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+    /// Listen on a free loopback port, answer the first connection with `reply` after
+    /// `delay` (the request is read first), then close; returns the port.
+    pub fn serve_once(reply: &'static [u8], delay: Duration) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = l.local_addr().expect("local address").port();
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = l.accept() {
                 let mut buf = [0u8; 1024];
@@ -307,6 +310,14 @@ mod tests {
         });
         port
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    use super::testing::serve_once;
 
     #[test]
     fn refused_when_nothing_listens() {

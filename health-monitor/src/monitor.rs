@@ -172,7 +172,7 @@ impl Monitor {
             .collect();
         // citadel-storage and citadel-gpu too, in the same call: their failure alerts.
         units.extend(crate::incidents::INFRA_UNITS.iter().map(|u| u.to_string()));
-        let statuses = match self.systemd.units(&units) {
+        let statuses = match self.systemd.sweep(&units) {
             Ok(s) if s.len() == units.len() => {
                 if let Some(e) = self.systemd_error.take() {
                     log::info!("systemd answers again (was: {e})");

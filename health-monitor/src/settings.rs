@@ -116,6 +116,9 @@ impl Systemd for StatusOnly {
     fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
         self.0.units(names)
     }
+    fn sweep(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.0.sweep(names)
+    }
     fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
         Err(Failure::other(format!(
             "refusing to {} {}: this monitor is read-only (--once)",

@@ -97,3 +97,20 @@ fn the_file_log_returns_only_new_whole_lines() {
     assert_eq!(log.new_lines().unwrap(), vec!["partial", "three"]);
     assert!(log.new_lines().unwrap().is_empty());
 }
+
+#[test]
+fn the_boot_started_at_the_clock_minus_the_uptime() {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    assert_eq!(
+        boot_started("3600.25 7000.00\n", now),
+        Some(1_800_000_000 - 3601 - 1)
+    );
+    assert_eq!(boot_started("0.5 0.1", now), Some(1_800_000_000 - 1 - 1));
+    for bad in ["", "x y", "-5 1", "NaN 1", "inf 1"] {
+        assert_eq!(boot_started(bad, now), None, "{bad:?}");
+    }
+    assert!(
+        boot_started_unix().is_some(),
+        "this machine has /proc/uptime"
+    );
+}

@@ -116,6 +116,112 @@ impl Bus {
         names.iter().map(|n| self.unit(n)).collect()
     }
 
+    /// [`super::Systemd::sweep`]: one `ListUnitsByNames` for every unit's states and job,
+    /// then `Properties.Get` of only the Service properties the unit's state makes relevant
+    /// (two for a running service, three for a failed one, none for an inactive one), instead
+    /// of two `GetAll` (about 300 properties) per unit.
+    pub fn sweep(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        if names.is_empty() {
+            return Ok(vec![]);
+        }
+        type Listed = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            zbus::zvariant::OwnedObjectPath,
+            u32,
+            String,
+            zbus::zvariant::OwnedObjectPath,
+        );
+        let listed: Vec<Listed> = self.call("listing units from systemd", |c| {
+            c.call_method(
+                Some(DEST),
+                MANAGER_PATH,
+                Some(MANAGER),
+                "ListUnitsByNames",
+                &(names,),
+            )?
+            .body()
+            .deserialize()
+        })?;
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            // One entry per name, in order (systemd names an alias by its unit's own name).
+            let entry = if listed.len() == names.len() {
+                listed.get(i)
+            } else {
+                listed.iter().find(|l| &l.0 == name)
+            };
+            let Some(l) = entry else {
+                // systemd lists every name it is asked for; one it does not know is not-found.
+                out.push(UnitStatus {
+                    unit: name.clone(),
+                    load_state: "not-found".into(),
+                    active_state: ActiveState::Inactive,
+                    sub_state: "dead".into(),
+                    ..UnitStatus::default()
+                });
+                continue;
+            };
+            let mut u = UnitStatus {
+                unit: name.clone(),
+                load_state: l.2.clone(),
+                active_state: ActiveState::parse(&l.3),
+                sub_state: l.4.clone(),
+                job_pending: l.7 != 0,
+                ..UnitStatus::default()
+            };
+            if name.ends_with(".service") && u.load_state != "not-found" {
+                let path = l.6.as_str();
+                let failed = u.active_state == ActiveState::Failed;
+                let running =
+                    !matches!(u.active_state, ActiveState::Inactive | ActiveState::Failed);
+                if running || failed {
+                    u.n_restarts = self.get_u64(name, path, "NRestarts")? as u32;
+                }
+                if running {
+                    u.main_pid = self.get_u64(name, path, "MainPID")? as u32;
+                }
+                if failed {
+                    u.result = self.get_str(name, path, "Result")?;
+                    u.exec_main_status = self.get_i64(name, path, "ExecMainStatus")? as i32;
+                }
+            }
+            out.push(u);
+        }
+        Ok(out)
+    }
+
+    /// One property of a service.
+    fn get(&self, unit: &str, path: &str, prop: &str) -> Result<OwnedValue, Failure> {
+        self.call(&format!("reading {unit} {prop} from systemd"), |c| {
+            c.call_method(Some(DEST), path, Some(PROPERTIES), "Get", &(SERVICE, prop))?
+                .body()
+                .deserialize::<OwnedValue>()
+        })
+    }
+
+    fn get_u64(&self, unit: &str, path: &str, prop: &str) -> Result<u64, Failure> {
+        let mut p = Props::new();
+        p.insert(prop.to_string(), self.get(unit, path, prop)?);
+        Ok(u64_of(&p, prop))
+    }
+
+    fn get_i64(&self, unit: &str, path: &str, prop: &str) -> Result<i64, Failure> {
+        let mut p = Props::new();
+        p.insert(prop.to_string(), self.get(unit, path, prop)?);
+        Ok(i64_of(&p, prop))
+    }
+
+    fn get_str(&self, unit: &str, path: &str, prop: &str) -> Result<String, Failure> {
+        let mut p = Props::new();
+        p.insert(prop.to_string(), self.get(unit, path, prop)?);
+        Ok(str_of(&p, prop).to_string())
+    }
+
     fn unit(&self, name: &str) -> Result<UnitStatus, Failure> {
         let u = self.get_all(name, UNIT)?;
         // Only services have the Service interface (and a not-found unit may lack it).

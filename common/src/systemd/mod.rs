@@ -81,6 +81,13 @@ impl Job {
 pub trait Systemd: Send + Sync {
     /// The state of each unit, in order.
     fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure>;
+    /// What the monitor reads every sweep, cheaply: load, active and sub state and the pending
+    /// job of every unit, and of a service its `MainPID` and `NRestarts` (also `Result` and
+    /// `ExecMainStatus` when it failed); the other fields are left empty. Defaults to
+    /// [`Systemd::units`].
+    fn sweep(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.units(names)
+    }
     /// Queue `job` for each unit and return once systemd has queued it (mode `replace`).
     fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure>;
     /// Send `signal` to the unit's main process only (`systemctl kill --kill-whom=main`).
@@ -127,6 +134,10 @@ impl Client {
 impl Systemd for Client {
     fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
         self.bus.units(names)
+    }
+
+    fn sweep(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.bus.sweep(names)
     }
 
     fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {

@@ -5,6 +5,14 @@
 //! latency = path minus straight), throughput at 64, streaming time to first byte; then the
 //! gateway's RSS with 1,000 idle keep-alive clients. Clients keep their connection alive
 //! where the server allows it (the stand-in closes after every answer, as its docs say).
+//!
+//! Method: the four paths are measured in [`ROUNDS`] interleaved rounds (each round measures
+//! every path with a fifth of the requests; the samples of all rounds are pooled), so a change
+//! of the machine's load during the run weighs on every path alike. By default the bench runs
+//! under `SCHED_FIFO` priority 10, inherited by every server it starts, so that other work on a
+//! shared machine does not preempt the measured processes (a preemption costs one scheduler
+//! tick, 4 ms at HZ=250: the size of the figures themselves); `--no-rt` measures under normal
+//! scheduling.
 
 use crate::procs::Guarded;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -357,18 +365,60 @@ struct Figures {
     ttfb: f64,
 }
 
-fn measure(port: u16, quick: bool) -> Result<Figures, String> {
+/// Interleaved rounds: each measures every path with a fifth of the requests.
+pub const ROUNDS: usize = 5;
+
+/// The samples of one path, pooled over the rounds.
+#[derive(Default)]
+struct Samples {
+    c1: Vec<f64>,
+    c64: Vec<f64>,
+    c64_time: Duration,
+    ttfb: Vec<f64>,
+}
+
+impl Samples {
+    /// One round: `n1` requests at c=1, `n64` per client at c=64, `ns` streamed.
+    fn measure_round(
+        &mut self,
+        port: u16,
+        (n1, n64, ns): (usize, usize, usize),
+    ) -> Result<(), String> {
+        self.c1.extend(load(port, SMALL, 1, n1)?.0);
+        let (v, took) = load(port, SMALL, 64, n64)?;
+        self.c64.extend(v);
+        self.c64_time += took;
+        self.ttfb.extend(ttfb(port, ns)?);
+        Ok(())
+    }
+
+    fn figures(&self) -> Figures {
+        Figures {
+            c1: (percentile(&self.c1, 50.0), percentile(&self.c1, 99.0)),
+            c64: (percentile(&self.c64, 50.0), percentile(&self.c64, 99.0)),
+            rps: self.c64.len() as f64 / self.c64_time.as_secs_f64(),
+            ttfb: percentile(&self.ttfb, 50.0),
+        }
+    }
+}
+
+/// Requests per round (the whole run: `ROUNDS` times this).
+fn per_round(quick: bool) -> (usize, usize, usize) {
     let (n1, n64, ns) = if quick { (100, 10, 50) } else { (400, 40, 200) };
-    load(port, SMALL, 8, 25)?; // warm-up: connections, pools, caches
-    let (c1, _) = load(port, SMALL, 1, n1)?;
-    let (c64, took) = load(port, SMALL, 64, n64)?;
-    let ttfb_v = ttfb(port, ns)?;
-    Ok(Figures {
-        c1: (percentile(&c1, 50.0), percentile(&c1, 99.0)),
-        c64: (percentile(&c64, 50.0), percentile(&c64, 99.0)),
-        rps: c64.len() as f64 / took.as_secs_f64(),
-        ttfb: percentile(&ttfb_v, 50.0),
-    })
+    (n1 / ROUNDS, (n64 / ROUNDS).max(1), ns / ROUNDS)
+}
+
+/// `SCHED_FIFO` priority 10 for this process and what it starts from now on; the error when
+/// the kernel refuses (no CAP_SYS_NICE, RT throttled to zero ...).
+fn realtime() -> Result<(), String> {
+    let p = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler reads one valid sched_param; pid 0 is this process.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
 }
 
 const BEGIN: &str = "<!-- citadel-gateway-bench: begin -->";
@@ -378,6 +428,16 @@ const END: &str = "<!-- citadel-gateway-bench: end -->";
 pub fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let scheduling = if args.iter().any(|a| a == "--no-rt") {
+        "normal scheduling (--no-rt)".to_string()
+    } else {
+        match realtime() {
+            Ok(()) => "SCHED_FIFO priority 10 for the bench and every server it starts (inherited)"
+                .to_string(),
+            Err(e) => format!("normal scheduling (SCHED_FIFO refused: {e})"),
+        }
+    };
+    eprintln!("citadel-gateway-bench: {scheduling}");
     let ws = citadel_system_tests::citadel::workspace_root();
     let out = args
         .iter()
@@ -389,11 +449,22 @@ pub fn main() -> Result<(), String> {
     let machine = crate::machine::Machine::probe(&ws);
     let load_before = crate::machine::loadavg();
     let rig = rig(&release)?;
-    let mut figs = Vec::new();
     for p in &rig.paths {
-        eprintln!("citadel-gateway-bench: {} ...", p.name);
-        figs.push(measure(p.port, quick).map_err(|e| format!("{}: {e}", p.name))?);
+        // Warm-up: connections, pools, caches.
+        load(p.port, SMALL, 8, 25).map_err(|e| format!("{}: {e}", p.name))?;
     }
+    let mut samples: Vec<Samples> = rig.paths.iter().map(|_| Samples::default()).collect();
+    for round in 1..=ROUNDS {
+        for (p, s) in rig.paths.iter().zip(&mut samples) {
+            eprintln!(
+                "citadel-gateway-bench: round {round}/{ROUNDS}: {} ...",
+                p.name
+            );
+            s.measure_round(p.port, per_round(quick))
+                .map_err(|e| format!("{}: {e}", p.name))?;
+        }
+    }
+    let figs: Vec<Figures> = samples.iter().map(Samples::figures).collect();
     let (rss0, rss1000) = idle_rss(rig.paths[1].port, rig.gateway_pid, 1000)?;
     let load_after = crate::machine::loadavg();
     let base = &figs[0];
@@ -422,7 +493,7 @@ pub fn main() -> Result<(), String> {
     let tput = ratio(g.rps, l.rps);
     let cores_commit = format!("{} cores, commit {}", machine.cores, machine.commit);
     let mut md = format!(
-        "{BEGIN}\n## citadel-gateway vs nginx vs LiteLLM (issue 15)\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests, c=64: 64 clients; stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        "{BEGIN}\n## citadel-gateway vs nginx vs LiteLLM (issue 15)\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests, c=64: 64 clients; stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
         if quick { " --quick" } else { "" },
         machine.cpu,
         cores_commit,
@@ -434,7 +505,7 @@ pub fn main() -> Result<(), String> {
         version(&[&format!("{LITELLM_VENV}/bin/pip"), "show", "litellm"]),
     );
     md.push_str(&format!(
-        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured one after another in the same minutes, and the ratios are what to compare.\n{END}\n",
+        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured in the same interleaved rounds, and the ratios are what to compare.\n{END}\n",
         ratio(g.c1.0, n.c1.0),
         ratio(g.c1.1, n.c1.1),
         ratio(g.c64.0, n.c64.0),

@@ -99,6 +99,41 @@ fn matches_systemctl(c: &Citadel, as_nobody: bool, who: &str) {
     );
 }
 
+/// Where the running monitor's view of the model units (its state file, read every sweep
+/// with `Systemd::sweep`: one ListUnitsByNames and a few Properties.Get) differs from
+/// `systemctl show`, one line per field.
+fn monitor_differences(c: &Citadel) -> Vec<String> {
+    let text = c.sb.exec(&["cat", "/run/citadel/health.json"]).stdout;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("health.json: {e}: {text}"));
+    let mut out = vec![];
+    for m in &MODELS {
+        let unit = model_unit(m.name);
+        let row = v["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == m.name))
+            .unwrap_or_else(|| panic!("no {} in health.json: {v}", m.name));
+        let show = c.show(&unit, &["ActiveState", "MainPID", "NRestarts"]);
+        for (field, prop) in [
+            ("unit_state", "ActiveState"),
+            ("main_pid", "MainPID"),
+            ("systemd_restarts", "NRestarts"),
+        ] {
+            let ours = match &row[field] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let theirs = show.get(prop).cloned().unwrap_or_default();
+            if ours != theirs {
+                out.push(format!(
+                    "{unit}: monitor {field} {ours:?}, systemctl {prop}={theirs}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The monitor's waited-for children's CPU ticks (cutime + cstime in /proc/PID/stat): any
 /// process it started and reaped (a `systemctl show` costs about 1 tick).
 fn monitor_child_ticks(c: &Citadel) -> (u64, String) {
@@ -147,6 +182,20 @@ fn d01_states_and_jobs_over_dbus_match_systemctl_and_no_bus_is_one_clear_line() 
     // States: root and nobody read what systemctl shows.
     matches_systemctl(&c, false, "root");
     matches_systemctl(&c, true, "nobody");
+    // The monitor's sweep reads the same (within two sweeps of 1 s: it writes once a sweep).
+    let mut last = vec![];
+    for _ in 0..4 {
+        last = monitor_differences(&c);
+        if last.is_empty() {
+            break;
+        }
+        std::thread::sleep(SEC);
+    }
+    assert!(
+        last.is_empty(),
+        "the monitor's sweep is not what systemctl shows:\n{}",
+        last.join("\n")
+    );
 
     // No bus daemon: one line naming the address, exit 69 (EX_UNAVAILABLE), root or not.
     c.sb.ok(&["systemctl", "stop", "dbus.socket", "dbus.service"])
