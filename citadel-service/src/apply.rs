@@ -181,7 +181,12 @@ fn member(service: Service, cfg: &Config) -> Member {
 
 /// Whether `unit` is active now (a reload of a stopped unit is pointless: it reads the config
 /// when it starts).
-fn running(host: &dyn Host, unit: &str, what: &str, out: &mut dyn Write) -> Result<bool, Failure> {
+pub(crate) fn running(
+    host: &dyn Host,
+    unit: &str,
+    what: &str,
+    out: &mut dyn Write,
+) -> Result<bool, Failure> {
     let state = host.units(&[unit.to_string()])?;
     let active = state
         .first()
@@ -196,7 +201,7 @@ fn running(host: &dyn Host, unit: &str, what: &str, out: &mut dyn Write) -> Resu
 }
 
 /// Queue stop jobs for `units` and wait until `m` has stopped.
-fn stop_and_wait(
+pub(crate) fn stop_and_wait(
     host: &dyn Host,
     units: &[String],
     m: Member,

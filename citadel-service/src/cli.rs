@@ -182,6 +182,33 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 1800)]
         timeout: u64,
     },
+    /// Switch a model to a new version of its weights (surge or replace), with rollback (root).
+    #[command(after_help = examples::ROLLOUT)]
+    Rollout {
+        /// The model (a [models.NAME] table of the config).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The new models.NAME.path: the new version's directory (typically under
+        /// paths.staging_dir; relative paths are under paths.models_link, as in the config).
+        #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::DirPath)]
+        path: std::path::PathBuf,
+        /// Print the plan (mode and why, spare port, steps) and change nothing (no root needed).
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan and the outcome as one JSON document on stdout (progress on stderr).
+        #[arg(long)]
+        json: bool,
+        /// Give up waiting for each unit after this many seconds (the new version's load
+        /// included: a slower one is rolled back).
+        #[arg(long, value_name = "SECS", default_value_t = 1800)]
+        timeout: u64,
+        /// Also send this prompt to the new version before the switch (a completion)...
+        #[arg(long, value_name = "TEXT", requires = "golden_expect")]
+        golden_prompt: Option<String>,
+        /// ...whose text must contain this.
+        #[arg(long, value_name = "TEXT", requires = "golden_prompt")]
+        golden_expect: Option<String>,
+    },
     /// Phased rollout: 1 storage+gpu, 2 a test model, 3 all enabled models, 4 monitor+gateway+target (root).
     #[command(after_help = examples::DEPLOY)]
     Deploy {
@@ -260,6 +287,7 @@ impl Cli {
                 Command::Check { json: true, .. }
                     | Command::Status { json: true, .. }
                     | Command::Health { json: true, .. }
+                    | Command::Rollout { json: true, .. }
             )
         )
     }

@@ -84,6 +84,13 @@ Examples:
   citadel-service apply
       carry it out: changed models restart one at a time, the others keep running";
 
+pub const ROLLOUT: &str = "\
+Examples:
+  citadel-service rollout phi3 --path /mnt/citadel-models/staging/phi3-v2 --dry-run
+      surge or replace, and why (GPU shares, spare port); the steps; nothing touched
+  citadel-service rollout phi3 --path /mnt/citadel-models/staging/phi3-v2 --golden-prompt 'The capital of France is' --golden-expect Paris
+      switch phi3 to the new weights; any failure restores the old version";
+
 pub const DEPLOY: &str = "\
 Examples:
   citadel-service deploy
@@ -140,7 +147,7 @@ mod tests {
     fn every_example_has_a_command_and_what_it_does() {
         for t in [
             MAIN, CHECK, START, STOP, RESTART, STATUS, TOP, LOGS, ENABLE, DISABLE, HEALTH, APPLY,
-            DEPLOY, EXPORT,
+            ROLLOUT, DEPLOY, EXPORT,
         ] {
             let ex = parse(t);
             assert!(!ex.is_empty() && ex.len() <= 2, "{t}");

@@ -33,6 +33,7 @@ pub mod hostcheck;
 pub mod logs;
 pub mod output;
 pub mod probes;
+pub mod rollout;
 pub mod services;
 pub mod snapshot;
 pub mod status;
@@ -125,6 +126,7 @@ pub fn needs_systemd(c: &Command) -> bool {
     !matches!(
         c,
         Command::Check { .. }
+            | Command::Rollout { dry_run: true, .. }
             | Command::Export { .. }
             | Command::Health { .. }
             | Command::Logs { .. }
@@ -172,6 +174,7 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Restart(_) => "restart",
         Command::Enable => "enable",
         Command::Deploy { .. } => "deploy",
+        Command::Rollout { .. } => "rollout",
         _ => "this command",
     }
 }
@@ -306,6 +309,28 @@ pub fn run_with(cli: &Cli, cfg: &Config, host: &(dyn Host + Sync)) -> Result<Exi
             let timeout = Duration::from_secs(cfg.monitor.probe_timeout_secs.max(1));
             let probe = |m: &[(String, u16)]| probes::probe_all(&cfg.engine.host, m, timeout);
             deploy::run(host, cfg, &opts, &probe, &mut out)
+        }
+        Command::Rollout {
+            name,
+            path,
+            dry_run,
+            json,
+            timeout,
+            golden_prompt,
+            golden_expect,
+        } => {
+            let opts = rollout::RolloutOptions {
+                name: name.clone(),
+                path: path.clone(),
+                dry_run: *dry_run,
+                json: *json,
+                wait: wait_options(*timeout),
+                golden: golden_prompt.clone().zip(golden_expect.clone()),
+            };
+            let port_free =
+                |p| citadel_common::launch::port_free(&cfg.engine.host, p).unwrap_or(false);
+            let http = rollout::Http { cfg };
+            rollout::run(host, &http, cfg, &opts, &port_free, &mut out)
         }
         Command::Why { name, json } => why::run(host, cfg, name, *json),
         Command::Gpu {

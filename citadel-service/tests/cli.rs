@@ -237,6 +237,7 @@ fn commands_that_need_a_valid_config_refuse_a_broken_one() {
         vec!["restart", "phi3"],
         vec!["deploy"],
         vec!["enable"],
+        vec!["rollout", "phi3", "--path", "/tmp/x", "--dry-run"],
     ] {
         let mut a = vec!["--config", cfg];
         a.extend(&args);
@@ -461,7 +462,104 @@ fn every_timeout_has_one_meaning() {
     }
     assert_eq!(
         seen,
-        ["start", "stop", "restart", "health", "apply", "deploy"],
+        ["start", "stop", "restart", "health", "apply", "rollout", "deploy"],
         "the commands that wait"
     );
+}
+
+/// `rollout --dry-run` needs no systemd and no root: the plan (mode, why, steps) on stdout, or
+/// one JSON document; nothing is written. Files that are not a complete model: 69.
+#[test]
+fn rollout_dry_run_prints_the_plan_and_touches_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    // As root the new files must be readable by the service account: nobody, through 0755.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let paths = citadel_common::config::Paths::under(d.path());
+    let text = format!(
+        "{}[service]\nuser = \"nobody\"\ngroup = \"nogroup\"\n\n[models.a]\npath = \"a\"\nport = 11401\ngpus = [0]\ngpu_memory_utilization = 0.4\n",
+        paths.to_toml()
+    );
+    let p = d.path().join("citadel.toml");
+    std::fs::write(&p, &text).unwrap();
+    let new = paths.staging_dir.join("a-v2");
+    citadel_common::modelfiles::write_fake_model(&new, 1).unwrap();
+    let (cfg, newp) = (p.to_str().unwrap(), new.to_str().unwrap());
+    let o = run(
+        &["--config", cfg, "rollout", "a", "--path", newp, "--dry-run"],
+        &[],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.starts_with(&format!("rollout of a: a -> {newp}\nmode: ")),
+        "{out}"
+    );
+    assert!(out.contains("why: "), "{out}");
+    assert!(out.contains("steps:\n  1. "), "{out}");
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "rollout",
+            "a",
+            "--path",
+            newp,
+            "--dry-run",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "a");
+    assert_eq!(v["result"], "planned");
+    assert_eq!(v["dry_run"], true);
+    assert!(v["mode"] == "surge" || v["mode"] == "replace", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        text,
+        "the config untouched"
+    );
+    assert!(!paths.runtime_dir.join("rollout").exists());
+    // Incomplete files: 69 (as JSON too), one line naming the directory.
+    let half = paths.staging_dir.join("half");
+    std::fs::create_dir_all(&half).unwrap();
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "rollout",
+            "a",
+            "--path",
+            half.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(69));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("config.json is missing"), "{msg}");
+    // A golden prompt needs its expected text.
+    let o = run(
+        &[
+            "--config",
+            cfg,
+            "rollout",
+            "a",
+            "--path",
+            newp,
+            "--golden-prompt",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
 }

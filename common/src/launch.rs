@@ -158,6 +158,30 @@ pub fn dry_run_json(cfg: &Config, model: &Model, has_key: bool) -> Result<String
     crate::output::to_json(&build(cfg, model, has_key.then_some(REDACTED)))
 }
 
+/// Is `host:port` free? A test bind of every address the host resolves to. `Ok(false)` =
+/// in use; an address that is not ours is a config error.
+pub fn port_free(host: &str, port: u16) -> Result<bool, crate::Failure> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            crate::Failure::config(format!("engine.host = {host:?}: cannot resolve: {e}"))
+        })?
+        .collect();
+    for a in addrs {
+        match std::net::TcpListener::bind(a) {
+            Ok(l) => drop(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(false),
+            Err(e) => {
+                return Err(crate::Failure::config(format!(
+                    "engine.host = {host:?}: cannot bind {a}: {e}"
+                )))
+            }
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

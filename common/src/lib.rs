@@ -24,7 +24,10 @@
 //! - [`clientkeys`]: the gateway's client keys (`gateway.api_keys_file`), constant-time checks;
 //! - [`apikey`]: the model servers' API key (systemd credential, else `engine.api_key_file`);
 //! - [`gpu`]: read-only GPU snapshots through NVML (or a readings file: `CITADEL_FAKE_GPU`);
-//! - [`launch`]: the argv and environment of one model server (start-model, exports);
+//! - [`launch`]: the argv and environment of one model server (start-model, exports), and
+//!   the one "is this port free" test;
+//! - [`rollout`]: `citadel-service rollout`'s record (read by start-model and the gateway),
+//!   its surge-or-replace decision and its one-key config edit;
 //! - [`vllm`]: the flags `vllm serve` 0.33 accepts;
 //! - [`classify`] and [`incident`]: why a model went down (the engine's output classified, one
 //!   actionable line) and the bounded incident store in `state_dir/incidents`;
@@ -56,6 +59,7 @@ pub mod probe;
 pub mod promtext;
 pub mod quarantine;
 pub mod report;
+pub mod rollout;
 pub mod safefs;
 pub mod salvage;
 pub mod signals;

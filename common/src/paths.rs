@@ -40,6 +40,23 @@ pub fn model_unit(name: &str) -> String {
     format!("citadel-model@{name}.service")
 }
 
+/// The template of a model's surge instance during `citadel-service rollout` (its new version
+/// on a spare port, before the switch).
+pub const SURGE_TEMPLATE: &str = "citadel-model-next@.service";
+
+/// The surge instance of model `name`.
+pub fn surge_unit(name: &str) -> String {
+    format!("citadel-model-next@{name}.service")
+}
+
+/// The model name of a `citadel-model@NAME.service` or `citadel-model-next@NAME.service` unit.
+pub fn model_of_any_unit(unit: &str) -> Option<&str> {
+    model_of_unit(unit).or_else(|| {
+        unit.strip_prefix("citadel-model-next@")?
+            .strip_suffix(".service")
+    })
+}
+
 /// The model name of a `citadel-model@NAME.service` unit, if it is one.
 pub fn model_of_unit(unit: &str) -> Option<&str> {
     unit.strip_prefix("citadel-model@")?
@@ -71,5 +88,9 @@ mod tests {
         assert_eq!(model_unit("phi3"), "citadel-model@phi3.service");
         assert_eq!(model_of_unit("citadel-model@phi3.service"), Some("phi3"));
         assert_eq!(model_of_unit("citadel-gpu.service"), None);
+        assert_eq!(surge_unit("phi3"), "citadel-model-next@phi3.service");
+        assert_eq!(model_of_unit(&surge_unit("phi3")), None);
+        assert_eq!(model_of_any_unit(&surge_unit("phi3")), Some("phi3"));
+        assert_eq!(model_of_any_unit(&model_unit("phi3")), Some("phi3"));
     }
 }

@@ -8,8 +8,17 @@
 //!
 //! A state file older than [`stale_after`] is ignored (the monitor is not running): then only
 //! the passive view counts.
+//!
+//! A rollout in progress (`citadel-service rollout`: the records in `runtime_dir/rollout`,
+//! [`citadel_common::rollout`], re-read on every refresh and on SIGHUP) comes first: in the
+//! switched phase (and while restoring the main instance, if there is a surge one) the model is
+//! routed to its surge instance's port (the monitor's word, which is about the main instance
+//! restarting, is not asked; the passive view still counts); while replacing (or restoring
+//! without a surge instance) it gets a 503 "rolling out" with `Retry-After`
+//! [`ROLLOUT_RETRY_SECS`].
 
 use citadel_common::health::{HealthState, ModelState};
+use citadel_common::rollout::{Phase, Record};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,6 +26,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a refused connection keeps an engine marked down before the next try.
 pub const DOWN_HOLD: Duration = Duration::from_secs(1);
+
+/// The `Retry-After` of a model being replaced by a rollout (replace mode).
+pub const ROLLOUT_RETRY_SECS: u64 = 5;
 
 /// Why a model gets a 503, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +59,9 @@ pub struct Availability {
     interval_secs: u64,
     file: RwLock<Arc<FileView>>,
     down: Mutex<HashMap<String, (Instant, String)>>,
+    /// `runtime_dir`, when the rollout records are followed.
+    runtime_dir: Option<PathBuf>,
+    rollouts: RwLock<Arc<HashMap<String, Record>>>,
 }
 
 fn now_unix() -> u64 {
@@ -108,9 +123,70 @@ impl Availability {
             interval_secs,
             file: RwLock::new(Arc::new(FileView::default())),
             down: Mutex::new(HashMap::new()),
+            runtime_dir: None,
+            rollouts: RwLock::new(Arc::new(HashMap::new())),
         };
         a.refresh();
         a
+    }
+
+    /// Also follow the rollout records under `runtime_dir`.
+    pub fn with_rollouts(mut self, runtime_dir: &Path) -> Availability {
+        self.runtime_dir = Some(runtime_dir.to_path_buf());
+        self.refresh_rollouts();
+        self
+    }
+
+    /// Re-read the rollout records (a directory listing; no records: nothing else).
+    pub fn refresh_rollouts(&self) {
+        let Some(dir) = &self.runtime_dir else {
+            return;
+        };
+        let (records, bad) = Record::read_all(dir);
+        for b in bad {
+            log::warn!("rollout record ignored: {}", b.escape_debug());
+        }
+        let new: HashMap<String, Record> =
+            records.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut cur = self.rollouts.write().expect("not poisoned");
+        if **cur != new {
+            for r in new.values() {
+                if cur.get(&r.name).map(|o| o.phase) != Some(r.phase) {
+                    log::info!("rollout of {}: {}", r.name, r.phase.as_str());
+                }
+            }
+            for n in cur.keys().filter(|n| !new.contains_key(*n)) {
+                log::info!("rollout of {n}: ended, back to its own port");
+            }
+            *cur = Arc::new(new);
+        }
+    }
+
+    /// Where a request for model `name` goes now: `Ok(None)` its own port, `Ok(Some(port))`
+    /// the surge instance of a rollout that has switched, or a 503.
+    pub fn route(&self, name: &str) -> Result<Option<u16>, Unavailable> {
+        let rollout = self
+            .rollouts
+            .read()
+            .expect("not poisoned")
+            .get(name)
+            .map(|r| (r.phase, r.surge_port));
+        match rollout {
+            Some((Phase::Replacing, _)) => Err(Unavailable {
+                reason: "rolling out: the new version is replacing the old one".into(),
+                retry_after_secs: ROLLOUT_RETRY_SECS,
+            }),
+            Some((Phase::Restoring, None)) => Err(Unavailable {
+                reason: "rolling out: the old version is being restored".into(),
+                retry_after_secs: ROLLOUT_RETRY_SECS,
+            }),
+            Some((Phase::Switched | Phase::Restoring, Some(port))) => {
+                let down = self.down.lock().expect("not poisoned");
+                let d = down.get(name).map(|(t, why)| (t.elapsed(), why.as_str()));
+                decide(None, false, d, self.interval_secs).map(|_| Some(port))
+            }
+            _ => self.check(name).map(|_| None),
+        }
     }
 
     /// Re-read the state file if it changed (cheap: one stat otherwise).
@@ -176,7 +252,11 @@ impl Availability {
         loop {
             tick.tick().await;
             let me = Arc::clone(&self);
-            let _ = tokio::task::spawn_blocking(move || me.refresh()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                me.refresh();
+                me.refresh_rollouts();
+            })
+            .await;
         }
     }
 }
@@ -255,5 +335,56 @@ mod tests {
         assert!(a.check("m").is_err());
         a.mark_up("m");
         assert!(a.check("m").is_ok());
+    }
+
+    #[test]
+    fn follows_the_rollout_records() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Availability::new(&d.path().join("health.json"), 10).with_rollouts(d.path());
+        assert_eq!(a.route("m"), Ok(None));
+        let mut r = Record {
+            schema: citadel_common::rollout::SCHEMA,
+            name: "m".into(),
+            phase: Phase::SurgeStarting,
+            path: "m2".into(),
+            resolved_path: "/models/m2".into(),
+            surge_port: Some(11450),
+            started_unix: 0,
+        };
+        r.write(d.path()).unwrap();
+        a.refresh_rollouts();
+        assert_eq!(a.route("m"), Ok(None), "surge starting: the old one serves");
+        r.phase = Phase::Switched;
+        r.write(d.path()).unwrap();
+        a.refresh_rollouts();
+        assert_eq!(a.route("m"), Ok(Some(11450)));
+        assert_eq!(a.route("other"), Ok(None));
+        a.mark_down("m", "refused".into());
+        assert!(a.route("m").is_err(), "the passive view still counts");
+        a.mark_up("m");
+        r.phase = Phase::Replacing;
+        r.write(d.path()).unwrap();
+        a.refresh_rollouts();
+        let e = a.route("m").unwrap_err();
+        assert_eq!(e.retry_after_secs, ROLLOUT_RETRY_SECS);
+        assert!(e.reason.starts_with("rolling out"), "{}", e.reason);
+        r.phase = Phase::Restoring;
+        r.write(d.path()).unwrap();
+        a.refresh_rollouts();
+        assert_eq!(
+            a.route("m"),
+            Ok(Some(11450)),
+            "restoring: the surge serves meanwhile"
+        );
+        r.surge_port = None;
+        r.write(d.path()).unwrap();
+        a.refresh_rollouts();
+        assert_eq!(
+            a.route("m").unwrap_err().retry_after_secs,
+            ROLLOUT_RETRY_SECS
+        );
+        Record::remove(d.path(), "m").unwrap();
+        a.refresh_rollouts();
+        assert_eq!(a.route("m"), Ok(None));
     }
 }

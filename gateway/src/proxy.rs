@@ -217,8 +217,8 @@ async fn route(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
 }
 
 /// Whether the engine accepts a connection now (a loopback connect: a millisecond).
-async fn listening(b: &Backend) -> bool {
-    let addr = b.base.trim_start_matches("http://").to_string();
+async fn listening(base: &str) -> bool {
+    let addr = base.trim_start_matches("http://").to_string();
     matches!(
         tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
@@ -229,24 +229,24 @@ async fn listening(b: &Backend) -> bool {
 /// the monitor calls serving, or that it does not know, is listed when its engine accepts a
 /// connection (all checked at once); a refusal marks it down like a refused request.
 async fn models(ctx: &Ctx) -> Reply {
-    let candidates: Vec<&Arc<Backend>> = ctx
+    let candidates: Vec<(&Arc<Backend>, String)> = ctx
         .snap
         .routes
         .backends
         .iter()
-        .filter(|b| ctx.state.avail.check(&b.name).is_ok())
+        .filter_map(|b| Some((b, b.base_on(ctx.state.avail.route(&b.name).ok()?))))
         .collect();
     let checks: Vec<_> = candidates
         .iter()
-        .map(|b| {
-            let b = Arc::clone(b);
-            tokio::spawn(async move { listening(&b).await })
+        .map(|(_, base)| {
+            let base = base.clone();
+            tokio::spawn(async move { listening(&base).await })
         })
         .collect();
     let mut data = Vec::new();
-    for (b, check) in candidates.into_iter().zip(checks) {
+    for ((b, base), check) in candidates.into_iter().zip(checks) {
         if !check.await.unwrap_or(false) {
-            let why = format!("its engine at {} refused the connection", b.base);
+            let why = format!("its engine at {base} refused the connection");
             ctx.state.avail.mark_down(&b.name, why);
             continue;
         }
@@ -350,10 +350,13 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         return ctx.end(r, None);
     };
     ctx.model = backend.name.clone();
-    if let Err(u) = ctx.state.avail.check(&backend.name) {
-        let r = reply::unavailable(&asked, &u.reason, u.retry_after_secs);
-        return ctx.end(r, None);
-    }
+    let base = match ctx.state.avail.route(&backend.name) {
+        Ok(port) => backend.base_on(port),
+        Err(u) => {
+            let r = reply::unavailable(&asked, &u.reason, u.retry_after_secs);
+            return ctx.end(r, None);
+        }
+    };
     let slot = match backend.limiter.acquire().await {
         Ok(s) => s,
         Err(Refused::QueueFull { limit, queue }) => {
@@ -377,7 +380,7 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         .map_or(ctx.path.as_str(), |p| p.as_str());
     let mut up = Request::new(Body::full(upstream_body(body, &asked, &backend)));
     *up.method_mut() = Method::POST;
-    *up.uri_mut() = match format!("{}{pq}", backend.base).parse() {
+    *up.uri_mut() = match format!("{base}{pq}").parse() {
         Ok(u) => u,
         Err(_) => return ctx.end(reply::bad_request(None, "bad request path"), None),
     };
@@ -390,7 +393,7 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Connect);
-            let why = format!("its engine at {} refused the connection", backend.base);
+            let why = format!("its engine at {base} refused the connection");
             ctx.state.avail.mark_down(&backend.name, why.clone());
             return ctx.end(reply::unavailable(&asked, &why, 1), None);
         }

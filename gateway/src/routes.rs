@@ -18,7 +18,19 @@ pub struct Backend {
     pub aliases: Vec<String>,
     /// `http://HOST:PORT`.
     pub base: String,
+    /// The HOST of `base` (a rollout's surge instance listens on the same host, another port).
+    pub host: String,
     pub limiter: Limiter,
+}
+
+impl Backend {
+    /// `base`, or the same host on `port` (a rollout's surge instance).
+    pub fn base_on(&self, port: Option<u16>) -> String {
+        match port {
+            Some(p) => format!("http://{}:{p}", self.host),
+            None => self.base.clone(),
+        }
+    }
 }
 
 /// Name -> backend, plus what a 404 lists.
@@ -63,6 +75,7 @@ impl Routes {
                 served: m.served_model_name.clone(),
                 aliases: m.aliases.clone(),
                 base: format!("http://{host}:{}", m.port),
+                host: host.clone(),
                 limiter,
             });
             by_name.insert(m.served_model_name.clone(), Arc::clone(&b));
@@ -121,6 +134,8 @@ enabled = false
         assert_eq!(b.name, "a");
         assert_eq!(b.served, "org/a-7b");
         assert_eq!(b.base, "http://127.0.0.1:11400");
+        assert_eq!(b.base_on(None), b.base);
+        assert_eq!(b.base_on(Some(11450)), "http://127.0.0.1:11450");
         assert!(r.get("off").is_none());
         assert_eq!(b.limiter.limit(), 2);
         let again = Routes::build(&cfg, Some(&r));

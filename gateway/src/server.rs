@@ -37,10 +37,10 @@ pub async fn serve(
     config_path: PathBuf,
     listener: std::net::TcpListener,
 ) -> Result<Exit, Failure> {
-    let avail = Arc::new(Availability::new(
-        &cfg.monitor.state_file,
-        cfg.monitor.interval_secs,
-    ));
+    let avail = Arc::new(
+        Availability::new(&cfg.monitor.state_file, cfg.monitor.interval_secs)
+            .with_rollouts(&cfg.paths.runtime_dir),
+    );
     let state = Arc::new(State::new(crate::snapshot(&cfg, None)?, Arc::clone(&avail)));
     tokio::spawn(Arc::clone(&avail).follow(FOLLOW_EVERY));
     let listener = TcpListener::from_std(listener)?;
@@ -116,8 +116,10 @@ pub async fn serve(
 }
 
 /// SIGHUP: a valid new config replaces routes, keys and limits at once; an invalid one is
-/// reported and the running one kept.
+/// reported and the running one kept. The rollout records are re-read first either way.
 fn reload(path: &Path, old: Config, state: &State) -> Config {
+    // A rollout's switch is a reload: when `systemctl reload` returns, the new route is in.
+    state.avail.refresh_rollouts();
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {

@@ -453,3 +453,73 @@ fn takes_its_socket_from_systemd_and_refuses_one_that_is_not_gateway_listen() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("citadel-gateway.socket listens on"), "{err}");
 }
+
+/// Issue 16 (rollout): the gateway follows the rollout records in runtime_dir/rollout. Switched:
+/// NAME goes to the surge instance's port (the monitor's word on the restarting main is not
+/// asked); replacing: 503 "rolling out" with Retry-After; record gone: the main port again.
+#[test]
+fn a_rollout_record_moves_the_traffic_to_the_surge_port_and_replacing_is_503() {
+    use citadel_common::rollout::{Phase, Record, SCHEMA};
+    let old = start_engine("m", &[], &[]);
+    let new = start_engine("m", &[], &[]);
+    let g = Gateway::start("", &model_toml("m", old.port, ""));
+    let runtime = g.dir.path().join("run");
+    let served = |e: &Engine| e.metric("vllm:request_success_total", "");
+    assert_eq!(g.post("/v1/chat/completions", &chat("m")).0, 200);
+    let mut r = Record {
+        schema: SCHEMA,
+        name: "m".into(),
+        phase: Phase::Switched,
+        path: "m2".into(),
+        resolved_path: "/models/m2".into(),
+        surge_port: Some(new.port),
+        started_unix: 0,
+    };
+    r.write(&runtime).unwrap();
+    // SIGHUP re-reads the records at once (what citadel-service rollout does: systemctl reload).
+    signal(&g.child, nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "routed to the surge port", || {
+        let before = served(&new);
+        g.post("/v1/chat/completions", &chat("m")).0 == 200 && served(&new) > before
+    });
+    // The monitor says the main is restarting: not asked in the switched phase.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        g.state_file(),
+        format!(
+            r#"{{"schema":1,"updated_unix":{now},"sweep_ms":1,"models":[{{"name":"m","unit":"citadel-model@m.service","port":{},"state":"starting","unit_state":"activating","main_pid":1,"systemd_restarts":0,"monitor_restarts":0,"consecutive_failures":0,"latency_ms":null,"reason":"loading","since_unix":{now}}}]}}"#,
+            old.port
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let old_before = served(&old);
+    for _ in 0..5 {
+        let (st, _, body) = g.post("/v1/chat/completions", &chat("m"));
+        assert_eq!(st, 200, "{body}");
+    }
+    assert_eq!(served(&old), old_before, "the old instance got no request");
+    std::fs::remove_file(g.state_file()).unwrap();
+    r.phase = Phase::Replacing;
+    r.surge_port = None;
+    r.write(&runtime).unwrap();
+    eventually(Duration::from_secs(10), "503 while replacing", || {
+        g.post("/v1/chat/completions", &chat("m")).0 == 503
+    });
+    let (_, hs, body) = g.post("/v1/chat/completions", &chat("m"));
+    assert_eq!(header(&hs, "retry-after"), Some("5"), "{hs:?}");
+    assert!(body.contains("rolling out"), "{body}");
+    Record::remove(&runtime, "m").unwrap();
+    eventually(Duration::from_secs(10), "back on the main port", || {
+        let before = served(&old);
+        g.post("/v1/chat/completions", &chat("m")).0 == 200 && served(&old) > before
+    });
+    assert!(
+        g.stderr().contains("rollout of m: switched"),
+        "{}",
+        g.stderr()
+    );
+}

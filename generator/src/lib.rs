@@ -10,6 +10,7 @@
 //!   not started at boot and `citadel-models.target` no longer pulls it);
 //! - `citadel-model@.service.d/50-citadel-generator.conf`: `TimeoutStopSec=` covering the
 //!   engine's drain (`engine.drain_secs`) and stop grace (`engine.stop_grace_secs`), and `ReadWritePaths=` for a moved `cache_dir`/`runtime_dir`;
+//!   the same file for `citadel-model-next@.service` (a rollout's surge instance);
 //! - `citadel-monitor.service.d/50-citadel-generator.conf` when the monitor must write outside
 //!   the unit's default paths (moved runtime dir, state file, textfile);
 //! - for an `engine.api_key_file` other than the units' `/etc/citadel/api-key`: in the model,
@@ -78,10 +79,13 @@ pub fn items(cfg: &Config) -> Vec<Item> {
             target: template.clone(),
         })
         .collect();
-    out.push(Item::File {
-        path: Path::new(&format!("{}.d", paths::MODEL_TEMPLATE)).join(DROP_IN),
-        contents: model_drop_in(cfg),
-    });
+    // The surge instance of a rollout (citadel-model-next@) runs like a model: the same drop-in.
+    for template in [paths::MODEL_TEMPLATE, paths::SURGE_TEMPLATE] {
+        out.push(Item::File {
+            path: Path::new(&format!("{template}.d")).join(DROP_IN),
+            contents: model_drop_in(cfg),
+        });
+    }
     if let Some(contents) = monitor_drop_in(cfg) {
         out.push(Item::File {
             path: Path::new(&format!("{}.d", paths::UNIT_MONITOR)).join(DROP_IN),

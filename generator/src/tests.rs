@@ -39,9 +39,10 @@ fn only_enabled_models_are_wanted() {
         .collect();
     assert_eq!(
         files,
-        [Path::new(
-            "citadel-model@.service.d/50-citadel-generator.conf"
-        )]
+        [
+            Path::new("citadel-model@.service.d/50-citadel-generator.conf"),
+            Path::new("citadel-model-next@.service.d/50-citadel-generator.conf")
+        ]
     );
 }
 
@@ -132,6 +133,7 @@ fn a_moved_api_key_file_is_the_credential_of_every_unit_that_loads_it() {
         files,
         [
             "citadel-model@.service.d/50-citadel-generator.conf",
+            "citadel-model-next@.service.d/50-citadel-generator.conf",
             "citadel-monitor.service.d/50-citadel-generator.conf",
             "citadel-gateway.service.d/50-citadel-generator.conf",
         ]

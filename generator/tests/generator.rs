@@ -82,6 +82,7 @@ fn a_valid_config_wants_its_enabled_models() {
     assert_eq!(
         tree(&r.normal),
         [
+            "citadel-model-next@.service.d/50-citadel-generator.conf",
             "citadel-model@.service.d/50-citadel-generator.conf",
             "citadel-models.target.wants/citadel-model@phi3.service",
         ]

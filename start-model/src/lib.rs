@@ -8,7 +8,10 @@
 //! the engine until it exits or a stop is asked. systemd owns restarts.
 //!
 //! # Steps
-//! 1. Config, model (unknown or disabled: 78). `--dry-run` prints
+//! 1. Config, model (unknown or disabled: 78). A rollout in progress
+//!    (`runtime_dir/rollout/NAME.json`, see [`citadel_common::rollout`]): `--surge`
+//!    (`citadel-model-next@NAME.service`) runs its new path on its surge port (no record: 78);
+//!    the main instance runs its new path while it says switched or replacing. `--dry-run` prints
 //!    `{"model", "argv", "env", "port", "gpus"}` (API key redacted) and exits 0 here.
 //! 2. API key: `$CREDENTIALS_DIRECTORY/api-key` (`LoadCredential=api-key:...`), else
 //!    `engine.api_key_file`, else none. Configured file missing: 69; empty: 78. It goes to the
@@ -88,9 +91,56 @@ pub struct Cli {
     /// the API key redacted), and exit without touching anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the surge instance of a rollout (`citadel-model-next@NAME.service`): the new path on
+    /// the spare port, both from the rollout record (runtime_dir/rollout/NAME.json); no record
+    /// is exit 78.
+    #[arg(long)]
+    pub surge: bool,
     /// The model to run: the NAME of a [models.NAME] table in the config.
     #[arg(value_name = "NAME")]
     pub name: String,
+}
+
+/// The model as this instance runs it, and its unit. A rollout in progress
+/// ([`citadel_common::rollout`]) changes it: the surge instance runs the record's path on the
+/// record's port; the main instance runs the record's path once the rollout has switched (or,
+/// in replace mode, is replacing) and the config's otherwise.
+pub fn instance(cfg: &Config, model: &Model, surge: bool) -> Result<(Model, String), Failure> {
+    use citadel_common::rollout::Record;
+    let name = &model.name;
+    let record = match Record::read(&cfg.paths.runtime_dir, name) {
+        Ok(r) => r,
+        Err(e) if surge => return Err(Failure::config(format!("rollout record: {e}"))),
+        Err(e) => {
+            log::warn!("rollout record ignored, running the config's path: {e}");
+            None
+        }
+    };
+    let mut m = model.clone();
+    if surge {
+        let Some((r, port)) = record.as_ref().and_then(|r| Some((r, r.surge_port?))) else {
+            return Err(Failure::config(format!(
+                "no surge rollout of {name} in progress ({} has no surge port or is missing): the surge instance runs only during citadel-service rollout",
+                citadel_common::rollout::file(&cfg.paths.runtime_dir, name).display()
+            )));
+        };
+        m.path = r.resolved_path.clone();
+        m.port = port;
+        log::info!(
+            "surge instance of {name}: {} on port {port} (rollout record)",
+            citadel_common::text::escape_controls(&m.path.display().to_string())
+        );
+        return Ok((m, citadel_common::paths::surge_unit(name)));
+    }
+    if let Some(p) = record.as_ref().and_then(|r| r.main_path()) {
+        log::info!(
+            "rollout of {name} in progress: running {} instead of models.{name}.path",
+            citadel_common::text::escape_controls(&p.display().to_string())
+        );
+        m.path = p.to_path_buf();
+    }
+    let unit = m.unit();
+    Ok((m, unit))
 }
 
 /// How often `/health` is asked while the engine loads.
@@ -128,6 +178,8 @@ pub(crate) fn stopped(what: &str) -> Abort {
 pub fn run(cli: &Cli) -> Result<Exit, Failure> {
     let cfg = cli.common.load_config()?;
     let model = spec::find_model(&cfg, &cli.name)?;
+    let (model, unit) = instance(&cfg, model, cli.surge)?;
+    let model = &model;
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     if cli.dry_run {
         let has_key = cfg.engine.api_key_file.is_some()
@@ -138,7 +190,7 @@ pub fn run(cli: &Cli) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     let gpus = citadel_common::gpu::open();
-    match launch(&cfg, model, creds.as_deref(), gpus.as_ref()) {
+    match launch(&cfg, model, &unit, creds.as_deref(), gpus.as_ref()) {
         Ok(exit) => Ok(exit),
         Err(Abort::Stopped(what)) => {
             log::info!("{}", Abort::Stopped(what));
@@ -156,6 +208,7 @@ fn gpu_list(m: &Model) -> String {
 pub fn launch(
     cfg: &Config,
     model: &Model,
+    unit: &str,
     credentials_dir: Option<&std::path::Path>,
     gpu_source: &dyn GpuSource,
 ) -> Result<Exit, Abort> {
@@ -194,6 +247,7 @@ pub fn launch(
     preflight::gpus(
         gpu_source,
         model,
+        unit,
         Duration::from_secs(cfg.engine.gpu_release_wait_secs),
         &stop,
     )?;

@@ -7,7 +7,6 @@ use citadel_common::access::{check_tree_readable, Account};
 use citadel_common::config::Model;
 use citadel_common::gpu::{GpuProcess, GpuSource};
 use citadel_common::notify;
-use std::net::{TcpListener, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,26 +41,7 @@ pub fn model_readable(dir: &Path, user: &str) -> Result<(), Failure> {
     })
 }
 
-/// Is `host:port` free? A test bind of every address the host resolves to. `Ok(false)` =
-/// in use; an address that is not ours is a config error.
-pub fn port_free(host: &str, port: u16) -> Result<bool, Failure> {
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::config(format!("engine.host = {host:?}: cannot resolve: {e}")))?
-        .collect();
-    for a in addrs {
-        match TcpListener::bind(a) {
-            Ok(l) => drop(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(false),
-            Err(e) => {
-                return Err(Failure::config(format!(
-                    "engine.host = {host:?}: cannot bind {a}: {e}"
-                )))
-            }
-        }
-    }
-    Ok(true)
-}
+pub use citadel_common::launch::port_free;
 
 /// Wait up to `wait` for the port to be free (a crashed server's port can linger); then 75.
 pub fn port(host: &str, port: u16, wait: Duration, stop: &dyn Fn() -> bool) -> Result<(), Abort> {
@@ -100,16 +80,19 @@ pub fn port(host: &str, port: u16, wait: Duration, stop: &dyn Fn() -> bool) -> R
 
 /// Processes on the model's GPUs that do not belong to another model unit: leftovers (an
 /// orphaned EngineCore or worker of an earlier start, vLLM issue 55510) or strangers. Another
-/// model's processes on a shared GPU are expected.
-pub fn leftovers(model: &Model, gpus: &[citadel_common::gpu::GpuInfo]) -> Vec<(u32, GpuProcess)> {
-    let mine = model.unit();
+/// model's processes on a shared GPU are expected, and so are those of this model's other
+/// instance during a rollout (`mine` is the unit starting now: the main or the surge one).
+pub fn leftovers(
+    model: &Model,
+    mine: &str,
+    gpus: &[citadel_common::gpu::GpuInfo],
+) -> Vec<(u32, GpuProcess)> {
     let mut out = Vec::new();
     for g in gpus.iter().filter(|g| model.gpus.contains(&g.index)) {
         for p in &g.processes {
-            let other_model = p
-                .unit
-                .as_deref()
-                .is_some_and(|u| u != mine && citadel_common::paths::model_of_unit(u).is_some());
+            let other_model = p.unit.as_deref().is_some_and(|u| {
+                u != mine && citadel_common::paths::model_of_any_unit(u).is_some()
+            });
             if !other_model {
                 out.push((g.index, p.clone()));
             }
@@ -145,6 +128,7 @@ fn describe(ps: &[(u32, GpuProcess)]) -> String {
 pub fn gpus(
     src: &dyn GpuSource,
     model: &Model,
+    mine: &str,
     wait: Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), Abort> {
@@ -168,7 +152,7 @@ pub fn gpus(
                 .into());
             }
         }
-        let left = leftovers(model, &snap.gpus);
+        let left = leftovers(model, mine, &snap.gpus);
         if left.is_empty() {
             return Ok(());
         }
@@ -202,6 +186,7 @@ mod tests {
     use super::*;
     use citadel_common::gpu::FixtureGpu;
     use citadel_common::Exit;
+    use std::net::TcpListener;
 
     fn model(gpus: &[u32]) -> Model {
         Model {
@@ -314,7 +299,14 @@ mod tests {
             Path::new("x"),
         )
         .unwrap();
-        assert!(gpus(&src, &model(&[0]), Duration::ZERO, &|| false).is_ok());
+        assert!(gpus(
+            &src,
+            &model(&[0]),
+            &model(&[0]).unit(),
+            Duration::ZERO,
+            &|| false
+        )
+        .is_ok());
     }
 
     #[test]
@@ -322,6 +314,7 @@ mod tests {
         let e = gpus(
             &fixture(serde_json::json!([])),
             &model(&[2]),
+            "citadel-model@phi3.service",
             Duration::ZERO,
             &|| false,
         )
@@ -340,10 +333,16 @@ mod tests {
             {"pid": 4444, "used_memory": null, "name": "python3"}
         ]));
         let t0 = Instant::now();
-        let e = gpus(&src, &model(&[1]), Duration::from_millis(600), &|| false)
-            .unwrap_err()
-            .failure()
-            .unwrap();
+        let e = gpus(
+            &src,
+            &model(&[1]),
+            &model(&[1]).unit(),
+            Duration::from_millis(600),
+            &|| false,
+        )
+        .unwrap_err()
+        .failure()
+        .unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(600));
         assert_eq!(e.exit(), Exit::TempFail);
         assert!(
@@ -356,13 +355,57 @@ mod tests {
             "another model's process is not a leftover: {e}"
         );
         // GPU 0 has nothing on it.
-        assert!(gpus(&src, &model(&[0]), Duration::ZERO, &|| false).is_ok());
+        assert!(gpus(
+            &src,
+            &model(&[0]),
+            &model(&[0]).unit(),
+            Duration::ZERO,
+            &|| false
+        )
+        .is_ok());
+    }
+
+    /// Issue 16: the surge instance of a rollout shares the GPU with the main one on purpose.
+    #[test]
+    fn the_other_instance_of_the_same_model_is_not_a_leftover() {
+        let main = serde_json::json!({"pid": 4242, "used_memory": 1, "name": "VLLM::EngineCore", "unit": "citadel-model@phi3.service"});
+        let src = fixture(serde_json::json!([main]));
+        let surge = citadel_common::paths::surge_unit("phi3");
+        assert!(gpus(&src, &model(&[1]), &surge, Duration::ZERO, &|| false).is_ok());
+        let e = gpus(
+            &src,
+            &model(&[1]),
+            &model(&[1]).unit(),
+            Duration::ZERO,
+            &|| false,
+        );
+        assert!(
+            e.is_err(),
+            "its own unit's process is a leftover of an earlier start"
+        );
+        let next = serde_json::json!({"pid": 4343, "used_memory": 1, "name": "VLLM::EngineCore", "unit": surge});
+        let src = fixture(serde_json::json!([next]));
+        assert!(gpus(
+            &src,
+            &model(&[1]),
+            &model(&[1]).unit(),
+            Duration::ZERO,
+            &|| false
+        )
+        .is_ok());
     }
 
     #[test]
     fn a_stop_ends_the_gpu_wait() {
         let src = fixture(serde_json::json!([{"pid": 1, "used_memory": 1, "name": "x"}]));
-        let e = gpus(&src, &model(&[1]), Duration::from_secs(60), &|| true).unwrap_err();
+        let e = gpus(
+            &src,
+            &model(&[1]),
+            &model(&[1]).unit(),
+            Duration::from_secs(60),
+            &|| true,
+        )
+        .unwrap_err();
         assert!(
             matches!(e, Abort::Stopped(ref w) if w == "waiting for GPU memory"),
             "{e}"

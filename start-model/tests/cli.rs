@@ -258,3 +258,58 @@ fn a_gpu_that_does_not_exist_is_69() {
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
     assert!(stderr(&o).contains("GPU 3"), "{}", stderr(&o));
 }
+
+/// Issue 16 (rollout): `--surge` runs the rollout record's path on its surge port; without a
+/// record it is 78. The main instance takes the record's path only once the rollout switched.
+#[test]
+fn surge_reads_the_rollout_record_and_the_main_follows_it_once_switched() {
+    use citadel_common::rollout::{Phase, Record, SCHEMA};
+    let b = TestBox::new(no_engine());
+    let o = run(&b, &["--dry-run", "--surge", "m"], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no surge rollout of m in progress"),
+        "{}",
+        stderr(&o)
+    );
+    let runtime = b.paths().runtime_dir;
+    let mut r = Record {
+        schema: SCHEMA,
+        name: "m".into(),
+        phase: Phase::SurgeStarting,
+        path: "/srv/m-v2".into(),
+        resolved_path: "/srv/m-v2".into(),
+        surge_port: Some(b.port + 1),
+        started_unix: 0,
+    };
+    r.write(&runtime).unwrap();
+    let argv_port = |o: &Output| {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v["argv"][2].as_str().unwrap().to_string(),
+            v["port"].as_u64().unwrap(),
+        )
+    };
+    let surge = argv_port(&run(&b, &["--dry-run", "--surge", "m"], &[]));
+    assert_eq!(surge, ("/srv/m-v2".into(), u64::from(b.port + 1)));
+    let main_dir = b.model_dir().to_str().unwrap().to_string();
+    let main = argv_port(&run(&b, &["--dry-run", "m"], &[]));
+    assert_eq!(
+        main,
+        (main_dir.clone(), u64::from(b.port)),
+        "surge starting: the old path"
+    );
+    r.phase = Phase::Switched;
+    r.write(&runtime).unwrap();
+    let main = argv_port(&run(&b, &["--dry-run", "m"], &[]));
+    assert_eq!(main, ("/srv/m-v2".into(), u64::from(b.port)));
+    r.phase = Phase::Restoring;
+    r.write(&runtime).unwrap();
+    let main = argv_port(&run(&b, &["--dry-run", "m"], &[]));
+    assert_eq!(
+        main,
+        (main_dir, u64::from(b.port)),
+        "restoring: the config's path"
+    );
+}

@@ -83,6 +83,9 @@ impl Default for Knobs {
     }
 }
 
+/// A faults file inside the model directory (MODEL_PATH), applied last.
+pub const MODEL_FAULTS_FILE: &str = "standin-faults";
+
 /// Every knob name (the faults file may also spell them without the `STANDIN_` prefix).
 pub const KNOBS: &[&str] = &[
     "STANDIN_LOAD_SECS",
@@ -154,11 +157,14 @@ pub fn parse_faults_file(text: &str, file: &Path) -> Result<BTreeMap<String, Str
 }
 
 impl Knobs {
-    /// Resolve the knobs from `env` (a lookup of environment variables) and, when
-    /// `STANDIN_FAULTS_DIR` is set and holds a file named `model_name`, that file's overrides.
+    /// Resolve the knobs from `env` (a lookup of environment variables), then, when
+    /// `STANDIN_FAULTS_DIR` is set and holds a file named `model_name`, that file's overrides,
+    /// then those of [`MODEL_FAULTS_FILE`] in `model_dir` (one version of a model's weights,
+    /// whatever its name: what a rollout test needs).
     pub fn resolve(
         env: &dyn Fn(&str) -> Option<String>,
         model_name: &str,
+        model_dir: Option<&Path>,
     ) -> Result<Knobs, String> {
         let mut vals: BTreeMap<String, String> = KNOBS
             .iter()
@@ -179,6 +185,20 @@ impl Knobs {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(format!("{}: {e}", file.display())),
                 }
+            }
+        }
+        if let Some(file) = model_dir.map(|d| d.join(MODEL_FAULTS_FILE)) {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    vals.extend(parse_faults_file(&text, &file)?);
+                    faults_file = Some(file);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => return Err(format!("{}: {e}", file.display())),
             }
         }
         let mut k = Knobs {
@@ -243,7 +263,7 @@ mod tests {
 
     #[test]
     fn defaults_are_a_healthy_engine() {
-        let k = Knobs::resolve(&env_of(&[]), "m").unwrap();
+        let k = Knobs::resolve(&env_of(&[]), "m", None).unwrap();
         assert_eq!(k, Knobs::default());
         assert!(!k.spawns_child());
     }
@@ -260,6 +280,7 @@ mod tests {
                 ("STANDIN_LEAVE_CHILD", "1"),
             ]),
             "m",
+            None,
         )
         .unwrap();
         assert_eq!(k.load, Duration::from_millis(1500));
@@ -272,13 +293,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = Knobs::resolve(&env_of(&[("STANDIN_LOAD_SECS", "soon")]), "m").unwrap_err();
+        let e = Knobs::resolve(&env_of(&[("STANDIN_LOAD_SECS", "soon")]), "m", None).unwrap_err();
         assert!(e.contains("STANDIN_LOAD_SECS"), "{e}");
-        let e = Knobs::resolve(&env_of(&[("STANDIN_LOAD_SECS", "-1")]), "m").unwrap_err();
+        let e = Knobs::resolve(&env_of(&[("STANDIN_LOAD_SECS", "-1")]), "m", None).unwrap_err();
         assert!(e.contains("STANDIN_LOAD_SECS"), "{e}");
-        let e = Knobs::resolve(&env_of(&[("STANDIN_EXIT_CODE", "300")]), "m").unwrap_err();
+        let e = Knobs::resolve(&env_of(&[("STANDIN_EXIT_CODE", "300")]), "m", None).unwrap_err();
         assert!(e.contains("STANDIN_EXIT_CODE"), "{e}");
-        let e = Knobs::resolve(&env_of(&[("STANDIN_HEALTH", "meh")]), "m").unwrap_err();
+        let e = Knobs::resolve(&env_of(&[("STANDIN_HEALTH", "meh")]), "m", None).unwrap_err();
         assert!(e.contains("STANDIN_HEALTH"), "{e}");
     }
 
@@ -296,7 +317,7 @@ mod tests {
             ("STANDIN_LOAD_SECS", "5"),
             ("STANDIN_EXIT_CODE", "4"),
         ]);
-        let sick = Knobs::resolve(&env, "sick").unwrap();
+        let sick = Knobs::resolve(&env, "sick", None).unwrap();
         assert_eq!(sick.health, HealthMode::Unavailable);
         assert_eq!(sick.load, Duration::from_millis(250));
         assert_eq!(
@@ -304,14 +325,22 @@ mod tests {
             "env knobs the file does not name still apply"
         );
         assert_eq!(sick.faults_file, Some(dir.path().join("sick")));
-        let by_path = Knobs::resolve(&env, "/models/sick/").unwrap();
+        let by_path = Knobs::resolve(&env, "/models/sick/", None).unwrap();
         assert_eq!(
             by_path.health,
             HealthMode::Unavailable,
             "a path name uses its last component"
         );
-        assert_eq!(Knobs::resolve(&env, "..").unwrap().faults_file, None);
-        let well = Knobs::resolve(&env, "well").unwrap();
+        assert_eq!(Knobs::resolve(&env, "..", None).unwrap().faults_file, None);
+        // The model directory's own faults file comes last, whatever the name.
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join(MODEL_FAULTS_FILE), "FAIL_AT_START=1\n").unwrap();
+        let k = Knobs::resolve(&env, "sick", Some(v2.path())).unwrap();
+        assert!(k.fail_at_start);
+        assert_eq!(k.faults_file, Some(v2.path().join(MODEL_FAULTS_FILE)));
+        let k = Knobs::resolve(&env, "sick", Some(&v2.path().join("missing"))).unwrap();
+        assert!(!k.fail_at_start);
+        let well = Knobs::resolve(&env, "well", None).unwrap();
         assert_eq!(well.health, HealthMode::Ok);
         assert_eq!(well.load, Duration::from_secs(5));
         assert_eq!(well.faults_file, None);

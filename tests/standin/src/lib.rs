@@ -85,6 +85,7 @@
 //! | `STANDIN_REQUIRE_MODEL_DIR=1` | exit 1 at start (after the load delay) when MODEL_PATH is not a directory. |
 //! | `STANDIN_ACCESS_LOG=1` | same as `--enable-uvicorn-access-log`. |
 //! | `STANDIN_FAULTS_DIR=DIR` | if `DIR/<first served name>` (for a name with `/`, such as the default = the model path: its last component) exists, its `KEY=VALUE` lines (`#` comments; the `STANDIN_` prefix optional) override the variables above for this instance only. An unknown key is an error. |
+//! | `MODEL_PATH/standin-faults` | the same `KEY=VALUE` lines, read last: faults of one version of a model's weights, whatever its name (the rollout tests: a new version that crashes, hangs or loads slowly). |
 //!
 //! A bad knob value (or faults file) prints `citadel-standin: KEY="value": ...` on stderr and
 //! exits **64** before doing anything.
@@ -385,7 +386,11 @@ fn after(delay: Duration, name: &str, f: impl FnOnce() + Send + 'static) {
 fn serve(args: &ServeArgs) -> u8 {
     install_signal_thread();
     let name0 = args.served_model_names[0].clone();
-    let knobs = match Knobs::resolve(&|k| std::env::var(k).ok(), &name0) {
+    let knobs = match Knobs::resolve(
+        &|k| std::env::var(k).ok(),
+        &name0,
+        Some(std::path::Path::new(&args.model)),
+    ) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("citadel-standin: {e}");
