@@ -44,6 +44,11 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// How long the gateway gets to act on a reload (its SIGHUP, or its 0.5 s refresh tick).
+pub const GATEWAY_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the monitor's state file is read while waiting for its word.
+const MONITOR_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct RolloutOptions {
     pub name: String,
     pub path: PathBuf,
@@ -457,7 +462,44 @@ impl Rollout<'_> {
         if !self.cfg.gateway.enabled || !running(self.host, paths::UNIT_GATEWAY, "gateway", out)? {
             return Ok(());
         }
-        self.host.reload(paths::UNIT_GATEWAY)
+        self.host.reload(paths::UNIT_GATEWAY)?;
+        // ExecReload= only sends SIGHUP; the gateway re-reads the records at once, and on its
+        // refresh tick (0.5 s) at the latest: one second covers both.
+        self.host.sleep(GATEWAY_SETTLE);
+        Ok(())
+    }
+
+    /// Before the gateway goes back to the main instance: wait until the monitor's word on it
+    /// would let requests through (healthy or failing, as the gateway reads it), or the monitor
+    /// is not running (no state file, or a stale one), for up to three monitor intervals + 10 s.
+    fn wait_monitor(&self, out: &mut dyn Write) {
+        use citadel_common::health::{HealthState, ModelState};
+        let iv = self.cfg.monitor.interval_secs.max(1);
+        let limit = std::time::Duration::from_secs(3 * iv + 10).min(self.opts.wait.timeout);
+        let stale = (iv * 3).max(30);
+        let t0 = self.host.monotonic();
+        loop {
+            let word = match HealthState::read(&self.cfg.monitor.state_file) {
+                Ok(Some(st)) if crate::now_unix().saturating_sub(st.updated_unix) <= stale => {
+                    st.model(self.name()).map(|m| m.state)
+                }
+                _ => return,
+            };
+            match word {
+                Some(ModelState::Healthy | ModelState::Failing) | None => return,
+                Some(other) if self.host.monotonic().saturating_sub(t0) >= limit => {
+                    let _ = writeln!(
+                        out,
+                        "  the monitor still says {} for {} after {}s; going on",
+                        other.as_str(),
+                        self.name(),
+                        limit.as_secs()
+                    );
+                    return;
+                }
+                Some(_) => self.host.sleep(MONITOR_POLL),
+            }
+        }
     }
 
     fn main(&self) -> Member {
@@ -583,6 +625,7 @@ impl Rollout<'_> {
         self.step(at, 3, out);
         self.write_config(out)?;
         self.step(at, 4, out);
+        self.wait_monitor(out);
         self.remove_record()?;
         self.reload_gateway(out)?;
         self.step(at, 5, out);
@@ -619,6 +662,7 @@ impl Rollout<'_> {
         self.step(at, 3, out);
         self.write_config(out)?;
         self.step(at, 4, out);
+        self.wait_monitor(out);
         self.remove_record()?;
         self.reload_gateway(out)?;
         Ok(())
@@ -631,13 +675,23 @@ impl Rollout<'_> {
         if touched.main {
             self.write_record(Phase::Restoring, out)?;
             self.reload_gateway(out)?;
-            let _ = writeln!(
+            let unit = paths::model_unit(self.name());
+            let _ = writeln!(out, "  starting {unit} again on the old path");
+            // Stopped first (a failing new version is in systemd's restart loop: the stop ends
+            // it), then its failed state and start-limit count reset (the new version may have
+            // burnt the unit's starts), then started on the config's path.
+            let restored = stop_and_wait(
+                self.host,
+                std::slice::from_ref(&unit),
+                self.main(),
+                &self.opts.wait,
                 out,
-                "  restarting {} on the old path",
-                paths::model_unit(self.name())
-            );
-            if let Err(e) = self.bring_up(Job::Restart, self.main(), out) {
-                first_error = Some(e);
+            )
+            .and_then(|()| self.host.reset_failed(&unit))
+            .and_then(|()| self.bring_up(Job::Start, self.main(), out));
+            match restored {
+                Ok(()) => self.wait_monitor(out),
+                Err(e) => first_error = Some(e),
             }
         }
         self.remove_record()?;
@@ -647,10 +701,18 @@ impl Rollout<'_> {
         if touched.surge {
             if let Some(port) = self.plan.surge_port() {
                 let unit = paths::surge_unit(self.name());
-                if let Err(e) =
-                    stop_and_wait(self.host, &[unit], self.surge(port), &self.opts.wait, out)
-                {
+                if let Err(e) = stop_and_wait(
+                    self.host,
+                    std::slice::from_ref(&unit),
+                    self.surge(port),
+                    &self.opts.wait,
+                    out,
+                ) {
                     first_error.get_or_insert(e);
+                }
+                // A failed surge instance is the rollout's failure, said above; not the unit's.
+                if let Err(e) = self.host.reset_failed(&unit) {
+                    log::warn!("{e}");
                 }
             }
         }

@@ -20,6 +20,9 @@ pub trait Host: Systemd {
     fn daemon_reload(&self) -> Result<(), Failure>;
     /// `systemctl reload UNIT`, waiting for the reload job (the unit's `ExecReload=`).
     fn reload(&self, unit: &str) -> Result<(), Failure>;
+    /// `systemctl reset-failed UNIT`: forget its failed state and its start-limit count (a
+    /// rollback restarts a model whose new version just burnt starts).
+    fn reset_failed(&self, unit: &str) -> Result<(), Failure>;
     /// Run a helper of the package (`/usr/lib/citadel/NAME ARGS...`); its exit code and
     /// its output (stdout then stderr).
     fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure>;
@@ -70,6 +73,10 @@ impl Host for RealHost {
 
     fn reload(&self, unit: &str) -> Result<(), Failure> {
         self.systemctl.run_ok(&["reload", unit]).map(|_| ())
+    }
+
+    fn reset_failed(&self, unit: &str) -> Result<(), Failure> {
+        self.systemctl.run_ok(&["reset-failed", unit]).map(|_| ())
     }
 
     fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure> {
@@ -271,6 +278,10 @@ pub mod fake {
         }
         fn reload(&self, unit: &str) -> Result<(), Failure> {
             self.systemd.note(format!("reload {unit}"));
+            Ok(())
+        }
+        fn reset_failed(&self, unit: &str) -> Result<(), Failure> {
+            self.systemd.note(format!("reset-failed {unit}"));
             Ok(())
         }
         fn run_helper(&self, name: &str, args: &[String]) -> Result<(i32, String), Failure> {

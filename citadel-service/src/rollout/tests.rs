@@ -385,6 +385,12 @@ fn a_main_that_fails_on_the_new_path_is_restored_while_the_surge_serves() {
         .execute(&mut vec![])
         .unwrap_err();
     assert!(
+        h.recorded()
+            .contains(&"reset-failed citadel-model@a.service".to_string()),
+        "{:?}",
+        h.recorded()
+    );
+    assert!(
         e.message
             .contains("step 3/6 (restart citadel-model@a.service"),
         "{e}"
@@ -394,7 +400,8 @@ fn a_main_that_fails_on_the_new_path_is_restored_while_the_surge_serves() {
         [
             "start citadel-model-next@a.service (surge-starting)",
             "restart citadel-model@a.service (switched)",
-            "restart citadel-model@a.service (restoring)",
+            "stop citadel-model@a.service (restoring)",
+            "start citadel-model@a.service (restoring)",
             "stop citadel-model-next@a.service (none)",
         ]
     );
@@ -445,9 +452,66 @@ fn replace_stops_starts_on_the_new_path_and_a_failure_restores_the_old_one() {
         [
             "stop citadel-model@a.service (replacing)",
             "start citadel-model@a.service (replacing)",
-            "restart citadel-model@a.service (restoring)",
+            "stop citadel-model@a.service (restoring)",
+            "start citadel-model@a.service (restoring)",
         ]
     );
     assert_eq!(std::fs::read_to_string(&b.cfg.file).unwrap(), b.text);
     assert_eq!(Record::read(&b.cfg.paths.runtime_dir, "a").unwrap(), None);
+}
+
+#[test]
+fn the_gateway_goes_back_to_the_main_only_once_the_monitor_lets_requests_through() {
+    use citadel_common::health::{HealthState, ModelHealth, ModelState, SCHEMA};
+    let b = setup();
+    let (h, _) = host(&b, &[]);
+    let v = FakeVerify::failing(&[]);
+    let o = opts(&b, "a", false, false);
+    let p = plan(&b.cfg, "a", &b.new, false, &|_| true).unwrap();
+    let r = rollout(&h, &v, &b, &p, &o);
+    let write = |state: ModelState, updated: u64| {
+        HealthState {
+            schema: SCHEMA,
+            updated_unix: updated,
+            sweep_ms: 1,
+            models: vec![ModelHealth {
+                name: "a".into(),
+                unit: "citadel-model@a.service".into(),
+                port: 11401,
+                state,
+                unit_state: None,
+                main_pid: 0,
+                systemd_restarts: 0,
+                monitor_restarts: 0,
+                consecutive_failures: 0,
+                latency_ms: None,
+                reason: None,
+                since_unix: 0,
+            }],
+            quarantined_gpus: vec![],
+            gpus: vec![],
+        }
+        .write(&b.cfg.monitor.state_file)
+        .unwrap();
+    };
+    std::fs::create_dir_all(b.cfg.monitor.state_file.parent().unwrap()).unwrap();
+    let t0 = h.monotonic();
+    let mut out = vec![];
+    r.wait_monitor(&mut out);
+    assert_eq!(h.monotonic(), t0, "no state file: no wait");
+    write(ModelState::Healthy, crate::now_unix());
+    r.wait_monitor(&mut out);
+    assert_eq!(h.monotonic(), t0, "healthy: no wait");
+    write(ModelState::Starting, 1);
+    r.wait_monitor(&mut out);
+    assert_eq!(h.monotonic(), t0, "a stale file (no monitor): no wait");
+    write(ModelState::Starting, crate::now_unix());
+    r.wait_monitor(&mut out);
+    let waited = h.monotonic() - t0;
+    assert!(waited >= std::time::Duration::from_secs(13), "{waited:?}");
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("the monitor still says starting for a"),
+        "{text}"
+    );
 }
