@@ -239,27 +239,103 @@ pub fn decide(cfg: &Config, model: &Model, port_free: &dyn Fn(u16) -> bool) -> D
 }
 
 /// `text` (a config file) with `models.NAME.path` set to `path`; every other byte unchanged
-/// (comments, order, spacing; the edited line keeps its decor). Whatever way the key is
-/// written (`[models.NAME]` table, dotted key, inline table), it is replaced in place.
+/// (comments, order, spacing; the rest of the edited line, its comment included, is kept). The
+/// key must be a `path = "..."` (or `'...'`) line of the `[models.NAME]` table, as the shipped
+/// config and `citadel-service check` write it; anything else (a dotted key, an inline table,
+/// a multi-line string) is refused with the reason, and the result is proved by parsing both:
+/// the new file must be the old one with exactly that value changed.
 pub fn set_model_path(text: &str, name: &str, path: &str) -> Result<String, String> {
-    let mut doc: toml_edit::DocumentMut = text
+    let mut old: toml::Table = text
         .parse()
-        .map_err(|e: toml_edit::TomlError| format!("cannot parse: {}", e.message()))?;
-    let model = doc
-        .as_table_mut()
-        .get_mut("models")
-        .and_then(|m| m.as_table_like_mut())
-        .and_then(|m| m.get_mut(name))
-        .and_then(|m| m.as_table_like_mut())
-        .ok_or_else(|| format!("no [models.{name}] table"))?;
-    let Some(old) = model.get_mut("path").and_then(|p| p.as_value_mut()) else {
-        return Err(format!("models.{name}.path is not set"));
+        .map_err(|e: toml::de::Error| format!("cannot parse: {}", e.message()))?;
+    let mut in_table = false;
+    let mut offset = 0;
+    let mut edited: Option<String> = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = table_name(t).as_deref() == Some(name);
+        } else if in_table && edited.is_none() {
+            if let Some(rest) = key_value(line, "path") {
+                let start = offset + (line.len() - rest.len());
+                let len = string_token(rest)
+                    .ok_or_else(|| format!("models.{name}.path is not a one-line string"))?;
+                let value = toml::Value::String(path.to_string()).to_string();
+                edited = Some(format!("{}{value}{}", &text[..start], &text[start + len..]));
+            }
+        }
+        offset += line.len();
+    }
+    let Some(new_text) = edited else {
+        return Err(if old.get("models").and_then(|m| m.get(name)).is_some() {
+            format!("models.{name}.path is not a `path = \"...\"` line of a [models.{name}] table; edit it by hand")
+        } else {
+            format!("no [models.{name}] table")
+        });
     };
-    let decor = old.decor().clone();
-    let mut new = toml_edit::Value::from(path);
-    *new.decor_mut() = decor;
-    *old = new;
-    Ok(doc.to_string())
+    let new: toml::Table = new_text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("the edit does not parse: {}", e.message()))?;
+    if let Some(m) = old
+        .get_mut("models")
+        .and_then(|m| m.get_mut(name))
+        .and_then(|m| m.as_table_mut())
+    {
+        m.insert("path".into(), toml::Value::String(path.to_string()));
+    }
+    if new != old {
+        return Err(format!(
+            "models.{name}.path could not be edited in place (the file has more than one candidate line); edit it by hand"
+        ));
+    }
+    Ok(new_text)
+}
+
+/// The model name of a `[models.NAME]` / `[models."NAME"]` header line, if it is one.
+fn table_name(line: &str) -> Option<String> {
+    let head = line.split('#').next()?.trim();
+    let inner = head.strip_prefix('[')?.strip_suffix(']')?.trim();
+    if inner.starts_with('[') {
+        return None;
+    }
+    let rest = inner
+        .strip_prefix("models")?
+        .trim_start()
+        .strip_prefix('.')?
+        .trim();
+    let n = rest.trim_matches('"');
+    (!n.is_empty() && !n.contains(['.', '"', ' '])).then(|| n.to_string())
+}
+
+/// What follows `key =` on a `key = value` line (leading blanks allowed), if it is that key.
+fn key_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.trim_start().strip_prefix(key)?;
+    let rest = rest.trim_start().strip_prefix('=')?;
+    Some(rest.trim_start())
+}
+
+/// The length of the one-line TOML string (basic or literal, not multi-line) `s` starts with.
+fn string_token(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    match b.first()? {
+        b'"' if !s.starts_with("\"\"\"") => {
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    b'\n' => return None,
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        b'\'' if !s.starts_with("\'\'\'") => s[1..]
+            .find(['\'', '\n'])
+            .filter(|i| b[i + 1] == b'\'')
+            .map(|i| i + 2),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -119,26 +119,33 @@ fn the_config_edit_changes_one_value_and_nothing_else() {
         )
     );
     let out = set_model_path(text, "b", "b \"2\"").unwrap();
-    // toml_edit's choice of quoting (a literal string needs no escapes); it reads back as given.
+    // The toml crate's quoting (a literal string needs no escapes); it reads back as given.
     assert_eq!(out, text.replace("path='b'", "path='b \"2\"'"));
-    // Dotted keys and inline tables are edited in place too.
+    // A header with quotes and a comment, a path line with a comment after a literal string.
+    let quoted =
+        "[models.\"c\"] # third\n  path = '/x/c' # v1\nport = 1\n[models.cc]\npath = \"cc\"\n";
+    assert_eq!(
+        set_model_path(quoted, "c", "/x/c2").unwrap(),
+        quoted.replace("'/x/c' # v1", "\"/x/c2\" # v1")
+    );
+    // Dotted keys and inline tables are refused (nothing is guessed).
     let dotted = "models.c.path = \"c\" # x\nmodels.c.port = 11402\n";
-    assert_eq!(
-        set_model_path(dotted, "c", "c2").unwrap(),
-        "models.c.path = \"c2\" # x\nmodels.c.port = 11402\n"
-    );
+    assert!(set_model_path(dotted, "c", "c2")
+        .unwrap_err()
+        .contains("is not a `path = \"...\"` line"));
     let inline = "[models]\nd = { path = \"d\", port = 11403 }\n";
-    assert_eq!(
-        set_model_path(inline, "d", "d2").unwrap(),
-        "[models]\nd = { path = \"d2\", port = 11403 }\n"
-    );
+    assert!(set_model_path(inline, "d", "d2").is_err());
+    let multi = "[models.e]\npath = \"\"\"e\"\"\"\n";
+    assert!(set_model_path(multi, "e", "e2")
+        .unwrap_err()
+        .contains("not a one-line string"));
     assert_eq!(
         set_model_path(text, "zz", "x").unwrap_err(),
         "no [models.zz] table"
     );
     assert!(set_model_path("[models.a]\nport = 1\n", "a", "x")
         .unwrap_err()
-        .contains("models.a.path is not set"));
+        .contains("models.a.path is not a `path"));
     assert!(set_model_path("[models.a\n", "a", "x")
         .unwrap_err()
         .starts_with("cannot parse"));
