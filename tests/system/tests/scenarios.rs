@@ -622,6 +622,7 @@ fn s15_units_verify_clean_and_security_scores() {
         "/lib/systemd/system/citadel-storage.service",
         "/lib/systemd/system/citadel-gpu.service",
         "/lib/systemd/system/citadel-model@.service",
+        "/lib/systemd/system/citadel-model-next@.service",
         "/lib/systemd/system/citadel-monitor.service",
         "/lib/systemd/system/citadel-gateway.service",
         "/lib/systemd/system/citadel-gateway.socket",
@@ -636,6 +637,7 @@ fn s15_units_verify_clean_and_security_scores() {
     );
     for unit in [
         "citadel-model@alpha.service",
+        "citadel-model-next@alpha.service",
         UNIT_MONITOR,
         citadel_common::paths::UNIT_GATEWAY,
     ] {
