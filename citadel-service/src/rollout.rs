@@ -30,6 +30,10 @@
 //! Exit codes: 0 rolled out (or a dry run); 1 the rollout failed and was rolled back (or a
 //! rollout is in progress already); 2 usage; 69 the new model files are incomplete; 78 invalid
 //! config, unknown or disabled model, or a config the new path would make invalid.
+//!
+//! Over 500 lines as one concern: one rollout, its checks, the mode decision, the surge and the
+//! replace steps and the rollback, as methods of one `Rollout` over one state (the record and
+//! what was touched), in the order they run; the tests are in `rollout/tests.rs`.
 
 use crate::apply::{running, stop_and_wait};
 use crate::control::bring_up;

@@ -13,6 +13,8 @@
 //! shared machine does not preempt the measured processes (a preemption costs one scheduler
 //! tick, 4 ms at HZ=250: the size of the figures themselves); `--no-rt` measures under normal
 //! scheduling.
+//!
+//! Over 500 lines as one concern: one benchmark's rig (four servers), client, rounds and report.
 
 use crate::procs::Guarded;
 use std::io::{BufRead, BufReader, Read, Write};

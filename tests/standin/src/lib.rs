@@ -104,6 +104,10 @@
 //! ## Exit codes
 //! 0 SIGTERM/SIGINT, or the `STANDIN_EXIT_*` code; 1 failed start (fail knob, port in use,
 //! missing model dir); 2 argparse error; 64 bad knob; killed by SIGABRT for the crash knob.
+//!
+//! About 500 lines, a hundred of them this documentation: the engine's life (start, the
+//! EngineCore child, signals, drain, exit) in one place; the HTTP server, the knobs and the
+//! flag parser are modules of their own.
 
 pub mod cli;
 pub mod http;
