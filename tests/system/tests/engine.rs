@@ -91,6 +91,11 @@ fn alive(c: &Citadel, pid: i64) -> bool {
 
 /// A metric's value for `model` (first matching sample), from the real `/metrics`.
 fn metric(c: &Citadel, port: u16, name: &str, model: &str) -> Option<f64> {
+    metric_in(&metrics_text(c, port)?, name, model)
+}
+
+/// One `GET /metrics` of the engine (None unless 200).
+fn metrics_text(c: &Citadel, port: u16) -> Option<String> {
     let (st, body) = c.http_t(
         "GET",
         &format!("http://127.0.0.1:{port}/metrics"),
@@ -98,9 +103,11 @@ fn metric(c: &Citadel, port: u16, name: &str, model: &str) -> Option<f64> {
         None,
         30,
     );
-    if st != 200 {
-        return None;
-    }
+    (st == 200).then_some(body)
+}
+
+/// The value of metric `name` for `model` in a /metrics text.
+fn metric_in(body: &str, name: &str, model: &str) -> Option<f64> {
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .find(|l| l.contains(&format!("model_name=\"{model}\"")))
@@ -176,8 +183,10 @@ fn streams_in_flight(
             .map(|_| stream(c, port, model, STREAM_TOKENS))
             .collect();
         let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
-            let running = metric(c, port, "vllm:num_requests_running", model)?;
-            let waiting = metric(c, port, "vllm:num_requests_waiting", model)?;
+            // One /metrics read for both gauges: each read is a process in the box.
+            let text = metrics_text(c, port)?;
+            let running = metric_in(&text, "vllm:num_requests_running", model)?;
+            let waiting = metric_in(&text, "vllm:num_requests_waiting", model)?;
             if running + waiting >= STREAMS as f64 {
                 Some(true)
             } else if hs.iter().all(|h| h.is_finished()) {
@@ -542,28 +551,41 @@ fn s2_busy_is_not_hung(c: &Citadel) {
 ///    stop is the benchmark's "stop with a client connected, drain_secs 30 (after)".
 fn s3_drain_on_restart(c: &Citadel) -> f64 {
     let unit = model_unit("a");
-    let log0 = c.unit_log(&unit).lines().count();
-    let hs = streams_in_flight(c, A, "a");
-    let t0 = Instant::now();
-    let o = c.citadel_service(&["restart", "a"], LOAD);
-    let total = t0.elapsed().as_secs_f64();
-    assert!(o.success(), "{}\n{}", o.describe(), c.journal_tail(60));
-    let mut drained = 0;
-    let mut last_end = 0.0f64;
-    for h in hs {
-        let (body, ended) = h.join().unwrap();
-        let (reason, done) = finish(&body);
-        assert_eq!(reason.as_deref(), Some("length"), "stream cut:\n{body}");
-        assert!(done, "no [DONE]:\n{body}");
-        if ended > t0 {
-            drained += 1;
-            last_end = last_end.max(ended.duration_since(t0).as_secs_f64());
+    let mut attempt = 0;
+    let (log0, total, drained, last_end) = loop {
+        attempt += 1;
+        let log0 = c.unit_log(&unit).lines().count();
+        let hs = streams_in_flight(c, A, "a");
+        let t0 = Instant::now();
+        let o = c.citadel_service(&["restart", "a"], LOAD);
+        let total = t0.elapsed().as_secs_f64();
+        assert!(o.success(), "{}\n{}", o.describe(), c.journal_tail(60));
+        let mut drained = 0;
+        let mut last_end = 0.0f64;
+        for h in hs {
+            let (body, ended) = h.join().unwrap();
+            let (reason, done) = finish(&body);
+            assert_eq!(reason.as_deref(), Some("length"), "stream cut:\n{body}");
+            assert!(done, "no [DONE]:\n{body}");
+            if ended > t0 {
+                drained += 1;
+                last_end = last_end.max(ended.duration_since(t0).as_secs_f64());
+            }
         }
-    }
-    assert!(
-        drained > 0,
-        "every stream had ended before the restart began: nothing was drained"
-    );
+        if drained > 0 {
+            break (log0, total, drained, last_end);
+        }
+        // On a fast machine eight streams can all end between the poll that saw them and the
+        // restart: that restart proves nothing about the drain, so try again (at most three).
+        assert!(
+            attempt < 3,
+            "every stream had ended before the restart began, three times: nothing was drained"
+        );
+        say(
+            "s3",
+            &format!("attempt {attempt}: every stream ended before the restart began; again"),
+        );
+    };
     let log = c.unit_log(&unit);
     let new: Vec<&str> = log.lines().skip(log0).collect();
     let stop = new
