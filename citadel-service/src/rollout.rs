@@ -625,13 +625,7 @@ impl Rollout<'_> {
         self.step(at, 2, out);
         touched.main = true;
         self.bring_up(Job::Restart, self.main(), out)?;
-        self.check(self.plan.port, out)?;
-        self.step(at, 3, out);
-        self.write_config(out)?;
-        self.step(at, 4, out);
-        self.wait_monitor(out);
-        self.remove_record()?;
-        self.reload_gateway(out)?;
+        self.commit(at, out)?;
         self.step(at, 5, out);
         // From here the new version serves from the config: a surge that does not stop cleanly
         // is reported, not rolled back.
@@ -662,14 +656,20 @@ impl Rollout<'_> {
         stop_and_wait(self.host, &[unit], self.main(), &self.opts.wait, out)?;
         self.step(at, 2, out);
         self.bring_up(Job::Start, self.main(), out)?;
+        self.commit(at, out)
+    }
+
+    /// The end both modes share, once the main unit runs the new path: it must pass the
+    /// checks (step 2's), then the config is written (3), and once the monitor would let
+    /// requests through the record goes and the gateway routes to the main port again (4).
+    fn commit(&self, at: &mut usize, out: &mut dyn Write) -> Result<(), Failure> {
         self.check(self.plan.port, out)?;
         self.step(at, 3, out);
         self.write_config(out)?;
         self.step(at, 4, out);
         self.wait_monitor(out);
         self.remove_record()?;
-        self.reload_gateway(out)?;
-        Ok(())
+        self.reload_gateway(out)
     }
 
     /// Undo what was touched: the main back on the config's path (the record says restoring

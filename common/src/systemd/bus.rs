@@ -205,21 +205,15 @@ impl Bus {
     }
 
     fn get_u64(&self, unit: &str, path: &str, prop: &str) -> Result<u64, Failure> {
-        let mut p = Props::new();
-        p.insert(prop.to_string(), self.get(unit, path, prop)?);
-        Ok(u64_of(&p, prop))
+        Ok(as_u64(Some(&self.get(unit, path, prop)?)))
     }
 
     fn get_i64(&self, unit: &str, path: &str, prop: &str) -> Result<i64, Failure> {
-        let mut p = Props::new();
-        p.insert(prop.to_string(), self.get(unit, path, prop)?);
-        Ok(i64_of(&p, prop))
+        Ok(as_i64(Some(&self.get(unit, path, prop)?)))
     }
 
     fn get_str(&self, unit: &str, path: &str, prop: &str) -> Result<String, Failure> {
-        let mut p = Props::new();
-        p.insert(prop.to_string(), self.get(unit, path, prop)?);
-        Ok(str_of(&p, prop).to_string())
+        Ok(as_str(Some(&self.get(unit, path, prop)?)).to_string())
     }
 
     fn unit(&self, name: &str) -> Result<UnitStatus, Failure> {
@@ -296,22 +290,37 @@ pub fn unit_path(unit: &str) -> String {
 }
 
 fn str_of<'a>(p: &'a Props, k: &str) -> &'a str {
-    match p.get(k).map(|v| &**v) {
+    as_str(p.get(k))
+}
+
+fn u64_of(p: &Props, k: &str) -> u64 {
+    as_u64(p.get(k))
+}
+
+fn i64_of(p: &Props, k: &str) -> i64 {
+    as_i64(p.get(k))
+}
+
+/// A property value as a string ("" when absent or of another type).
+fn as_str(v: Option<&OwnedValue>) -> &str {
+    match v.map(|v| &**v) {
         Some(Value::Str(s)) => s.as_str(),
         _ => "",
     }
 }
 
-fn u64_of(p: &Props, k: &str) -> u64 {
-    match p.get(k).map(|v| &**v) {
+/// A property value as an unsigned number (0 when absent or of another type).
+fn as_u64(v: Option<&OwnedValue>) -> u64 {
+    match v.map(|v| &**v) {
         Some(Value::U64(n)) => *n,
         Some(Value::U32(n)) => (*n).into(),
         _ => 0,
     }
 }
 
-fn i64_of(p: &Props, k: &str) -> i64 {
-    match p.get(k).map(|v| &**v) {
+/// A property value as a signed number (0 when absent or of another type).
+fn as_i64(v: Option<&OwnedValue>) -> i64 {
+    match v.map(|v| &**v) {
         Some(Value::I32(n)) => (*n).into(),
         Some(Value::I64(n)) => *n,
         _ => 0,
