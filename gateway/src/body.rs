@@ -1,8 +1,10 @@
 //! The one body type the gateway sends and forwards: a whole buffer, or an engine's response
 //! passed through frame by frame (never buffered), with an idle deadline between frames and a
 //! [`Finish`] that runs when the body is done or dropped (client gone: the engine connection
-//! is dropped with it, so the engine aborts the request).
+//! is dropped with it, so the engine aborts the request). An engine's connection comes back to
+//! its worker's pool ([`Lease::release`]) only when the body has ended.
 
+use crate::upstream::Lease;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -17,9 +19,29 @@ pub trait Finish: Send + Sync {
     fn finish(&mut self, bytes: u64, complete: bool);
 }
 
+/// The idle deadline, re-armed lazily: a frame only notes its time; the timer, armed when the
+/// engine first makes the client wait, is moved to the last frame's deadline when it fires
+/// early (one timer change per idle period, not one per token).
 struct Idle {
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     every: Duration,
+    last: Instant,
+}
+
+impl Idle {
+    /// Pending until `every` has passed since the last frame.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let due = self.last + self.every;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if sleep.deadline() < due => sleep.as_mut().reset(due),
+                r => return r,
+            }
+        }
+    }
 }
 
 pub struct Body {
@@ -32,7 +54,7 @@ pub struct Body {
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming, Idle),
+    Stream(Incoming, Idle, Option<Lease>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +75,18 @@ impl Body {
         Body::full(Bytes::new())
     }
 
-    /// An engine's body, passed through; fails after `idle` without a frame.
-    pub fn stream(inner: Incoming, idle: Duration) -> Body {
+    /// An engine's body, passed through; fails after `idle` without a frame. `lease`, the
+    /// connection it comes on, is released when the body has ended and dropped otherwise.
+    pub fn stream(inner: Incoming, idle: Duration, lease: Option<Lease>) -> Body {
         Body {
             kind: Kind::Stream(
                 inner,
                 Idle {
-                    sleep: Box::pin(tokio::time::sleep(idle)),
+                    sleep: None,
                     every: idle,
+                    last: Instant::now(),
                 },
+                lease,
             ),
             sent: 0,
             ended: false,
@@ -75,6 +100,13 @@ impl Body {
     }
 
     fn done(&mut self, complete: bool) {
+        if let Kind::Stream(_, _, lease) = &mut self.kind {
+            if let Some(l) = lease.take() {
+                if complete {
+                    l.release();
+                }
+            }
+        }
         if let Some(mut f) = self.finish.take() {
             f.finish(self.sent, complete);
         }
@@ -103,13 +135,12 @@ impl HttpBody for Body {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Kind::Stream(inner, idle) => match Pin::new(inner).poll_frame(cx) {
+            Kind::Stream(inner, idle, _) => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(r) => {
-                    let at = Instant::now() + idle.every;
-                    idle.sleep.as_mut().reset(at);
+                    idle.last = Instant::now();
                     Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
                 }
-                Poll::Pending => match idle.sleep.as_mut().poll(cx) {
+                Poll::Pending => match idle.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeout(idle.every).into()))),
                     Poll::Pending => Poll::Pending,
                 },
@@ -135,14 +166,14 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.as_ref().map_or(true, Bytes::is_empty),
-            Kind::Stream(inner, _) => inner.is_end_stream(),
+            Kind::Stream(inner, _, _) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Stream(inner, _) => inner.size_hint(),
+            Kind::Stream(inner, _, _) => inner.size_hint(),
         }
     }
 }
@@ -167,5 +198,41 @@ pub async fn collect(mut body: Incoming, max: u64) -> Result<Option<Bytes>, hype
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One poll of the idle deadline.
+    async fn expired(idle: &mut Idle) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(idle.poll_expired(cx).is_ready())).await
+    }
+
+    #[tokio::test]
+    async fn the_idle_deadline_follows_the_last_frame() {
+        let every = Duration::from_millis(300);
+        let start = Instant::now();
+        let mut idle = Idle {
+            sleep: None,
+            every,
+            last: start,
+        };
+        // A frame every 50 ms for twice the deadline: never idle, though the first deadline
+        // the timer was armed with has passed.
+        while start.elapsed() < every * 2 {
+            assert!(!expired(&mut idle).await, "expired with frames flowing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            idle.last = Instant::now();
+        }
+        // Then nothing: it expires `every` after the last frame, not before.
+        let last = idle.last;
+        std::future::poll_fn(|cx| idle.poll_expired(cx)).await;
+        assert!(
+            last.elapsed() >= every,
+            "expired {:?} after the last frame",
+            last.elapsed()
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! Modules, one concern each (client keys are `citadel_common::clientkeys`): [`routes`] the routing table, [`limit`]
 //! per-model slots and queue, [`avail`] which models serve, [`body`] the body type,
 //! [`reply`] the gateway's own answers, [`metrics`] Prometheus, [`proxy`] one request,
-//! [`listen`] the socket, [`server`] the loop, signals and reloads.
+//! [`upstream`] a worker's connections to the engines, [`listen`] the socket, [`server`] the
+//! threads, signals and reloads.
 
 pub mod avail;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod proxy;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod upstream;
 
 use citadel_common::config::Config;
 use citadel_common::{Exit, Failure};
@@ -77,7 +79,7 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
         for b in &snap.routes.backends {
             let mut names = vec![b.served.as_str()];
             names.extend(b.aliases.iter().map(String::as_str));
-            println!("{} -> {} ({})", names.join(", "), b.base, b.name);
+            println!("{} -> {} ({})", names.join(", "), b.target.base(), b.name);
         }
         println!(
             "listen {} keys {}",
@@ -101,10 +103,6 @@ pub fn run(args: &Args) -> Result<Exit, Failure> {
     if activated {
         log::debug!("socket from systemd: {}", cfg.gateway.listen);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gateway")
-        .build()?;
     let path = args.common.config.clone();
-    rt.block_on(server::serve(cfg, path, listener))
+    server::serve(cfg, path, listener, server::workers())
 }

@@ -9,12 +9,12 @@ use crate::limit::{Refused, Slot};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::reply::{self, Reply};
 use crate::routes::{Backend, Routes};
+use crate::upstream::{self, Failed, Target, Upstream};
 use citadel_common::clientkeys::Keys;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Uri};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -32,20 +32,16 @@ pub struct Snapshot {
     pub access_log: bool,
 }
 
+/// What every worker thread shares (its engine connections are its own: [`Upstream`]).
 pub struct State {
     current: RwLock<Arc<Snapshot>>,
     pub avail: Arc<Availability>,
     pub metrics: Metrics,
-    client: Client<HttpConnector, Body>,
     started_unix: u64,
 }
 
-/// Connecting to an engine on the same box.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client may take to send its request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle keep-alive connections to an engine are dropped after this (uvicorn closes at 5 s).
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Headers that belong to one connection, never forwarded.
 fn hop_by_hop(h: &HeaderName) -> bool {
@@ -65,18 +61,10 @@ fn hop_by_hop(h: &HeaderName) -> bool {
 
 impl State {
     pub fn new(snapshot: Snapshot, avail: Arc<Availability>) -> State {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(http);
         State {
             current: RwLock::new(Arc::new(snapshot)),
             avail,
             metrics: Metrics::default(),
-            client,
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -126,6 +114,7 @@ impl Finish for Done {
 
 struct Ctx {
     state: Arc<State>,
+    up: Arc<Upstream>,
     snap: Arc<Snapshot>,
     key: String,
     model: String,
@@ -153,11 +142,16 @@ impl Ctx {
     }
 }
 
-/// The service function.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+/// The service function; `up` is the calling worker thread's engine connections.
+pub async fn handle(
+    state: Arc<State>,
+    up: Arc<Upstream>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
     let snap = state.snapshot();
     let ctx = Ctx {
-        state: Arc::clone(&state),
+        state,
+        up,
         snap,
         key: "-".into(),
         model: "-".into(),
@@ -216,37 +210,28 @@ async fn route(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
     forward(ctx, req).await
 }
 
-/// Whether the engine accepts a connection now (a loopback connect: a millisecond).
-async fn listening(base: &str) -> bool {
-    let addr = base.trim_start_matches("http://").to_string();
-    matches!(
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
-}
-
 /// `GET /v1/models`: the models serving now, aliases included (OpenAI's list shape). A model
 /// the monitor calls serving, or that it does not know, is listed when its engine accepts a
 /// connection (all checked at once); a refusal marks it down like a refused request.
 async fn models(ctx: &Ctx) -> Reply {
-    let candidates: Vec<(&Arc<Backend>, String)> = ctx
+    let candidates: Vec<(&Arc<Backend>, Arc<Target>)> = ctx
         .snap
         .routes
         .backends
         .iter()
-        .filter_map(|b| Some((b, b.base_on(ctx.state.avail.route(&b.name).ok()?))))
+        .filter_map(|b| Some((b, b.target_on(ctx.state.avail.route(&b.name).ok()?))))
         .collect();
     let checks: Vec<_> = candidates
         .iter()
-        .map(|(_, base)| {
-            let base = base.clone();
-            tokio::spawn(async move { listening(&base).await })
+        .map(|(_, t)| {
+            let t = Arc::clone(t);
+            tokio::spawn(async move { upstream::reachable(&t).await })
         })
         .collect();
     let mut data = Vec::new();
-    for ((b, base), check) in candidates.into_iter().zip(checks) {
+    for ((b, t), check) in candidates.into_iter().zip(checks) {
         if !check.await.unwrap_or(false) {
-            let why = format!("its engine at {base} refused the connection");
+            let why = format!("its engine at {} refused the connection", t.base());
             ctx.state.avail.mark_down(&b.name, why);
             continue;
         }
@@ -280,21 +265,20 @@ fn upstream_body(body: Bytes, asked: &str, b: &Backend) -> Bytes {
     }
 }
 
-fn upstream_headers(from: &HeaderMap, engine_auth: Option<&HeaderValue>) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(from.len() + 1);
-    for (k, v) in from {
-        if hop_by_hop(k)
-            || k == header::HOST
-            || k == header::AUTHORIZATION
-            || k == header::CONTENT_LENGTH
-        {
-            continue;
-        }
-        h.append(k.clone(), v.clone());
-    }
-    if let Some(a) = engine_auth {
-        h.insert(header::AUTHORIZATION, a.clone());
-    }
+/// The client's headers as the engine gets them: no hop-by-hop ones, no client key, the
+/// engine's `Host:` and key (the body's length is the body's own).
+fn upstream_headers(
+    mut h: HeaderMap,
+    host: &HeaderValue,
+    engine_auth: Option<&HeaderValue>,
+) -> HeaderMap {
+    h.retain_hop_free();
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(header::HOST, host.clone());
+    match engine_auth {
+        Some(a) => h.insert(header::AUTHORIZATION, a.clone()),
+        None => h.remove(header::AUTHORIZATION),
+    };
     h
 }
 
@@ -350,8 +334,8 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         return ctx.end(r, None);
     };
     ctx.model = backend.name.clone();
-    let base = match ctx.state.avail.route(&backend.name) {
-        Ok(port) => backend.base_on(port),
+    let target = match ctx.state.avail.route(&backend.name) {
+        Ok(port) => backend.target_on(port),
         Err(u) => {
             let r = reply::unavailable(&asked, &u.reason, u.retry_after_secs);
             return ctx.end(r, None);
@@ -374,30 +358,32 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
             return ctx.end(r, None);
         }
     };
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or(ctx.path.as_str(), |p| p.as_str());
+    let pq = match parts.uri.path_and_query() {
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+    };
     let mut up = Request::new(Body::full(upstream_body(body, &asked, &backend)));
     *up.method_mut() = Method::POST;
-    *up.uri_mut() = match format!("{base}{pq}").parse() {
-        Ok(u) => u,
-        Err(_) => return ctx.end(reply::bad_request(None, "bad request path"), None),
-    };
-    *up.headers_mut() = upstream_headers(&parts.headers, ctx.snap.engine_auth.as_ref());
+    *up.uri_mut() = Uri::from(pq);
+    *up.headers_mut() = upstream_headers(
+        parts.headers,
+        &target.authority,
+        ctx.snap.engine_auth.as_ref(),
+    );
     let timeout = ctx.snap.request_timeout;
-    let answer = tokio::time::timeout(timeout, ctx.state.client.request(up)).await;
-    let resp = match answer {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) if e.is_connect() => {
+    let answer = tokio::time::timeout(timeout, ctx.up.send(&target, up)).await;
+    let upstream::Answer { response, lease } = match answer {
+        Ok(Ok(a)) => a,
+        Ok(Err(Failed::Connect(e))) => {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Connect);
-            let why = format!("its engine at {base} refused the connection");
+            log::debug!("{}: connect: {e}", backend.name);
+            let why = format!("its engine at {} refused the connection", target.base());
             ctx.state.avail.mark_down(&backend.name, why.clone());
             return ctx.end(reply::unavailable(&asked, &why, 1), None);
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failed::Protocol(e))) => {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Protocol);
@@ -426,9 +412,9 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         }
     };
     ctx.state.avail.mark_up(&backend.name);
-    let (mut rp, incoming) = resp.into_parts();
+    let (mut rp, incoming) = response.into_parts();
     rp.headers.retain_hop_free();
-    let r = hyper::Response::from_parts(rp, Body::stream(incoming, timeout));
+    let r = hyper::Response::from_parts(rp, Body::stream(incoming, timeout, Some(lease)));
     ctx.end(r, Some(slot))
 }
 
@@ -438,6 +424,9 @@ trait RetainHopFree {
 
 impl RetainHopFree for HeaderMap {
     fn retain_hop_free(&mut self) {
+        if !self.keys().any(hop_by_hop) {
+            return;
+        }
         let drop: Vec<HeaderName> = self.keys().filter(|k| hop_by_hop(k)).cloned().collect();
         for k in drop {
             self.remove(&k);
@@ -460,11 +449,17 @@ mod tests {
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         h.insert("x-request-id", HeaderValue::from_static("r1"));
-        let up = upstream_headers(&h, Some(&HeaderValue::from_static("Bearer engine")));
-        assert_eq!(up.len(), 2, "{up:?}");
+        let engine = HeaderValue::from_static("127.0.0.1:11400");
+        let up = upstream_headers(
+            h.clone(),
+            &engine,
+            Some(&HeaderValue::from_static("Bearer engine")),
+        );
+        assert_eq!(up.len(), 3, "{up:?}");
         assert_eq!(up[header::AUTHORIZATION], "Bearer engine");
+        assert_eq!(up[header::HOST], "127.0.0.1:11400");
         assert_eq!(up["x-request-id"], "r1");
-        assert!(upstream_headers(&h, None)
+        assert!(upstream_headers(h, &engine, None)
             .get(header::AUTHORIZATION)
             .is_none());
     }

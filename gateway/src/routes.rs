@@ -3,6 +3,7 @@
 //! config; replaced whole on SIGHUP.
 
 use crate::limit::Limiter;
+use crate::upstream::Target;
 use citadel_common::config::Config;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,19 +17,17 @@ pub struct Backend {
     /// What the engine itself accepts in `model`.
     pub served: String,
     pub aliases: Vec<String>,
-    /// `http://HOST:PORT`.
-    pub base: String,
-    /// The HOST of `base` (a rollout's surge instance listens on the same host, another port).
-    pub host: String,
+    /// Where its engine listens.
+    pub target: Arc<Target>,
     pub limiter: Limiter,
 }
 
 impl Backend {
-    /// `base`, or the same host on `port` (a rollout's surge instance).
-    pub fn base_on(&self, port: Option<u16>) -> String {
+    /// The engine, or the same host on `port` (a rollout's surge instance).
+    pub fn target_on(&self, port: Option<u16>) -> Arc<Target> {
         match port {
-            Some(p) => format!("http://{}:{p}", self.host),
-            None => self.base.clone(),
+            Some(p) => Arc::new(self.target.on(p)),
+            None => Arc::clone(&self.target),
         }
     }
 }
@@ -74,8 +73,7 @@ impl Routes {
                 name: m.name.clone(),
                 served: m.served_model_name.clone(),
                 aliases: m.aliases.clone(),
-                base: format!("http://{host}:{}", m.port),
-                host: host.clone(),
+                target: Arc::new(Target::new(&host, m.port)),
                 limiter,
             });
             by_name.insert(m.served_model_name.clone(), Arc::clone(&b));
@@ -133,9 +131,9 @@ enabled = false
         let b = r.get("gpt-4o-mini").unwrap();
         assert_eq!(b.name, "a");
         assert_eq!(b.served, "org/a-7b");
-        assert_eq!(b.base, "http://127.0.0.1:11400");
-        assert_eq!(b.base_on(None), b.base);
-        assert_eq!(b.base_on(Some(11450)), "http://127.0.0.1:11450");
+        assert_eq!(b.target.base(), "http://127.0.0.1:11400");
+        assert!(Arc::ptr_eq(&b.target_on(None), &b.target));
+        assert_eq!(b.target_on(Some(11450)).base(), "http://127.0.0.1:11450");
         assert!(r.get("off").is_none());
         assert_eq!(b.limiter.limit(), 2);
         let again = Routes::build(&cfg, Some(&r));

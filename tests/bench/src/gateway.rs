@@ -31,6 +31,8 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 pub struct Path4 {
     pub name: &'static str,
     pub port: u16,
+    /// The proxy's process (its CPU time is counted with its descendants'); none when straight.
+    pub proxy_pid: Option<i32>,
 }
 
 /// A keep-alive HTTP/1.1 client connection that reconnects when the server closed it.
@@ -287,7 +289,9 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
     }
     let mut c = Command::new(NGINX);
     c.arg("-c").arg(&conf).arg("-p").arg(d);
-    procs.push(Guarded::spawn(quiet(c))?);
+    let n = Guarded::spawn(quiet(c))?;
+    let nginx_pid = n.pid();
+    procs.push(n);
     wait_port(ngx, Duration::from_secs(30))?;
     // LiteLLM: one model, openai-compatible, pointed at the engine; no telemetry, no fetches.
     let litellm = PathBuf::from(LITELLM_VENV).join("bin/litellm");
@@ -314,25 +318,31 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
         .env("LITELLM_MASTER_KEY", "sk-bench-0123456789abcdef")
         .env("LITELLM_TELEMETRY", "False")
         .env("LITELLM_LOG", "ERROR");
-    procs.push(Guarded::spawn(quiet(c))?);
+    let l = Guarded::spawn(quiet(c))?;
+    let litellm_pid = l.pid();
+    procs.push(l);
     wait_port(lite, Duration::from_secs(180))?;
     Ok(Rig {
         paths: vec![
             Path4 {
                 name: "straight to the engine",
                 port: engine,
+                proxy_pid: None,
             },
             Path4 {
                 name: "citadel-gateway",
                 port: gw,
+                proxy_pid: Some(gateway_pid),
             },
             Path4 {
                 name: "nginx",
                 port: ngx,
+                proxy_pid: Some(nginx_pid),
             },
             Path4 {
                 name: "LiteLLM proxy",
                 port: lite,
+                proxy_pid: Some(litellm_pid),
             },
         ],
         gateway_pid,
@@ -365,6 +375,8 @@ struct Figures {
     c64: (f64, f64),
     rps: f64,
     ttfb: f64,
+    /// The proxy's CPU time per request (microseconds), over every measured request.
+    cpu_us: Option<f64>,
 }
 
 /// Interleaved rounds: each measures every path with a fifth of the requests.
@@ -377,29 +389,37 @@ struct Samples {
     c64: Vec<f64>,
     c64_time: Duration,
     ttfb: Vec<f64>,
+    /// The proxy's CPU seconds during the measurements.
+    cpu: f64,
 }
 
 impl Samples {
     /// One round: `n1` requests at c=1, `n64` per client at c=64, `ns` streamed.
     fn measure_round(
         &mut self,
-        port: u16,
+        p: &Path4,
         (n1, n64, ns): (usize, usize, usize),
     ) -> Result<(), String> {
-        self.c1.extend(load(port, SMALL, 1, n1)?.0);
-        let (v, took) = load(port, SMALL, 64, n64)?;
+        let cpu = || p.proxy_pid.map_or(Ok(0.0), crate::procs::tree_cpu_secs);
+        let before = cpu()?;
+        self.c1.extend(load(p.port, SMALL, 1, n1)?.0);
+        let (v, took) = load(p.port, SMALL, 64, n64)?;
         self.c64.extend(v);
         self.c64_time += took;
-        self.ttfb.extend(ttfb(port, ns)?);
+        self.ttfb.extend(ttfb(p.port, ns)?);
+        self.cpu += cpu()? - before;
         Ok(())
     }
 
-    fn figures(&self) -> Figures {
+    fn figures(&self, proxied: bool) -> Figures {
         Figures {
             c1: (percentile(&self.c1, 50.0), percentile(&self.c1, 99.0)),
             c64: (percentile(&self.c64, 50.0), percentile(&self.c64, 99.0)),
             rps: self.c64.len() as f64 / self.c64_time.as_secs_f64(),
             ttfb: percentile(&self.ttfb, 50.0),
+            cpu_us: proxied.then(|| {
+                self.cpu * 1e6 / (self.c1.len() + self.c64.len() + self.ttfb.len()) as f64
+            }),
         }
     }
 }
@@ -462,11 +482,16 @@ pub fn main() -> Result<(), String> {
                 "citadel-gateway-bench: round {round}/{ROUNDS}: {} ...",
                 p.name
             );
-            s.measure_round(p.port, per_round(quick))
+            s.measure_round(p, per_round(quick))
                 .map_err(|e| format!("{}: {e}", p.name))?;
         }
     }
-    let figs: Vec<Figures> = samples.iter().map(Samples::figures).collect();
+    let figs: Vec<Figures> = rig
+        .paths
+        .iter()
+        .zip(&samples)
+        .map(|(p, s)| s.figures(p.proxy_pid.is_some()))
+        .collect();
     let (rss0, rss1000) = idle_rss(rig.paths[1].port, rig.gateway_pid, 1000)?;
     let load_after = crate::machine::loadavg();
     let base = &figs[0];
@@ -479,12 +504,13 @@ pub fn main() -> Result<(), String> {
         )
     };
     let mut t = String::new();
-    t.push_str("| path | c=1 p50 / p99 (ms) | added c=1 p50 / p99 | c=64 p50 / p99 (ms) | added c=64 p50 / p99 | throughput c=64 (req/s) | stream first byte p50 (ms) |\n|---|---|---|---|---|---|---|\n");
+    t.push_str("| path | c=1 p50 / p99 (ms) | added c=1 p50 / p99 | c=64 p50 / p99 (ms) | added c=64 p50 / p99 | throughput c=64 (req/s) | stream first byte p50 (ms) | proxy CPU per request (µs) |\n|---|---|---|---|---|---|---|---|\n");
     for (p, f) in rig.paths.iter().zip(&figs) {
         let a = added(f);
         t.push_str(&format!(
-            "| {} | {:.2} / {:.2} | {:+.2} / {:+.2} | {:.1} / {:.1} | {:+.1} / {:+.1} | {:.0} | {:.2} |\n",
-            p.name, f.c1.0, f.c1.1, a.0, a.1, f.c64.0, f.c64.1, a.2, a.3, f.rps, f.ttfb
+            "| {} | {:.2} / {:.2} | {:+.2} / {:+.2} | {:.1} / {:.1} | {:+.1} / {:+.1} | {:.0} | {:.2} | {} |\n",
+            p.name, f.c1.0, f.c1.1, a.0, a.1, f.c64.0, f.c64.1, a.2, a.3, f.rps, f.ttfb,
+            f.cpu_us.map_or("-".to_string(), |c| format!("{c:.0}"))
         ));
     }
     let (g, n, l) = (&figs[1], &figs[2], &figs[3]);
@@ -507,7 +533,7 @@ pub fn main() -> Result<(), String> {
         version(&[&format!("{LITELLM_VENV}/bin/pip"), "show", "litellm"]),
     );
     md.push_str(&format!(
-        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured in the same interleaved rounds, and the ratios are what to compare.\n{END}\n",
+        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. CPU per request: gateway / nginx {:.2}. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured in the same interleaved rounds, and the ratios are what to compare.\n{END}\n",
         ratio(g.c1.0, n.c1.0),
         ratio(g.c1.1, n.c1.1),
         ratio(g.c64.0, n.c64.0),
@@ -515,6 +541,10 @@ pub fn main() -> Result<(), String> {
         ga.0, ga.1, na.0, na.1,
         ratio(g.rps, n.rps),
         tput,
+        match (g.cpu_us, n.cpu_us) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => f64::NAN,
+        },
         if goal_latency { "met" } else { "missed" },
         if tput >= 10.0 { "met" } else { "missed" },
         rss0,

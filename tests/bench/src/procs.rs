@@ -140,6 +140,48 @@ pub fn cpu_secs(pid: i32) -> Result<(f64, f64), String> {
     parse_stat_cpu(&s, clk_tck()).ok_or_else(|| format!("/proc/{pid}/stat: cannot parse {s:?}"))
 }
 
+/// CPU seconds of a process and of its live descendants (nginx's workers, LiteLLM's children):
+/// each one's own utime+stime, its exited threads included.
+pub fn tree_cpu_secs(pid: i32) -> Result<f64, String> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
+        let Some(p) = e
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Some(pp) = parse_stat_ppid(&s) {
+                parents.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    let mut total = cpu_secs(pid)?.0;
+    for p in &tree[1..] {
+        // A child that exited meanwhile is gone: nothing to add.
+        total += cpu_secs(*p).map_or(0.0, |c| c.0);
+    }
+    Ok(total)
+}
+
+fn parse_stat_ppid(stat: &str) -> Option<i32> {
+    // After the last ')': state, then ppid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn parse_stat_cpu(stat: &str, tck: f64) -> Option<(f64, f64)> {
     // comm may contain spaces: fields after the last ')'. utime is field 14 overall, i.e. the
     // 12th after the state field.
@@ -243,6 +285,36 @@ mod tests {
         let s = "42 (a) b c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 3 0 100 1000 200";
         assert_eq!(parse_stat_cpu(s, 100.0), Some((3.0, 0.1)));
         assert_eq!(parse_stat_cpu("garbage", 100.0), None);
+        assert_eq!(parse_stat_ppid(s), Some(1));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_childrens_cpu() {
+        // A child that burns CPU for a while, then waits to be read.
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 30",
+            ])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let own = cpu_secs(me).unwrap().0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let with_child = loop {
+            let t = tree_cpu_secs(me).unwrap();
+            if t - own >= 0.05 || std::time::Instant::now() > deadline {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            with_child - own >= 0.05,
+            "own {own}, with the child {with_child}"
+        );
     }
 
     #[test]

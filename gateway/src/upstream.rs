@@ -1,0 +1,465 @@
+//! The engines as one worker thread reaches them: HTTP/1.1 over TCP with hyper's own client
+//! connection (`hyper::client::conn::http1`), kept alive between requests where the engine
+//! allows it (vLLM's uvicorn closes an idle connection after 5 s: one is reused for at most
+//! [`POOL_IDLE`]). Each worker thread has its own [`Upstream`], so a connection, its driver
+//! task and the requests on it stay on one thread: no lock is ever contended and no request
+//! wakes another thread.
+//!
+//! A connection is leased for one exchange ([`Lease`]) and comes back to the pool only when the
+//! response body has been read to its end ([`Lease::release`]); a body dropped before its end
+//! (the client went away) drops the connection with it, so the engine sees the disconnect and
+//! aborts the request. A request that an idle pooled connection could not even start (the
+//! engine had closed it meanwhile) is sent again on a new connection: nothing of it was sent.
+
+use crate::body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::HeaderValue;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Connecting to an engine on the same box.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle connection to an engine is not reused after this (uvicorn closes at 5 s).
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
+/// Idle connections kept per engine and worker; more are closed.
+pub const POOL_MAX_IDLE: usize = 64;
+/// How often a worker closes its expired idle connections.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where an engine listens, as the gateway dials it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host as written in URLs and `Host:` (`127.0.0.1`, `[::1]`, `localhost`).
+    pub host: String,
+    /// The host when it is an address (dialled without a lookup).
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    /// `HOST:PORT`, the requests' `Host:`.
+    pub authority: HeaderValue,
+}
+
+impl Target {
+    pub fn new(host: &str, port: u16) -> Target {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        Target {
+            host: host.to_string(),
+            ip: bare.parse().ok(),
+            port,
+            // The config refuses hosts with spaces or control characters.
+            authority: HeaderValue::from_str(&format!("{host}:{port}"))
+                .unwrap_or(HeaderValue::from_static("localhost")),
+        }
+    }
+
+    /// The same host on another port (a rollout's surge instance).
+    pub fn on(&self, port: u16) -> Target {
+        Target::new(&self.host, port)
+    }
+
+    /// `http://HOST:PORT`, for messages.
+    pub fn base(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+
+    fn same(&self, other: &Target) -> bool {
+        self.port == other.port && self.host == other.host
+    }
+}
+
+/// Why an exchange with an engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failed {
+    /// No connection: refused, unreachable or not within [`CONNECT_TIMEOUT`]. Nothing was sent.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The connection broke during the exchange (the request may have reached the engine).
+    #[error("{0}")]
+    Protocol(hyper::Error),
+}
+
+struct Idle {
+    since: Instant,
+    tx: SendRequest<Body>,
+}
+
+/// The idle connections to one engine.
+struct Slot {
+    target: Arc<Target>,
+    idle: Vec<Idle>,
+}
+
+/// One worker thread's connections to the engines.
+#[derive(Default)]
+pub struct Upstream {
+    /// Few engines per box: a short list, searched in order.
+    slots: Mutex<Vec<Slot>>,
+}
+
+/// A connection leased for one exchange.
+pub struct Lease {
+    pool: Arc<Upstream>,
+    target: Arc<Target>,
+    tx: SendRequest<Body>,
+    /// The engine keeps the connection open after this response.
+    reusable: bool,
+}
+
+impl Lease {
+    /// The response body was read to its end: the connection may serve another request.
+    pub fn release(self) {
+        if self.reusable && !self.tx.is_closed() {
+            self.pool.put(&self.target, self.tx);
+        }
+    }
+}
+
+/// A response, and the connection to give back when its body has ended.
+pub struct Answer {
+    pub response: Response<Incoming>,
+    pub lease: Lease,
+}
+
+/// Whether the engine keeps the connection after `r` (HTTP/1.1 without `Connection: close`).
+fn keeps_alive(r: &Response<Incoming>) -> bool {
+    r.version() == hyper::Version::HTTP_11
+        && !r
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// Whether the engine at `t` accepts a connection now (a loopback connect: a millisecond).
+pub async fn reachable(t: &Target) -> bool {
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A connection to the engine. No `TCP_NODELAY`: hyper writes each request, head and body,
+/// in one `writev`, and the engine has acknowledged the previous one before it answered, so
+/// Nagle's algorithm never holds a request back (nginx leaves it off upstream too).
+async fn dial(t: &Target) -> std::io::Result<TcpStream> {
+    match t.ip {
+        Some(ip) => {
+            let sock = match ip {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            sock.connect(SocketAddr::new(ip, t.port)).await
+        }
+        None => TcpStream::connect((t.host.as_str(), t.port)).await,
+    }
+}
+
+/// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
+/// `shutdown(2)` at the end is left out: the connection is dropped right after it, and its
+/// `close(2)` sends the same FIN (one system call less per engine connection).
+struct EngineIo(TokioIo<TcpStream>);
+
+impl hyper::rt::Read for EngineIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for EngineIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Upstream {
+    /// An idle connection to `t` that is ready for a request, newest first.
+    /// The slot of `t`, made when missing.
+    fn slot<'a>(slots: &'a mut Vec<Slot>, t: &Arc<Target>) -> &'a mut Slot {
+        match slots.iter().position(|s| s.target.same(t)) {
+            Some(i) => &mut slots[i],
+            None => {
+                slots.push(Slot {
+                    target: Arc::clone(t),
+                    idle: Vec::new(),
+                });
+                slots.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    async fn take(&self, t: &Target) -> Option<SendRequest<Body>> {
+        loop {
+            let idle = {
+                let mut g = self.slots.lock().expect("not poisoned");
+                g.iter_mut().find(|s| s.target.same(t))?.idle.pop()?
+            };
+            if idle.since.elapsed() >= POOL_IDLE {
+                // The older ones are older still.
+                let mut g = self.slots.lock().expect("not poisoned");
+                if let Some(s) = g.iter_mut().find(|s| s.target.same(t)) {
+                    s.idle.clear();
+                }
+                return None;
+            }
+            let mut tx = idle.tx;
+            if tx.ready().await.is_ok() {
+                return Some(tx);
+            }
+        }
+    }
+
+    fn put(&self, t: &Arc<Target>, tx: SendRequest<Body>) {
+        let mut g = self.slots.lock().expect("not poisoned");
+        let now = Instant::now();
+        let list = &mut Self::slot(&mut g, t).idle;
+        list.retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.tx.is_closed());
+        if list.len() < POOL_MAX_IDLE {
+            list.push(Idle { since: now, tx });
+        }
+    }
+
+    /// A new connection, its driver spawned on this thread's runtime.
+    async fn open(&self, t: &Target) -> Result<SendRequest<Body>, Failed> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Failed::Connect(e)),
+            Err(_) => {
+                return Err(Failed::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {CONNECT_TIMEOUT:?}"),
+                )))
+            }
+        };
+        let (tx, conn) = http1::Builder::new()
+            .handshake(EngineIo(TokioIo::new(stream)))
+            .await
+            .map_err(Failed::Protocol)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("engine connection: {e}");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Send `req` (origin-form URI, `Host:` set) to the engine at `t`.
+    pub async fn send(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        req: Request<Body>,
+    ) -> Result<Answer, Failed> {
+        let mut req = req;
+        loop {
+            let (mut tx, pooled) = match self.take(t).await {
+                Some(tx) => (tx, true),
+                None => (self.open(t).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(response) => {
+                    let reusable = keeps_alive(&response);
+                    let lease = Lease {
+                        pool: Arc::clone(self),
+                        target: Arc::clone(t),
+                        tx,
+                        reusable,
+                    };
+                    return Ok(Answer { response, lease });
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the pooled connection had been closed. Again, on another one.
+                    Some(r) if pooled => req = r,
+                    _ => return Err(Failed::Protocol(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Close the idle connections that will not be reused any more (a background task of each
+    /// worker, every [`PRUNE_EVERY`]).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut g = self.slots.lock().expect("not poisoned");
+        for s in g.iter_mut() {
+            s.idle
+                .retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.tx.is_closed());
+        }
+    }
+
+    /// Prune every [`PRUNE_EVERY`], forever. This also keeps the worker runtime's next timer
+    /// wake-up within a second, so the timers a request sets (2 s and more) never make tokio
+    /// wake its own thread through its eventfd (two system calls per request otherwise).
+    pub async fn prune_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            self.prune();
+        }
+    }
+
+    /// Idle connections to `t` now (tests).
+    pub fn idle_to(&self, t: &Target) -> usize {
+        let g = self.slots.lock().expect("not poisoned");
+        g.iter()
+            .find(|s| s.target.same(t))
+            .map_or(0, |s| s.idle.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Bytes;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    #[test]
+    fn targets() {
+        let t = Target::new("[::1]", 8000);
+        assert_eq!(t.ip, Some("::1".parse().unwrap()));
+        assert_eq!(t.authority, "[::1]:8000");
+        assert_eq!(Target::new("localhost", 1).ip, None);
+        assert_eq!(
+            Target::new("127.0.0.1", 1).on(2).base(),
+            "http://127.0.0.1:2"
+        );
+    }
+
+    /// A keep-alive HTTP/1.1 server on loopback answering `n_conns` connections; returns the
+    /// port and how many connections it accepted, when done.
+    fn keepalive_server(n_conns: usize) -> (u16, std::thread::JoinHandle<usize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = std::thread::spawn(move || {
+            let mut accepted = 0;
+            for s in l.incoming().take(n_conns) {
+                accepted += 1;
+                let s = s.unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    let mut first = true;
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        first = false;
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if first {
+                        break;
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                }
+            }
+            accepted
+        });
+        (port, h)
+    }
+
+    async fn get(up: &Arc<Upstream>, t: &Arc<Target>) -> Answer {
+        let mut req = Request::new(Body::full(Bytes::from_static(b"{}")));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = "/v1/completions".parse().unwrap();
+        req.headers_mut()
+            .insert(hyper::header::HOST, t.authority.clone());
+        up.send(t, req).await.unwrap()
+    }
+
+    async fn read_to_end(a: Answer) {
+        use http_body_util_lite::collect;
+        collect(a.response.into_body()).await;
+        a.lease.release();
+    }
+
+    /// Enough of http-body-util's `collect` for these tests.
+    mod http_body_util_lite {
+        use hyper::body::{Body as _, Incoming};
+        use std::pin::Pin;
+        pub async fn collect(mut b: Incoming) {
+            while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await {
+                f.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_reused_one_dropped_midway_is_not() {
+        let (port, server) = keepalive_server(2);
+        let up = Arc::new(Upstream::default());
+        let t = Arc::new(Target::new("127.0.0.1", port));
+        for _ in 0..3 {
+            read_to_end(get(&up, &t).await).await;
+            assert_eq!(up.idle_to(&t), 1);
+        }
+        // A lease dropped before its body ended closes that connection.
+        let a = get(&up, &t).await;
+        assert_eq!(up.idle_to(&t), 0);
+        drop(a);
+        read_to_end(get(&up, &t).await).await;
+        drop(up);
+        // The connections' drivers run on this runtime: wait for the server off it.
+        let accepted = tokio::task::spawn_blocking(move || server.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            accepted, 2,
+            "four on the first connection, one after the drop"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let up = Arc::new(Upstream::default());
+        let t = Arc::new(Target::new("127.0.0.1", port));
+        let req = Request::new(Body::empty());
+        assert!(matches!(up.send(&t, req).await, Err(Failed::Connect(_))));
+    }
+}
