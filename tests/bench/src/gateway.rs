@@ -33,6 +33,8 @@ pub struct Path4 {
     pub port: u16,
     /// The proxy's process (its CPU time is counted with its descendants'); none when straight.
     pub proxy_pid: Option<i32>,
+    /// A hundred times slower than the others (LiteLLM): fewer samples ([`per_run`]).
+    pub slow: bool,
 }
 
 /// A keep-alive HTTP/1.1 client connection that reconnects when the server closed it.
@@ -328,21 +330,25 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
                 name: "straight to the engine",
                 port: engine,
                 proxy_pid: None,
+                slow: false,
             },
             Path4 {
                 name: "citadel-gateway",
                 port: gw,
                 proxy_pid: Some(gateway_pid),
+                slow: false,
             },
             Path4 {
                 name: "nginx",
                 port: ngx,
                 proxy_pid: Some(nginx_pid),
+                slow: false,
             },
             Path4 {
                 name: "LiteLLM proxy",
                 port: lite,
                 proxy_pid: Some(litellm_pid),
+                slow: true,
             },
         ],
         gateway_pid,
@@ -424,9 +430,19 @@ impl Samples {
     }
 }
 
-/// Requests per round (the whole run: `ROUNDS` times this).
-fn per_round(quick: bool) -> (usize, usize, usize) {
-    let (n1, n64, ns) = if quick { (100, 10, 50) } else { (400, 40, 200) };
+/// Requests of a whole run (c=1, per client at c=64, streamed), each round a `ROUNDS`th of
+/// them. A p99 needs thousands of samples to hold still; a `slow` path (LiteLLM, a hundred
+/// times slower) gets a tenth, which its throughput figure does not need more than.
+fn per_run(quick: bool, slow: bool) -> (usize, usize, usize) {
+    match (quick, slow) {
+        (true, _) => (100, 10, 50),
+        (false, true) => (400, 40, 200),
+        (false, false) => (4000, 100, 1000),
+    }
+}
+
+fn per_round(quick: bool, slow: bool) -> (usize, usize, usize) {
+    let (n1, n64, ns) = per_run(quick, slow);
     (n1 / ROUNDS, (n64 / ROUNDS).max(1), ns / ROUNDS)
 }
 
@@ -443,22 +459,44 @@ fn realtime() -> Result<(), String> {
     }
 }
 
-const BEGIN: &str = "<!-- citadel-gateway-bench: begin -->";
-const END: &str = "<!-- citadel-gateway-bench: end -->";
+/// The markers of this scheduling's block in BENCHMARKS.md (each mode keeps its own block).
+fn markers(realtime: bool) -> (&'static str, &'static str) {
+    if realtime {
+        (
+            "<!-- citadel-gateway-bench: begin -->",
+            "<!-- citadel-gateway-bench: end -->",
+        )
+    } else {
+        (
+            "<!-- citadel-gateway-bench --no-rt: begin -->",
+            "<!-- citadel-gateway-bench --no-rt: end -->",
+        )
+    }
+}
 
 /// Run everything, print the table, write it into BENCHMARKS.md.
 pub fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let scheduling = if args.iter().any(|a| a == "--no-rt") {
-        "normal scheduling (--no-rt)".to_string()
+    let (rt, scheduling) = if args.iter().any(|a| a == "--no-rt") {
+        (
+            false,
+            "normal scheduling (--no-rt), as the units run it (RestrictRealtime=yes)".to_string(),
+        )
     } else {
         match realtime() {
-            Ok(()) => "SCHED_FIFO priority 10 for the bench and every server it starts (inherited)"
-                .to_string(),
-            Err(e) => format!("normal scheduling (SCHED_FIFO refused: {e})"),
+            Ok(()) => (
+                true,
+                "SCHED_FIFO priority 10 for the bench and every server it starts (inherited)"
+                    .to_string(),
+            ),
+            Err(e) => (
+                false,
+                format!("normal scheduling (SCHED_FIFO refused: {e})"),
+            ),
         }
     };
+    let (begin, end) = markers(rt);
     eprintln!("citadel-gateway-bench: {scheduling}");
     let ws = citadel_system_tests::citadel::workspace_root();
     let out = args
@@ -482,7 +520,7 @@ pub fn main() -> Result<(), String> {
                 "citadel-gateway-bench: round {round}/{ROUNDS}: {} ...",
                 p.name
             );
-            s.measure_round(p, per_round(quick))
+            s.measure_round(p, per_round(quick, p.slow))
                 .map_err(|e| format!("{}: {e}", p.name))?;
         }
     }
@@ -520,20 +558,31 @@ pub fn main() -> Result<(), String> {
         g.c1.0 <= n.c1.0 && g.c1.1 <= n.c1.1 && g.c64.0 <= n.c64.0 && g.c64.1 <= n.c64.1;
     let tput = ratio(g.rps, l.rps);
     let cores_commit = format!("{} cores, commit {}", machine.cores, machine.commit);
+    let flags = [
+        ("--quick", quick),
+        ("--no-rt", !rt && args.iter().any(|a| a == "--no-rt")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .fold(String::new(), |acc, (f, _)| acc + " " + f);
     let mut md = format!(
-        "{BEGIN}\n## citadel-gateway vs nginx vs LiteLLM (issue 15)\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests, c=64: 64 clients; stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
-        if quick { " --quick" } else { "" },
+        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        if rt { "SCHED_FIFO" } else { "normal scheduling" },
+        flags,
         machine.cpu,
         cores_commit,
         machine.date,
         load_before,
         load_after,
-        if quick { 100 } else { 400 },
+        per_run(quick, false).0,
+        per_run(quick, true).0,
+        per_run(quick, false).1,
+        per_run(quick, true).1,
         version(&[NGINX, "-v"]),
         version(&[&format!("{LITELLM_VENV}/bin/pip"), "show", "litellm"]),
     );
     md.push_str(&format!(
-        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. CPU per request: gateway / nginx {:.2}. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured in the same interleaved rounds, and the ratios are what to compare.\n{END}\n",
+        "Ratios: gateway / nginx latency c=1 p50 {:.2}, p99 {:.2}; c=64 p50 {:.2}, p99 {:.2} (added latency: gateway {:+.2} / {:+.2} ms, nginx {:+.2} / {:+.2} ms at c=1). Throughput: gateway / nginx {:.2}, gateway / LiteLLM **{:.1}x**. CPU per request: gateway / nginx {:.2}. Goal \"no slower than nginx at p50 and p99\": **{}**; goal \"at least 10x LiteLLM's throughput\": **{}**.\n\ncitadel-gateway RSS: {} KiB idle, {} KiB with 1,000 idle keep-alive clients ({:.1} KiB per connection).\n\nThe machine is shared (2 cores, other builds running: see the load average), so the absolute figures move between runs; the paths are measured in the same interleaved rounds, and the ratios are what to compare.\n{end}\n",
         ratio(g.c1.0, n.c1.0),
         ratio(g.c1.1, n.c1.1),
         ratio(g.c64.0, n.c64.0),
@@ -553,15 +602,21 @@ pub fn main() -> Result<(), String> {
     ));
     println!("{md}");
     let old = std::fs::read_to_string(&out).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{}{}", &old[..a], md.trim_end(), &old[b + END.len()..])
-        }
-        _ => format!("{}\n{md}", old.trim_end()),
-    };
+    let new = splice(&old, &md, begin, end);
     std::fs::write(&out, new).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!("citadel-gateway-bench: wrote {}", out.display());
     Ok(())
+}
+
+/// `doc` with its block between `begin` and `end` replaced by `block` (which carries both
+/// markers), or `block` appended when there is none.
+fn splice(doc: &str, block: &str, begin: &str, end: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{}{}", &doc[..a], block.trim_end(), &doc[b + end.len()..])
+        }
+        _ => format!("{}\n{block}", doc.trim_end()),
+    }
 }
 
 fn version(argv: &[&str]) -> String {
@@ -583,5 +638,31 @@ fn version(argv: &[&str]) -> String {
                 .to_string()
         }
         Err(_) => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_scheduling_keeps_its_own_block() {
+        let (fb, fe) = markers(true);
+        let (nb, ne) = markers(false);
+        let doc = format!("# B\n{fb}\nfifo 1\n{fe}\ntail\n");
+        let doc = splice(&doc, &format!("{nb}\nnormal 1\n{ne}\n"), nb, ne);
+        assert!(doc.contains("fifo 1") && doc.contains("normal 1"), "{doc}");
+        let doc = splice(&doc, &format!("{fb}\nfifo 2\n{fe}\n"), fb, fe);
+        assert!(!doc.contains("fifo 1") && doc.contains("fifo 2") && doc.contains("normal 1"));
+        assert!(doc.contains("tail"), "{doc}");
+    }
+
+    #[test]
+    fn a_slow_path_gets_fewer_samples_and_every_round_some() {
+        assert!(per_run(false, false).0 > per_run(false, true).0);
+        for (q, s) in [(true, true), (true, false), (false, true), (false, false)] {
+            let (a, b, c) = per_round(q, s);
+            assert!(a > 0 && b > 0 && c > 0);
+        }
     }
 }
