@@ -42,7 +42,8 @@ impl UpstreamError {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
+    /// model -> status -> count (a model's name is allocated once, not per request).
+    requests: BTreeMap<String, BTreeMap<u16, u64>>,
     latency: BTreeMap<String, Hist>,
     upstream: BTreeMap<(String, UpstreamError), u64>,
 }
@@ -64,8 +65,17 @@ impl Metrics {
     pub fn request(&self, model: &str, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
         let mut g = self.inner.lock().expect("not poisoned");
-        *g.requests.entry((model.to_string(), status)).or_default() += 1;
-        let h = g.latency.entry(model.to_string()).or_default();
+        match g.requests.get_mut(model) {
+            Some(m) => *m.entry(status).or_default() += 1,
+            None => {
+                g.requests
+                    .insert(model.to_string(), BTreeMap::from([(status, 1)]));
+            }
+        }
+        if !g.latency.contains_key(model) {
+            g.latency.insert(model.to_string(), Hist::default());
+        }
+        let h = g.latency.get_mut(model).expect("just made");
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
@@ -85,12 +95,14 @@ impl Metrics {
         let g = self.inner.lock().expect("not poisoned");
         let mut o = String::new();
         o.push_str("# HELP citadel_gateway_requests_total Requests answered, by model and HTTP status.\n# TYPE citadel_gateway_requests_total counter\n");
-        for ((m, s), n) in &g.requests {
-            let _ = writeln!(
-                o,
-                "citadel_gateway_requests_total{{model=\"{}\",code=\"{s}\"}} {n}",
-                esc(m)
-            );
+        for (m, by_status) in &g.requests {
+            let m = esc(m);
+            for (s, n) in by_status {
+                let _ = writeln!(
+                    o,
+                    "citadel_gateway_requests_total{{model=\"{m}\",code=\"{s}\"}} {n}"
+                );
+            }
         }
         o.push_str("# HELP citadel_gateway_request_duration_seconds Time from request to the end of the response body.\n# TYPE citadel_gateway_request_duration_seconds histogram\n");
         for (m, h) in &g.latency {

@@ -88,7 +88,7 @@ struct Done {
     model: String,
     status: u16,
     method: Method,
-    path: String,
+    uri: Uri,
     start: Instant,
     _slot: Option<Slot>,
 }
@@ -96,19 +96,30 @@ struct Done {
 impl Finish for Done {
     fn finish(&mut self, bytes: u64, complete: bool) {
         let took = self.start.elapsed();
-        self.state.metrics.request(&self.model, self.status, took);
+        self.state
+            .metrics
+            .request(or_dash(&self.model), self.status, took);
         if self.log {
             log::info!(
                 "access: key={} model={} status={} duration_ms={} bytes={bytes}{} \"{} {}\"",
-                self.key,
-                self.model,
+                or_dash(&self.key),
+                or_dash(&self.model),
                 self.status,
                 took.as_millis(),
                 if complete { "" } else { " incomplete" },
                 self.method,
-                self.path.escape_debug(),
+                self.uri.path().escape_debug(),
             );
         }
+    }
+}
+
+/// `-` for a key or model not known (yet): what the log and the metrics label say then.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
     }
 }
 
@@ -116,10 +127,13 @@ struct Ctx {
     state: Arc<State>,
     up: Arc<Upstream>,
     snap: Arc<Snapshot>,
+    /// The client key's name; empty without keys.
     key: String,
+    /// The model's config name once routed; empty before.
     model: String,
     method: Method,
-    path: String,
+    /// The request's (a cheap clone: its parts are shared).
+    uri: Uri,
     start: Instant,
 }
 
@@ -132,7 +146,7 @@ impl Ctx {
             model: self.model,
             status: r.status().as_u16(),
             method: self.method,
-            path: self.path,
+            uri: self.uri,
             start: self.start,
             _slot: slot,
         };
@@ -153,19 +167,20 @@ pub async fn handle(
         state,
         up,
         snap,
-        key: "-".into(),
-        model: "-".into(),
+        key: String::new(),
+        model: String::new(),
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        uri: req.uri().clone(),
         start: Instant::now(),
     };
     Ok(route(ctx, req).await)
 }
 
 async fn route(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
-    let path = ctx.path.clone();
+    let uri = ctx.uri.clone();
+    let path = uri.path();
     let get = req.method() == Method::GET;
-    match path.as_str() {
+    match path {
         "/health" if get => return ctx.end(reply::json_doc(200, &json!({"status": "ok"})), None),
         "/metrics" if get => {
             let t = ctx.state.metrics.render(&ctx.snap.routes);
