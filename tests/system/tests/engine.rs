@@ -172,12 +172,16 @@ const STREAMS: usize = 8;
 /// waiting): a stream whose request reaches vLLM after the SIGTERM of a restart is refused with
 /// 500 "cannot schedule new futures after shutdown", which is vLLM's answer to a request that
 /// came late, not a drained stream being cut (CI saw this when only the first of the eight had
-/// been seen running).
+/// been seen running). `need`: how many of them one poll must see (all of them for scenario 3's
+/// drain; at least one for a benchmark stop, which reports how many it saw). Returns the streams
+/// and the most seen at once.
 fn streams_in_flight(
     c: &Citadel,
     port: u16,
     model: &str,
-) -> Vec<std::thread::JoinHandle<(String, Instant)>> {
+    need: usize,
+) -> (Vec<std::thread::JoinHandle<(String, Instant)>>, usize) {
+    let mut most = 0usize;
     for _ in 0..5 {
         let hs: Vec<_> = (0..STREAMS)
             .map(|_| stream(c, port, model, STREAM_TOKENS))
@@ -187,7 +191,9 @@ fn streams_in_flight(
             let text = metrics_text(c, port)?;
             let running = metric_in(&text, "vllm:num_requests_running", model)?;
             let waiting = metric_in(&text, "vllm:num_requests_waiting", model)?;
-            if running + waiting >= STREAMS as f64 {
+            let now = (running + waiting) as usize;
+            most = most.max(now);
+            if now >= need {
                 Some(true)
             } else if hs.iter().all(|h| h.is_finished()) {
                 Some(false)
@@ -196,14 +202,14 @@ fn streams_in_flight(
             }
         });
         if seen == Some(true) {
-            return hs;
+            return (hs, most);
         }
         for h in hs {
             let _ = h.join();
         }
     }
     panic!(
-        "never saw all {STREAMS} streams in {model}'s engine at once in five rounds\n{}",
+        "never saw {need} of {STREAMS} streams in {model}'s engine at once in five rounds (at most {most})\n{}",
         c.journal_tail(40)
     )
 }
@@ -555,7 +561,7 @@ fn s3_drain_on_restart(c: &Citadel) -> f64 {
     let (log0, total, drained, last_end) = loop {
         attempt += 1;
         let log0 = c.unit_log(&unit).lines().count();
-        let hs = streams_in_flight(c, A, "a");
+        let (hs, _) = streams_in_flight(c, A, "a", STREAMS);
         let t0 = Instant::now();
         let o = c.citadel_service(&["restart", "a"], LOAD);
         let total = t0.elapsed().as_secs_f64();
@@ -731,7 +737,10 @@ fn s5_api_server_killed(c: &Citadel) {
 fn stop_with_clients(c: &Citadel, name: &str, port: u16, label: &str) -> f64 {
     let unit = model_unit(name);
     let log0 = c.unit_log(&unit).lines().count();
-    let hs = streams_in_flight(c, port, name);
+    // A benchmark figure, not an assertion of the drain (scenario 3's): it goes on with as many
+    // streams as one poll saw in the engine (CI once saw fewer than all eight in five rounds
+    // here, the streams of a freshly restarted engine ending between two polls of the box).
+    let (hs, seen) = streams_in_flight(c, port, name, 1);
     let t0 = Instant::now();
     let o = c.sb.exec_t(&["systemctl", "stop", &unit], LOAD);
     let took = t0.elapsed().as_secs_f64();
@@ -754,7 +763,7 @@ fn stop_with_clients(c: &Citadel, name: &str, port: u16, label: &str) -> f64 {
     say(
         "bench",
         &format!(
-            "stop of {name} with {STREAMS} clients streaming, {label}: {took:.1} s; the streams ended: {}; process group SIGKILLed: {killed}",
+            "stop of {name} with {STREAMS} clients streaming ({seen} seen in the engine at once), {label}: {took:.1} s; the streams ended: {}; process group SIGKILLed: {killed}",
             ends.join(", ")
         ),
     );
