@@ -114,6 +114,16 @@ fn metric_in(body: &str, name: &str, model: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The largest value of gauge `name` for `model` over all its lines: after a SIGKILL of the API
+/// server (scenario 5) vLLM's /metrics can carry more than one line per gauge and model.
+fn gauge_max_in(body: &str, name: &str, model: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.contains(&format!("model_name=\"{model}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
 fn complete(c: &Citadel, port: u16, model: &str, tokens: u32) -> (u16, String) {
     let body = format!(
         r#"{{"model":"{model}","prompt":"hello world","max_tokens":{tokens},"ignore_eos":true}}"#
@@ -182,18 +192,28 @@ fn streams_in_flight(
     need: usize,
 ) -> (Vec<std::thread::JoinHandle<(String, Instant)>>, usize) {
     let mut most = 0usize;
+    let mut last = String::new();
     for _ in 0..5 {
+        let started = Instant::now();
         let hs: Vec<_> = (0..STREAMS)
             .map(|_| stream(c, port, model, STREAM_TOKENS))
             .collect();
         let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
             // One /metrics read for both gauges: each read is a process in the box.
             let text = metrics_text(c, port)?;
-            let running = metric_in(&text, "vllm:num_requests_running", model)?;
-            let waiting = metric_in(&text, "vllm:num_requests_waiting", model)?;
-            let now = (running + waiting) as usize;
+            let running = gauge_max_in(&text, "vllm:num_requests_running", model);
+            let waiting = gauge_max_in(&text, "vllm:num_requests_waiting", model);
+            last = text
+                .lines()
+                .filter(|l| l.starts_with("vllm:num_requests_"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let now = (running.unwrap_or(0.0) + waiting.unwrap_or(0.0)) as usize;
             most = most.max(now);
-            if now >= need {
+            let running_here = started.elapsed() >= SEC * 2 && !hs.iter().any(|h| h.is_finished());
+            if now >= need || (need == 1 && running_here) {
+                // A benchmark stop also goes on when no stream has ended after 2 s (they are
+                // in flight, whatever the gauges say).
                 Some(true)
             } else if hs.iter().all(|h| h.is_finished()) {
                 Some(false)
@@ -209,7 +229,7 @@ fn streams_in_flight(
         }
     }
     panic!(
-        "never saw {need} of {STREAMS} streams in {model}'s engine at once in five rounds (at most {most})\n{}",
+        "never saw {need} of {STREAMS} streams in {model}'s engine at once in five rounds (at most {most}); its last gauges:\n{last}\n{}",
         c.journal_tail(40)
     )
 }
