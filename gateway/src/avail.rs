@@ -6,6 +6,10 @@
 //! - the gateway's own passive view: a refused connection marks the engine down at once, for
 //!   [`DOWN_HOLD`], after which one request may try again.
 //!
+//! Both are re-read every half second and on SIGHUP ([`Availability::reread`]): a rollout
+//! removes its record once the monitor says the main instance serves, then reloads the
+//! gateway, which must then have that word too, not the one of half a second ago.
+//!
 //! A state file older than [`stale_after`] is ignored (the monitor is not running): then only
 //! the passive view counts.
 //!
@@ -62,6 +66,9 @@ pub struct Availability {
     /// `runtime_dir`, when the rollout records are followed.
     runtime_dir: Option<PathBuf>,
     rollouts: RwLock<Arc<HashMap<String, Record>>>,
+    /// Held by [`Availability::reread`]: two re-reads at once (the follow task's and a
+    /// SIGHUP's) could otherwise store the older view last.
+    rereading: Mutex<()>,
 }
 
 fn now_unix() -> u64 {
@@ -125,6 +132,7 @@ impl Availability {
             down: Mutex::new(HashMap::new()),
             runtime_dir: None,
             rollouts: RwLock::new(Arc::new(HashMap::new())),
+            rereading: Mutex::new(()),
         };
         a.refresh();
         a
@@ -135,6 +143,13 @@ impl Availability {
         self.runtime_dir = Some(runtime_dir.to_path_buf());
         self.refresh_rollouts();
         self
+    }
+
+    /// Re-read the state file (if it changed) and the rollout records, one re-read at a time.
+    pub fn reread(&self) {
+        let _one = self.rereading.lock().expect("not poisoned");
+        self.refresh();
+        self.refresh_rollouts();
     }
 
     /// Re-read the rollout records (a directory listing; no records: nothing else).
@@ -252,19 +267,41 @@ impl Availability {
         loop {
             tick.tick().await;
             let me = Arc::clone(&self);
-            let _ = tokio::task::spawn_blocking(move || {
-                me.refresh();
-                me.refresh_rollouts();
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || me.reread()).await;
         }
+    }
+}
+
+/// A fresh monitor state file's contents with one model `name` in `state`.
+#[cfg(test)]
+pub(crate) fn one_model(name: &str, state: ModelState, reason: Option<&str>) -> HealthState {
+    use citadel_common::health::{ModelHealth, SCHEMA};
+    HealthState {
+        schema: SCHEMA,
+        updated_unix: now_unix(),
+        sweep_ms: 1,
+        models: vec![ModelHealth {
+            name: name.into(),
+            unit: format!("citadel-model@{name}.service"),
+            port: 1,
+            state,
+            unit_state: Some("activating".into()),
+            main_pid: 0,
+            systemd_restarts: 0,
+            monitor_restarts: 1,
+            consecutive_failures: 3,
+            latency_ms: None,
+            reason: reason.map(str::to_string),
+            since_unix: 0,
+        }],
+        quarantined_gpus: vec![],
+        gpus: vec![],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citadel_common::health::{ModelHealth, SCHEMA};
 
     fn word(state: ModelState, reason: Option<&str>) -> Word {
         Word {
@@ -302,27 +339,7 @@ mod tests {
         let p = d.path().join("health.json");
         let a = Availability::new(&p, 10);
         assert!(a.check("m").is_ok(), "no file: passive view only");
-        let mut st = HealthState {
-            schema: SCHEMA,
-            updated_unix: now_unix(),
-            sweep_ms: 1,
-            models: vec![ModelHealth {
-                name: "m".into(),
-                unit: "citadel-model@m.service".into(),
-                port: 1,
-                state: ModelState::Restarting,
-                unit_state: Some("activating".into()),
-                main_pid: 0,
-                systemd_restarts: 0,
-                monitor_restarts: 1,
-                consecutive_failures: 3,
-                latency_ms: None,
-                reason: Some("hung".into()),
-                since_unix: 0,
-            }],
-            quarantined_gpus: vec![],
-            gpus: vec![],
-        };
+        let mut st = one_model("m", ModelState::Restarting, Some("hung"));
         st.write(&p).unwrap();
         a.refresh();
         assert_eq!(a.check("m").unwrap_err().reason, "restarting: hung");

@@ -5,7 +5,10 @@
 //! to their end, with its own connections to the engines ([`Upstream`]). A new connection goes
 //! to the worker with the fewest open; a request never crosses threads, so no request pays for
 //! waking another thread. SIGTERM: stop accepting, let in-flight requests finish for at most
-//! `gateway.drain_secs`, exit 0.
+//! `gateway.drain_secs`, exit 0. A connection that has not sent its first request when the
+//! drain begins gets [`FIRST_REQUEST_GRACE`] to send it, and it is answered: its client has
+//! just connected and is sending, and closing it then would fail that request with an empty
+//! reply (hyper's own graceful shutdown closes every connection it has read nothing from).
 
 use crate::avail::Availability;
 use crate::proxy::{self, State};
@@ -14,22 +17,25 @@ use citadel_common::config::Config;
 use citadel_common::{notify, Exit, Failure};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// A keep-alive connection with no new request for this long is closed.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 /// How often the monitor's state file is checked for changes.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// While draining, how long a connection that has sent no request yet may take to send its
+/// first one (within the drain deadline). Connections that have served a request and wait
+/// for the next are closed at once, as every HTTP server does.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// Worker threads: one per CPU this process may run on (its affinity and cgroup quota).
 pub fn workers() -> usize {
@@ -58,6 +64,8 @@ struct Open {
     state: Arc<State>,
     worker: Arc<AtomicUsize>,
     _permit: OwnedSemaphorePermit,
+    /// The worker's drain waits until every connection has dropped its sender.
+    _open: mpsc::Sender<()>,
 }
 
 impl Drop for Open {
@@ -69,6 +77,61 @@ impl Drop for Open {
         self.worker.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Whether a connection has begun its first request (hyper has read its head).
+#[derive(Default)]
+struct First {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl First {
+    /// Called for every request: one relaxed load once the first has been seen.
+    fn saw(&self) {
+        if !self.seen.load(Ordering::Relaxed) {
+            self.seen.store(true, Ordering::Relaxed);
+            // Stores a permit when nobody waits yet: a drain that looks later sees it.
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Serve one connection to its end, or, once the drain begins (its deadline in `drain`),
+/// finish the request in progress, or the first one if none came yet (for at most
+/// [`FIRST_REQUEST_GRACE`]), and close.
+async fn serve_one<I, S>(
+    conn: http1::Connection<I, S>,
+    first: Arc<First>,
+    mut drain: watch::Receiver<Option<Instant>>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<BoxError>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    tokio::pin!(conn);
+    let deadline = tokio::select! {
+        _ = conn.as_mut() => return,
+        d = drain.wait_for(Option::is_some) => match d.map(|d| *d) {
+            Ok(Some(d)) => d,
+            // The worker is gone (its runtime with it): nothing left to serve for.
+            _ => return,
+        },
+    };
+    if !first.seen.load(Ordering::Relaxed) {
+        let until = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = first.notify.notified() => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn runtime() -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -86,7 +149,8 @@ fn work(
     rt.block_on(async move {
         let up = Arc::new(Upstream::default());
         tokio::spawn(Arc::clone(&up).prune_forever());
-        let graceful = GracefulShutdown::new();
+        let (drain_tx, drain_rx) = watch::channel(None);
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(true)
@@ -106,14 +170,18 @@ fn work(
                         state: Arc::clone(&state),
                         worker: Arc::clone(&open),
                         _permit: permit,
+                        _open: open_tx.clone(),
                     };
-                    let (st, up) = (Arc::clone(&state), Arc::clone(&up));
+                    let first = Arc::new(First::default());
+                    let (st, up, fi) = (Arc::clone(&state), Arc::clone(&up), Arc::clone(&first));
                     let svc = hyper::service::service_fn(move |req| {
+                        fi.saw();
                         proxy::handle(Arc::clone(&st), Arc::clone(&up), req)
                     });
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let drain = drain_rx.clone();
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        serve_one(conn, first, drain).await;
                         drop(guard);
                     });
                 }
@@ -122,7 +190,10 @@ fn work(
                 None => break Instant::now(),
             }
         };
-        tokio::time::timeout_at(deadline, graceful.shutdown())
+        let _ = drain_tx.send(Some(deadline));
+        drop((open_tx, drain_rx));
+        // `None` once every connection has dropped its `Open`.
+        tokio::time::timeout_at(deadline, open_rx.recv())
             .await
             .is_ok()
     })
@@ -250,10 +321,12 @@ async fn accept(
 }
 
 /// SIGHUP: a valid new config replaces routes, keys and limits at once; an invalid one is
-/// reported and the running one kept. The rollout records are re-read first either way.
+/// reported and the running one kept. The monitor's state file and the rollout records are
+/// re-read first either way.
 fn reload(path: &Path, old: Config, state: &State) -> Config {
-    // A rollout's switch is a reload: when `systemctl reload` returns, the new route is in.
-    state.avail.refresh_rollouts();
+    // A rollout's switch is a reload: once the SIGHUP is handled the new route is in, with the
+    // monitor's newest word on the instance it goes back to.
+    state.avail.reread();
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -284,5 +357,83 @@ fn reload(path: &Path, old: Config, state: &State) -> Config {
             log::error!("reload refused, keeping the running config: {f}");
             old
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avail::one_model;
+    use citadel_common::health::ModelState;
+    use citadel_common::rollout::{Phase, Record};
+
+    /// A rollout removes its record once the monitor says the main instance serves, then sends
+    /// SIGHUP: from then on the gateway must route to the main instance with the monitor's
+    /// newest word on it, not the "restarting" it held before (the follow task re-reads only
+    /// every half second).
+    #[test]
+    fn a_reload_rereads_the_monitor_and_the_rollout_records() {
+        let d = tempfile::tempdir().unwrap();
+        let runtime = d.path().join("run");
+        let state_file = d.path().join("health.json");
+        let config = d.path().join("citadel.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[paths]
+runtime_dir = "{}"
+[gpu]
+required = false
+[monitor]
+state_file = "{}"
+[models.m]
+path = "m"
+port = 11400
+gpus = [0]
+gpu_memory_utilization = 0.4
+"#,
+                runtime.display(),
+                state_file.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(&config).unwrap();
+        one_model("m", ModelState::Restarting, Some("replacing"))
+            .write(&state_file)
+            .unwrap();
+        let avail = Arc::new(
+            Availability::new(&state_file, cfg.monitor.interval_secs).with_rollouts(&runtime),
+        );
+        let state = State::new(crate::snapshot(&cfg, None).unwrap(), Arc::clone(&avail));
+        let mut r = Record {
+            schema: citadel_common::rollout::SCHEMA,
+            name: "m".into(),
+            phase: Phase::Switched,
+            path: "m2".into(),
+            resolved_path: "/models/m2".into(),
+            surge_port: Some(11450),
+            started_unix: 0,
+        };
+        r.write(&runtime).unwrap();
+        let cfg = reload(&config, cfg, &state);
+        assert_eq!(
+            avail.route("m"),
+            Ok(Some(11450)),
+            "switched: the surge serves"
+        );
+
+        r.phase = Phase::Restoring;
+        r.write(&runtime).unwrap();
+        one_model("m", ModelState::Healthy, None)
+            .write(&state_file)
+            .unwrap();
+        Record::remove(&runtime, "m").unwrap();
+        reload(&config, cfg, &state);
+        assert_eq!(avail.route("m"), Ok(None), "the main instance serves");
+        assert!(
+            avail.check("m").is_ok(),
+            "the monitor's newest word: healthy"
+        );
     }
 }

@@ -382,6 +382,54 @@ fn sigterm_finishes_the_stream_in_flight_then_exits_0() {
 }
 
 #[test]
+fn sigterm_answers_a_connection_whose_request_comes_after_it_and_closes_a_silent_one() {
+    let e = start_engine("f", &[], &[]);
+    // A long drain: the silent connection must not hold the exit until its deadline.
+    let mut g = Gateway::start("drain_secs = 120", &model_toml("f", e.port, ""));
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let (mut late, mut silent) = (connect(), connect());
+    // Both accepted: the metrics request's own connection is the third.
+    eventually(Duration::from_secs(10), "both connections accepted", || {
+        g.metric("citadel_gateway_connections", "") >= 3.0
+    });
+    signal(&g.child, nix::sys::signal::Signal::SIGTERM);
+    eventually(Duration::from_secs(10), "the drain began", || {
+        g.stderr().contains("draining")
+    });
+    // The client that had just connected sends its request now: it is answered, not closed.
+    let body = chat("f");
+    write!(
+        late,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+    // The one that never sends is closed once its grace is over, and the gateway exits.
+    let mut rest = Vec::new();
+    assert_eq!(silent.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    let t0 = Instant::now();
+    let status = g.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", g.stderr());
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "held until the drain deadline: {}",
+        g.stderr()
+    );
+    assert!(g.stderr().contains("drained, exiting"), "{}", g.stderr());
+}
+
+#[test]
 fn sighup_reloads_routes_and_keeps_running_on_a_bad_config() {
     let e = start_engine("r", &[], &[]);
     let g = Gateway::start("", &model_toml("r", e.port, ""));
