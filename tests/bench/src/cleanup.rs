@@ -39,13 +39,19 @@ pub fn remove_box(name: &str) {
     reg().boxes.retain(|b| b != name);
 }
 
-/// Kill every registered process (SIGKILL) and tear down every registered box.
+/// SIGKILL the process group `pid` leads (every process the bench starts leads one).
+pub fn kill_group(pid: i32) {
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+}
+
+/// Kill every registered process with its group (SIGKILL) and tear down every registered box.
 pub fn all() {
     let (pids, boxes) = {
         let mut r = reg();
         (std::mem::take(&mut r.pids), std::mem::take(&mut r.boxes))
     };
     for p in pids {
+        kill_group(p);
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
     }

@@ -11,14 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed (SIGKILL) and reaped on drop, and registered for cleanup meanwhile.
+/// A child process in a process group of its own, the whole group killed (SIGKILL) on drop
+/// and the child reaped, registered for cleanup meanwhile. The group matters: nginx's workers
+/// outlive a killed master (they were left behind, listening, after every bench run).
 pub struct Guarded {
     pub child: Child,
 }
 
 impl Guarded {
     pub fn spawn(mut cmd: Command) -> Result<Guarded, String> {
-        cmd.stdin(Stdio::null())
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0)
+            .stdin(Stdio::null())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG");
@@ -50,6 +54,7 @@ impl Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
+        cleanup::kill_group(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
         cleanup::remove_pid(self.child.id() as i32);
@@ -327,6 +332,49 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(monotonic_us() >= a + 5000);
         assert!(clk_tck() >= 1.0);
+    }
+
+    /// The state letter of `pid`, None once it is gone.
+    fn state_of(pid: i32) -> Option<char> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .chars()
+            .next()
+    }
+
+    #[test]
+    fn dropping_a_guard_kills_the_childs_children_too() {
+        // A parent that leaves a child behind when it is killed, as nginx's master does.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "/bin/sleep 60 & wait"]);
+        let g = Guarded::spawn(cmd).unwrap();
+        let parent = g.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleeper = loop {
+            let found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+                let p: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                (parse_stat_ppid(&stat) == Some(parent)).then_some(p)
+            });
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "sh never started its sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(g);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(state_of(sleeper), None | Some('Z')) {
+            assert!(
+                Instant::now() < deadline,
+                "pid {sleeper} ({:?}) outlived its killed parent",
+                state_of(sleeper)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
