@@ -226,12 +226,13 @@ fn streams_in_flight(
             };
             first_tokens = first_tokens.max(firsts);
             let running_here = started.elapsed() >= SEC * 2 && !hs.iter().any(|h| h.is_finished());
-            if now >= need || firsts >= need || (need == 1 && running_here) {
+            if hs.iter().all(|h| h.is_finished()) {
+                // Seen or not, none is left to stop with: another round.
+                Some(false)
+            } else if now >= need || firsts >= need || (need == 1 && running_here) {
                 // A benchmark stop also goes on when no stream has ended after 2 s (they are
                 // in flight, whatever the gauges say).
                 Some(true)
-            } else if hs.iter().all(|h| h.is_finished()) {
-                Some(false)
             } else {
                 None
             }
