@@ -141,6 +141,47 @@ impl HealthState {
     }
 }
 
+/// State-file fixtures for tests, this crate's and the other crates' (the `testing` feature;
+/// never in a shipped binary): the one way a test builds a [`ModelHealth`] or a [`HealthState`];
+/// a test that needs other values sets them with struct update syntax.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{HealthState, ModelHealth, ModelState, SCHEMA};
+
+    /// Model `name` in `state`: unit `citadel-model@NAME.service`, port 11400, everything else
+    /// zero or unknown.
+    pub fn model(name: &str, state: ModelState) -> ModelHealth {
+        ModelHealth {
+            name: name.into(),
+            unit: format!("citadel-model@{name}.service"),
+            port: 11400,
+            state,
+            unit_state: None,
+            main_pid: 0,
+            systemd_restarts: 0,
+            monitor_restarts: 0,
+            consecutive_failures: 0,
+            latency_ms: None,
+            reason: None,
+            since_unix: 0,
+        }
+    }
+
+    /// A state file of `models`, written now (fresh), no GPU readings.
+    pub fn state(models: Vec<ModelHealth>) -> HealthState {
+        HealthState {
+            schema: SCHEMA,
+            updated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            sweep_ms: 1,
+            models,
+            quarantined_gpus: vec![],
+            gpus: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,25 +192,16 @@ mod tests {
         let p = d.path().join("health.json");
         assert_eq!(HealthState::read(&p).unwrap(), None);
         let s = HealthState {
-            schema: SCHEMA,
             updated_unix: 1,
             sweep_ms: 2,
-            models: vec![ModelHealth {
-                name: "phi3".into(),
-                unit: "citadel-model@phi3.service".into(),
+            ..testing::state(vec![ModelHealth {
                 port: 11403,
-                state: ModelState::Starting,
                 unit_state: Some("activating".into()),
                 main_pid: 7,
-                systemd_restarts: 0,
-                monitor_restarts: 0,
-                consecutive_failures: 0,
-                latency_ms: None,
                 reason: Some("loading".into()),
                 since_unix: 1,
-            }],
-            quarantined_gpus: vec![],
-            gpus: vec![],
+                ..testing::model("phi3", ModelState::Starting)
+            }])
         };
         s.write(&p).unwrap();
         assert_eq!(HealthState::read(&p).unwrap().as_ref(), Some(&s));

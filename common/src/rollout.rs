@@ -338,5 +338,25 @@ fn string_token(s: &str) -> Option<usize> {
     }
 }
 
+/// Record fixtures for tests (the `testing` feature; never in a shipped binary).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{Phase, Record, SCHEMA};
+
+    /// The rollout of model `name` to path `NAME2` (`/models/NAME2`) in `phase`, on
+    /// `surge_port`.
+    pub fn record(name: &str, phase: Phase, surge_port: Option<u16>) -> Record {
+        Record {
+            schema: SCHEMA,
+            name: name.into(),
+            phase,
+            path: format!("{name}2").into(),
+            resolved_path: format!("/models/{name}2").into(),
+            surge_port,
+            started_unix: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -272,36 +272,10 @@ impl Availability {
     }
 }
 
-/// A fresh monitor state file's contents with one model `name` in `state`.
-#[cfg(test)]
-pub(crate) fn one_model(name: &str, state: ModelState, reason: Option<&str>) -> HealthState {
-    use citadel_common::health::{ModelHealth, SCHEMA};
-    HealthState {
-        schema: SCHEMA,
-        updated_unix: now_unix(),
-        sweep_ms: 1,
-        models: vec![ModelHealth {
-            name: name.into(),
-            unit: format!("citadel-model@{name}.service"),
-            port: 1,
-            state,
-            unit_state: Some("activating".into()),
-            main_pid: 0,
-            systemd_restarts: 0,
-            monitor_restarts: 1,
-            consecutive_failures: 3,
-            latency_ms: None,
-            reason: reason.map(str::to_string),
-            since_unix: 0,
-        }],
-        quarantined_gpus: vec![],
-        gpus: vec![],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use citadel_common::health::{testing, ModelHealth};
 
     fn word(state: ModelState, reason: Option<&str>) -> Word {
         Word {
@@ -339,7 +313,10 @@ mod tests {
         let p = d.path().join("health.json");
         let a = Availability::new(&p, 10);
         assert!(a.check("m").is_ok(), "no file: passive view only");
-        let mut st = one_model("m", ModelState::Restarting, Some("hung"));
+        let mut st = testing::state(vec![ModelHealth {
+            reason: Some("hung".into()),
+            ..testing::model("m", ModelState::Restarting)
+        }]);
         st.write(&p).unwrap();
         a.refresh();
         assert_eq!(a.check("m").unwrap_err().reason, "restarting: hung");
@@ -359,15 +336,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = Availability::new(&d.path().join("health.json"), 10).with_rollouts(d.path());
         assert_eq!(a.route("m"), Ok(None));
-        let mut r = Record {
-            schema: citadel_common::rollout::SCHEMA,
-            name: "m".into(),
-            phase: Phase::SurgeStarting,
-            path: "m2".into(),
-            resolved_path: "/models/m2".into(),
-            surge_port: Some(11450),
-            started_unix: 0,
-        };
+        let mut r =
+            citadel_common::rollout::testing::record("m", Phase::SurgeStarting, Some(11450));
         r.write(d.path()).unwrap();
         a.refresh_rollouts();
         assert_eq!(a.route("m"), Ok(None), "surge starting: the old one serves");

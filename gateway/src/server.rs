@@ -363,9 +363,8 @@ fn reload(path: &Path, old: Config, state: &State) -> Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::avail::one_model;
-    use citadel_common::health::ModelState;
-    use citadel_common::rollout::{Phase, Record};
+    use citadel_common::health::{testing, ModelHealth, ModelState};
+    use citadel_common::rollout::{testing::record, Phase, Record};
 
     /// A rollout removes its record once the monitor says the main instance serves, then sends
     /// SIGHUP: from then on the gateway must route to the main instance with the monitor's
@@ -399,22 +398,17 @@ gpu_memory_utilization = 0.4
         )
         .unwrap();
         let cfg = Config::load(&config).unwrap();
-        one_model("m", ModelState::Restarting, Some("replacing"))
-            .write(&state_file)
-            .unwrap();
+        testing::state(vec![ModelHealth {
+            reason: Some("replacing".into()),
+            ..testing::model("m", ModelState::Restarting)
+        }])
+        .write(&state_file)
+        .unwrap();
         let avail = Arc::new(
             Availability::new(&state_file, cfg.monitor.interval_secs).with_rollouts(&runtime),
         );
         let state = State::new(crate::snapshot(&cfg, None).unwrap(), Arc::clone(&avail));
-        let mut r = Record {
-            schema: citadel_common::rollout::SCHEMA,
-            name: "m".into(),
-            phase: Phase::Switched,
-            path: "m2".into(),
-            resolved_path: "/models/m2".into(),
-            surge_port: Some(11450),
-            started_unix: 0,
-        };
+        let mut r = record("m", Phase::Switched, Some(11450));
         r.write(&runtime).unwrap();
         let cfg = reload(&config, cfg, &state);
         assert_eq!(
@@ -425,7 +419,7 @@ gpu_memory_utilization = 0.4
 
         r.phase = Phase::Restoring;
         r.write(&runtime).unwrap();
-        one_model("m", ModelState::Healthy, None)
+        testing::state(vec![testing::model("m", ModelState::Healthy)])
             .write(&state_file)
             .unwrap();
         Record::remove(&runtime, "m").unwrap();

@@ -507,22 +507,14 @@ fn takes_its_socket_from_systemd_and_refuses_one_that_is_not_gateway_listen() {
 /// asked); replacing: 503 "rolling out" with Retry-After; record gone: the main port again.
 #[test]
 fn a_rollout_record_moves_the_traffic_to_the_surge_port_and_replacing_is_503() {
-    use citadel_common::rollout::{Phase, Record, SCHEMA};
+    use citadel_common::rollout::{testing::record, Phase, Record};
     let old = start_engine("m", &[], &[]);
     let new = start_engine("m", &[], &[]);
     let g = Gateway::start("", &model_toml("m", old.port, ""));
     let runtime = g.dir.path().join("run");
     let served = |e: &Engine| e.metric("vllm:request_success_total", "");
     assert_eq!(g.post("/v1/chat/completions", &chat("m")).0, 200);
-    let mut r = Record {
-        schema: SCHEMA,
-        name: "m".into(),
-        phase: Phase::Switched,
-        path: "m2".into(),
-        resolved_path: "/models/m2".into(),
-        surge_port: Some(new.port),
-        started_unix: 0,
-    };
+    let mut r = record("m", Phase::Switched, Some(new.port));
     r.write(&runtime).unwrap();
     // SIGHUP re-reads the records at once (what citadel-service rollout does: systemctl reload).
     signal(&g.child, nix::sys::signal::Signal::SIGHUP);

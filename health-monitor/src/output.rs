@@ -189,31 +189,23 @@ pub fn write_textfile(path: &Path, s: &HealthState) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citadel_common::health::{GpuHealth, ModelHealth, SCHEMA};
+    use citadel_common::health::{testing, GpuHealth, ModelHealth};
 
     fn model(name: &str, state: ModelState) -> ModelHealth {
         ModelHealth {
-            name: name.into(),
-            unit: format!("citadel-model@{name}.service"),
-            port: 11400,
-            state,
             unit_state: Some("active".into()),
             main_pid: 1,
-            systemd_restarts: 0,
             monitor_restarts: 2,
             consecutive_failures: 1,
             latency_ms: Some(12),
-            reason: None,
-            since_unix: 0,
+            ..testing::model(name, state)
         }
     }
 
     fn state(models: Vec<ModelHealth>) -> HealthState {
         HealthState {
-            schema: SCHEMA,
             updated_unix: 0,
             sweep_ms: 0,
-            models,
             quarantined_gpus: vec![1],
             gpus: vec![GpuHealth {
                 index: 0,
@@ -221,6 +213,7 @@ mod tests {
                 memory_used_bytes: 1024,
                 memory_total_bytes: 2048,
             }],
+            ..testing::state(models)
         }
     }
 

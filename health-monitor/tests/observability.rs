@@ -3,7 +3,7 @@
 //! here by the monitor's own code), the real vLLM 0.33's /metrics (captured from the CPU build,
 //! common/data/incidents/real/vllm-metrics.txt) and citadel-gateway's /metrics.
 
-use citadel_common::health::{GpuHealth, HealthState, ModelHealth, ModelState, SCHEMA};
+use citadel_common::health::{testing, GpuHealth, HealthState, ModelHealth, ModelState};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -105,24 +105,14 @@ fn promql_names(expr: &str) -> BTreeSet<String> {
 
 fn textfile_names() -> BTreeSet<String> {
     let m = |name: &str, state| ModelHealth {
-        name: name.into(),
-        unit: format!("citadel-model@{name}.service"),
-        port: 11400,
-        state,
         unit_state: Some("active".into()),
         main_pid: 1,
-        systemd_restarts: 0,
         monitor_restarts: 1,
-        consecutive_failures: 0,
         latency_ms: Some(3),
-        reason: None,
-        since_unix: 0,
+        ..testing::model(name, state)
     };
     let s = HealthState {
-        schema: SCHEMA,
         updated_unix: 0,
-        sweep_ms: 1,
-        models: vec![m("a", ModelState::Healthy), m("b", ModelState::GaveUp)],
         quarantined_gpus: vec![1],
         gpus: vec![GpuHealth {
             index: 0,
@@ -130,6 +120,10 @@ fn textfile_names() -> BTreeSet<String> {
             memory_used_bytes: 1,
             memory_total_bytes: 2,
         }],
+        ..testing::state(vec![
+            m("a", ModelState::Healthy),
+            m("b", ModelState::GaveUp),
+        ])
     };
     exposition_names(&health_monitor::output::textfile(&s))
 }

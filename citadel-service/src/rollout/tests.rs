@@ -462,7 +462,7 @@ fn replace_stops_starts_on_the_new_path_and_a_failure_restores_the_old_one() {
 
 #[test]
 fn the_gateway_goes_back_to_the_main_only_once_the_monitor_lets_requests_through() {
-    use citadel_common::health::{HealthState, ModelHealth, ModelState, SCHEMA};
+    use citadel_common::health::{testing, HealthState, ModelHealth, ModelState};
     let b = setup();
     let (h, _) = host(&b, &[]);
     let v = FakeVerify::failing(&[]);
@@ -471,25 +471,11 @@ fn the_gateway_goes_back_to_the_main_only_once_the_monitor_lets_requests_through
     let r = rollout(&h, &v, &b, &p, &o);
     let write = |state: ModelState, updated: u64| {
         HealthState {
-            schema: SCHEMA,
             updated_unix: updated,
-            sweep_ms: 1,
-            models: vec![ModelHealth {
-                name: "a".into(),
-                unit: "citadel-model@a.service".into(),
+            ..testing::state(vec![ModelHealth {
                 port: 11401,
-                state,
-                unit_state: None,
-                main_pid: 0,
-                systemd_restarts: 0,
-                monitor_restarts: 0,
-                consecutive_failures: 0,
-                latency_ms: None,
-                reason: None,
-                since_unix: 0,
-            }],
-            quarantined_gpus: vec![],
-            gpus: vec![],
+                ..testing::model("a", state)
+            }])
         }
         .write(&b.cfg.monitor.state_file)
         .unwrap();

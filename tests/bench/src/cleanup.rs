@@ -52,7 +52,6 @@ pub fn all() {
     };
     for p in pids {
         kill_group(p);
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
     }
     for b in boxes {

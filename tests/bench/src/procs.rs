@@ -54,8 +54,8 @@ impl Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
+        // The child leads the group: this kills it too.
         cleanup::kill_group(self.pid());
-        let _ = self.child.kill();
         let _ = self.child.wait();
         cleanup::remove_pid(self.child.id() as i32);
     }
@@ -148,20 +148,7 @@ pub fn cpu_secs(pid: i32) -> Result<(f64, f64), String> {
 /// CPU seconds of a process and of its live descendants (nginx's workers, LiteLLM's children):
 /// each one's own utime+stime, its exited threads included.
 pub fn tree_cpu_secs(pid: i32) -> Result<f64, String> {
-    let mut parents: Vec<(i32, i32)> = Vec::new();
-    for e in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
-        let Some(p) = e
-            .ok()
-            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            if let Some(pp) = parse_stat_ppid(&s) {
-                parents.push((p, pp));
-            }
-        }
-    }
+    let parents = parents()?;
     let mut tree = vec![pid];
     let mut i = 0;
     while i < tree.len() {
@@ -177,22 +164,39 @@ pub fn tree_cpu_secs(pid: i32) -> Result<f64, String> {
     Ok(total)
 }
 
+/// Every process and its parent, from /proc.
+fn parents() -> Result<Vec<(i32, i32)>, String> {
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
+        let Some(p) = e
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Some(pp) = parse_stat_ppid(&s) {
+                parents.push((p, pp));
+            }
+        }
+    }
+    Ok(parents)
+}
+
+/// The fields of a /proc/PID/stat line after `comm` (which may hold spaces and ')'): the state
+/// first, then ppid.
+fn after_comm(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
+}
+
 fn parse_stat_ppid(stat: &str) -> Option<i32> {
-    // After the last ')': state, then ppid.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    after_comm(stat)?.nth(1)?.parse().ok()
 }
 
 fn parse_stat_cpu(stat: &str, tck: f64) -> Option<(f64, f64)> {
     // comm may contain spaces: fields after the last ')'. utime is field 14 overall, i.e. the
     // 12th after the state field.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<u64> = rest
-        .split_whitespace()
+    let f: Vec<u64> = after_comm(stat)?
         .skip(11)
         .take(4)
         .map(|x| x.parse().ok())
@@ -337,12 +341,7 @@ mod tests {
     /// The state letter of `pid`, None once it is gone.
     fn state_of(pid: i32) -> Option<char> {
         let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        s.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .next()?
-            .chars()
-            .next()
+        after_comm(&s)?.next()?.chars().next()
     }
 
     #[test]
@@ -354,12 +353,7 @@ mod tests {
         let parent = g.pid();
         let deadline = Instant::now() + Duration::from_secs(10);
         let sleeper = loop {
-            let found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
-                let p: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                (parse_stat_ppid(&stat) == Some(parent)).then_some(p)
-            });
-            if let Some(p) = found {
+            if let Some(&(p, _)) = parents().unwrap().iter().find(|(_, pp)| *pp == parent) {
                 break p;
             }
             assert!(Instant::now() < deadline, "sh never started its sleep");

@@ -114,9 +114,10 @@ fn metric_in(body: &str, name: &str, model: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// The largest value of gauge `name` for `model` over all its lines: after a SIGKILL of the API
-/// server (scenario 5) vLLM's /metrics can carry more than one line per gauge and model.
-fn gauge_max_in(body: &str, name: &str, model: &str) -> Option<f64> {
+/// The largest value of metric `name` (a gauge, or a counter such as [`TTFT_COUNT`]) for
+/// `model` over all its lines: after a SIGKILL of the API server (scenario 5) vLLM's /metrics
+/// can carry more than one line per metric and model.
+fn max_in(body: &str, name: &str, model: &str) -> Option<f64> {
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .filter(|l| l.contains(&format!("model_name=\"{model}\"")))
@@ -202,7 +203,7 @@ fn streams_in_flight(
     let mut last = String::new();
     let mut first_tokens = 0usize;
     for _ in 0..5 {
-        let base = metrics_text(c, port).and_then(|t| gauge_max_in(&t, TTFT_COUNT, model));
+        let base = metrics_text(c, port).and_then(|t| max_in(&t, TTFT_COUNT, model));
         let started = Instant::now();
         let hs: Vec<_> = (0..STREAMS)
             .map(|_| stream(c, port, model, STREAM_TOKENS))
@@ -210,8 +211,8 @@ fn streams_in_flight(
         let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
             // One /metrics read for both gauges: each read is a process in the box.
             let text = metrics_text(c, port)?;
-            let running = gauge_max_in(&text, "vllm:num_requests_running", model);
-            let waiting = gauge_max_in(&text, "vllm:num_requests_waiting", model);
+            let running = max_in(&text, "vllm:num_requests_running", model);
+            let waiting = max_in(&text, "vllm:num_requests_waiting", model);
             last = text
                 .lines()
                 .filter(|l| l.starts_with("vllm:num_requests_"))
@@ -220,7 +221,7 @@ fn streams_in_flight(
             let now = (running.unwrap_or(0.0) + waiting.unwrap_or(0.0)) as usize;
             most = most.max(now);
             // Requests that had their first token since the round began (0 without the counter).
-            let firsts = match (base, gauge_max_in(&text, TTFT_COUNT, model)) {
+            let firsts = match (base, max_in(&text, TTFT_COUNT, model)) {
                 (Some(b), Some(n)) if n >= b => (n - b) as usize,
                 _ => 0,
             };
