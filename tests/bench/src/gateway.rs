@@ -12,7 +12,9 @@
 //! under `SCHED_FIFO` priority 10, inherited by every server it starts, so that other work on a
 //! shared machine does not preempt the measured processes (a preemption costs one scheduler
 //! tick, 4 ms at HZ=250: the size of the figures themselves); `--no-rt` measures under normal
-//! scheduling.
+//! scheduling. `--ab OTHER_BUILD` measures a second gateway binary in the same rounds instead of
+//! LiteLLM and prints both builds' figures and their ratios to nginx's, writing nothing: how a
+//! change to the request path is judged on a machine whose load moves between runs.
 //!
 //! Over 500 lines as one concern: one benchmark's rig (four servers), client, rounds and report.
 
@@ -227,6 +229,14 @@ fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// `c` with no input and its output dropped.
+fn quiet(mut c: Command) -> Command {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 /// Everything one run starts; all killed when dropped.
 pub struct Rig {
     pub paths: Vec<Path4>,
@@ -235,20 +245,15 @@ pub struct Rig {
     _dir: tempfile::TempDir,
 }
 
-/// Start the stand-in, the gateway, nginx and LiteLLM on free loopback ports.
-pub fn rig(release: &Path) -> Result<Rig, String> {
+/// Start the stand-in, the gateway, nginx and LiteLLM on free loopback ports; with `other` (a
+/// second gateway build, `--ab`) that build instead of LiteLLM.
+pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
-    let (engine, gw, ngx, lite) = (port()?, port()?, port()?, port()?);
+    let engine = port()?;
     let mut procs = Vec::new();
-    let quiet = |mut c: Command| {
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c
-    };
     // The engine: the stand-in, answering at once.
     std::fs::create_dir_all(d.join("model")).map_err(|e| e.to_string())?;
     let mut c = Command::new(release.join("citadel-standin"));
@@ -261,21 +266,20 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
     procs.push(Guarded::spawn(quiet(c))?);
     wait_port(engine, Duration::from_secs(30))?;
     // citadel-gateway, as shipped (access log on, to the journal here: /dev/null).
-    let cfg = d.join("citadel.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[paths]\nruntime_dir = \"{}\"\n[gpu]\nrequired = false\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n[models.bench]\npath = \"/nonexistent\"\nport = {engine}\ngpus = [0]\n",
-            d.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut c = Command::new(release.join("citadel-gateway"));
-    c.arg("--config").arg(&cfg);
-    let g = Guarded::spawn(quiet(c))?;
+    let (gw, g) = start_gateway(&release.join("citadel-gateway"), d, "a", &mut port, engine)?;
     let gateway_pid = g.pid();
     procs.push(g);
-    wait_port(gw, Duration::from_secs(30))?;
+    // The build it is compared with (`--ab`), started the same way.
+    let other = match other {
+        Some(bin) => {
+            let (p, g) = start_gateway(bin, d, "b", &mut port, engine)?;
+            let pid = g.pid();
+            procs.push(g);
+            Some((p, pid))
+        }
+        None => None,
+    };
+    let ngx = port()?;
     // nginx: proxy_pass to the engine with a keep-alive upstream pool.
     let conf = d.join("nginx.conf");
     std::fs::write(
@@ -295,7 +299,48 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
     let nginx_pid = n.pid();
     procs.push(n);
     wait_port(ngx, Duration::from_secs(30))?;
-    // LiteLLM: one model, openai-compatible, pointed at the engine; no telemetry, no fetches.
+    let mut paths = vec![
+        Path4 {
+            name: "straight to the engine",
+            port: engine,
+            proxy_pid: None,
+            slow: false,
+        },
+        Path4 {
+            name: "citadel-gateway",
+            port: gw,
+            proxy_pid: Some(gateway_pid),
+            slow: false,
+        },
+        Path4 {
+            name: "nginx",
+            port: ngx,
+            proxy_pid: Some(nginx_pid),
+            slow: false,
+        },
+    ];
+    match other {
+        Some((port, pid)) => paths.insert(
+            2,
+            Path4 {
+                name: "citadel-gateway (--ab build)",
+                port,
+                proxy_pid: Some(pid),
+                slow: false,
+            },
+        ),
+        None => paths.push(litellm(d, engine, port()?, &mut procs)?),
+    }
+    Ok(Rig {
+        paths,
+        gateway_pid,
+        _procs: procs,
+        _dir: dir,
+    })
+}
+
+/// LiteLLM: one model, openai-compatible, pointed at the engine; no telemetry, no fetches.
+fn litellm(d: &Path, engine: u16, lite: u16, procs: &mut Vec<Guarded>) -> Result<Path4, String> {
     let litellm = PathBuf::from(LITELLM_VENV).join("bin/litellm");
     if !litellm.exists() {
         return Err(format!(
@@ -324,39 +369,40 @@ pub fn rig(release: &Path) -> Result<Rig, String> {
     let litellm_pid = l.pid();
     procs.push(l);
     wait_port(lite, Duration::from_secs(180))?;
-    Ok(Rig {
-        paths: vec![
-            Path4 {
-                name: "straight to the engine",
-                port: engine,
-                proxy_pid: None,
-                slow: false,
-            },
-            Path4 {
-                name: "citadel-gateway",
-                port: gw,
-                proxy_pid: Some(gateway_pid),
-                slow: false,
-            },
-            Path4 {
-                name: "nginx",
-                port: ngx,
-                proxy_pid: Some(nginx_pid),
-                slow: false,
-            },
-            Path4 {
-                name: "LiteLLM proxy",
-                port: lite,
-                proxy_pid: Some(litellm_pid),
-                slow: true,
-            },
-        ],
-        gateway_pid,
-        _procs: procs,
-        _dir: dir,
+    Ok(Path4 {
+        name: "LiteLLM proxy",
+        port: lite,
+        proxy_pid: Some(litellm_pid),
+        slow: true,
     })
 }
 
+/// A gateway build `bin` (config `NAME.toml` in `d`) in front of the engine, as shipped.
+fn start_gateway(
+    bin: &Path,
+    d: &Path,
+    name: &str,
+    port: &mut impl FnMut() -> Result<u16, String>,
+    engine: u16,
+) -> Result<(u16, Guarded), String> {
+    let gw = port()?;
+    let run = d.join(name);
+    std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+    let cfg = d.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nruntime_dir = \"{}\"\n[gpu]\nrequired = false\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n[models.bench]\npath = \"/nonexistent\"\nport = {engine}\ngpus = [0]\n",
+            run.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = Command::new(bin);
+    c.arg("--config").arg(&cfg);
+    let g = Guarded::spawn(quiet(c))?;
+    wait_port(gw, Duration::from_secs(30))?;
+    Ok((gw, g))
+}
 /// The gateway's RSS (KiB) before and with `n` idle keep-alive clients (each sent one request).
 pub fn idle_rss(port: u16, pid: i32, n: usize) -> Result<(u64, u64), String> {
     let before = crate::procs::rss_kib(pid)?.0;
@@ -508,7 +554,16 @@ pub fn main() -> Result<(), String> {
     let release = ws.join("target/release");
     let machine = crate::machine::Machine::probe(&ws);
     let load_before = crate::machine::loadavg();
-    let rig = rig(&release)?;
+    let ab = args
+        .iter()
+        .position(|a| a == "--ab")
+        .map(|i| {
+            args.get(i + 1)
+                .map(PathBuf::from)
+                .ok_or("--ab needs a gateway binary")
+        })
+        .transpose()?;
+    let rig = rig(&release, ab.as_deref())?;
     for p in &rig.paths {
         // Warm-up: connections, pools, caches.
         load(p.port, SMALL, 8, 25).map_err(|e| format!("{}: {e}", p.name))?;
@@ -530,6 +585,10 @@ pub fn main() -> Result<(), String> {
         .zip(&samples)
         .map(|(p, s)| s.figures(p.proxy_pid.is_some()))
         .collect();
+    if let Some(bin) = &ab {
+        println!("{}", ab_table(&rig.paths, &figs, bin, &scheduling));
+        return Ok(());
+    }
     let (rss0, rss1000) = idle_rss(rig.paths[1].port, rig.gateway_pid, 1000)?;
     let load_after = crate::machine::loadavg();
     let base = &figs[0];
@@ -606,6 +665,35 @@ pub fn main() -> Result<(), String> {
     std::fs::write(&out, new).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!("citadel-gateway-bench: wrote {}", out.display());
     Ok(())
+}
+
+/// `--ab`: each path's figures and its ratios to nginx's (the last path), for comparing two
+/// gateway builds in one run; not written anywhere.
+fn ab_table(paths: &[Path4], figs: &[Figures], bin: &Path, scheduling: &str) -> String {
+    let n = figs.last().expect("nginx is measured");
+    let mut t = format!(
+        "A/B, {scheduling}: this tree's gateway against {}\n| path | c=1 p50 / p99 (ms) | c=64 p50 / p99 (ms) | req/s | CPU/request (µs) | / nginx: c=1 p50, p99, c=64 p50, p99, CPU |\n|---|---|---|---|---|---|\n",
+        bin.display()
+    );
+    for (p, f) in paths.iter().zip(figs) {
+        let cpu = |f: &Figures| f.cpu_us.unwrap_or(f64::NAN);
+        t.push_str(&format!(
+            "| {} | {:.3} / {:.3} | {:.2} / {:.2} | {:.0} | {:.0} | {:.2} {:.2} {:.2} {:.2} {:.2} |\n",
+            p.name,
+            f.c1.0,
+            f.c1.1,
+            f.c64.0,
+            f.c64.1,
+            f.rps,
+            cpu(f),
+            f.c1.0 / n.c1.0,
+            f.c1.1 / n.c1.1,
+            f.c64.0 / n.c64.0,
+            f.c64.1 / n.c64.1,
+            cpu(f) / cpu(n),
+        ));
+    }
+    t
 }
 
 /// `doc` with its block between `begin` and `end` replaced by `block` (which carries both

@@ -1,6 +1,6 @@
 //! citadel-gateway-bench: the gateway benchmark of issue 15 (see `citadel_bench::gateway`).
 //! `cargo build --release -p citadel-gateway -p citadel-standin -p citadel-bench` first; then
-//! `target/release/citadel-gateway-bench [--quick] [--no-rt] [--out BENCHMARKS.md]` (as root:
+//! `target/release/citadel-gateway-bench [--quick] [--no-rt] [--out BENCHMARKS.md] [--ab BIN]` (as root:
 //! SCHED_FIFO for the measured processes unless `--no-rt`). Prints the table and writes it into
 //! BENCHMARKS.md between the gateway markers (the rest of the file is left as it is).
 use std::process::ExitCode;
