@@ -9,9 +9,10 @@
 //! Modules, one concern each (client keys are `citadel_common::clientkeys`): [`routes`] the routing table, [`limit`]
 //! per-model slots and queue, [`avail`] which models serve, [`body`] the body type,
 //! [`reply`] the gateway's own answers, [`metrics`] Prometheus, [`proxy`] one request,
-//! [`upstream`] a worker's connections to the engines, [`listen`] the socket, [`server`] the
-//! threads, signals and reloads.
+//! [`upstream`] a worker's connections to the engines, [`after`] what waits until an answer is
+//! written, [`listen`] the socket, [`server`] the threads, signals and reloads.
 
+pub mod after;
 pub mod avail;
 pub mod body;
 pub mod limit;

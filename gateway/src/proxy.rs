@@ -100,16 +100,22 @@ impl Finish for Done {
             .metrics
             .request(or_dash(&self.model), self.status, took);
         if self.log {
-            log::info!(
-                "access: key={} model={} status={} duration_ms={} bytes={bytes}{} \"{} {}\"",
-                or_dash(&self.key),
-                or_dash(&self.model),
-                self.status,
-                took.as_millis(),
-                if complete { "" } else { " incomplete" },
-                self.method,
-                self.uri.path().escape_debug(),
+            let (key, model) = (
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.model),
             );
+            let (status, method, uri) = (self.status, self.method.clone(), self.uri.clone());
+            // Its write(2) after the answer's (the metrics above are counted at once).
+            crate::after::after_answer(move || {
+                log::info!(
+                    "access: key={} model={} status={status} duration_ms={} bytes={bytes}{} \"{method} {}\"",
+                    or_dash(&key),
+                    or_dash(&model),
+                    took.as_millis(),
+                    if complete { "" } else { " incomplete" },
+                    uri.path().escape_debug(),
+                );
+            });
         }
     }
 }

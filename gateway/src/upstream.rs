@@ -11,6 +11,7 @@
 //! aborts the request. A request that an idle pooled connection could not even start (the
 //! engine had closed it meanwhile) is sent again on a new connection: nothing of it was sent.
 
+use crate::after::after_answer;
 use crate::body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -161,9 +162,29 @@ async fn dial(t: &Target) -> std::io::Result<TcpStream> {
 }
 
 /// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
-/// `shutdown(2)` at the end is left out: the connection is dropped right after it, and its
-/// `close(2)` sends the same FIN (one system call less per engine connection).
-struct EngineIo(TokioIo<TcpStream>);
+/// `shutdown(2)` at the end is left out (the connection is dropped right after it, and its
+/// `close(2)` sends the same FIN: one system call less per engine connection), and that the
+/// close itself waits until the client's answer is written ([`after_answer`]): hyper's driver
+/// drops the connection as soon as an engine that closes has answered.
+struct EngineIo(Option<TokioIo<TcpStream>>);
+
+impl EngineIo {
+    fn new(s: TcpStream) -> EngineIo {
+        EngineIo(Some(TokioIo::new(s)))
+    }
+
+    fn io(self: Pin<&mut Self>) -> Pin<&mut TokioIo<TcpStream>> {
+        Pin::new(self.get_mut().0.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl Drop for EngineIo {
+    fn drop(&mut self) {
+        if let Some(io) = self.0.take() {
+            after_answer(move || drop(io));
+        }
+    }
+}
 
 impl hyper::rt::Read for EngineIo {
     fn poll_read(
@@ -171,7 +192,7 @@ impl hyper::rt::Read for EngineIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        self.io().poll_read(cx, buf)
     }
 }
 
@@ -181,7 +202,7 @@ impl hyper::rt::Write for EngineIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        self.io().poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -189,15 +210,15 @@ impl hyper::rt::Write for EngineIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        self.io().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.0.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        self.io().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -265,7 +286,7 @@ impl Upstream {
             }
         };
         let (tx, conn) = http1::Builder::new()
-            .handshake(EngineIo(TokioIo::new(stream)))
+            .handshake(EngineIo::new(stream))
             .await
             .map_err(Failed::Protocol)?;
         tokio::spawn(async move {
