@@ -7,7 +7,7 @@
 //! where the server allows it (the stand-in closes after every answer, as its docs say).
 //!
 //! Method: the four paths are measured in [`ROUNDS`] interleaved rounds (each round measures
-//! every path with a fifth of the requests; the samples of all rounds are pooled), so a change
+//! every path with a tenth of the requests; the samples of all rounds are pooled), so a change
 //! of the machine's load during the run weighs on every path alike. By default the bench runs
 //! under `SCHED_FIFO` priority 10, inherited by every server it starts, so that other work on a
 //! shared machine does not preempt the measured processes (a preemption costs one scheduler
@@ -431,8 +431,10 @@ struct Figures {
     cpu_us: Option<f64>,
 }
 
-/// Interleaved rounds: each measures every path with a fifth of the requests.
-pub const ROUNDS: usize = 5;
+/// Interleaved rounds: each measures every path with a tenth of the requests (ten, not five,
+/// since 2026-12-03: a burst of other work on the shared machine is then spread more evenly
+/// over the paths).
+pub const ROUNDS: usize = 10;
 
 /// The samples of one path, pooled over the rounds.
 #[derive(Default)]
