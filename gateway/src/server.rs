@@ -17,11 +17,13 @@ use citadel_common::config::Config;
 use citadel_common::{notify, Exit, Failure};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -263,7 +265,10 @@ async fn accept(
     pool: &[Worker],
 ) -> Result<Config, Failure> {
     tokio::spawn(Arc::clone(&state.avail).follow(FOLLOW_EVERY));
-    let listener = TcpListener::from_std(listener)?;
+    // SAFETY: the AsyncFd owns the listener; a std TcpListener's fd is valid, open and the
+    // same for its whole life.
+    let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     let slots = Arc::new(Semaphore::new(cfg.gateway.max_connections as usize));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -284,10 +289,7 @@ async fn accept(
             permit = Arc::clone(&slots).acquire_owned() => {
                 let Ok(permit) = permit else { break };
                 let stream = tokio::select! {
-                    r = listener.accept() => match r.and_then(|(s, _)| {
-                        s.set_nodelay(true)?;
-                        s.into_std()
-                    }) {
+                    r = accept_one(&listener) => match r {
                         Ok(s) => s,
                         Err(e) => {
                             // EMFILE and friends: back off, never die.
@@ -318,6 +320,28 @@ async fn accept(
     }
     drop(listener);
     Ok(cfg)
+}
+
+/// The next connection, non-blocking, with `TCP_NODELAY`: `accept4(2)` and `setsockopt(2)`
+/// only. tokio's own `TcpListener::accept` would register it with the main thread's epoll and
+/// `into_std` take it out again (two `epoll_ctl` per connection) before the worker registers it
+/// with its own.
+async fn accept_one(l: &AsyncFd<std::net::TcpListener>) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{accept4, SockFlag};
+    loop {
+        let mut ready = l.readable().await?;
+        let r = ready.try_io(|l| {
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            accept4(l.get_ref().as_raw_fd(), flags).map_err(std::io::Error::from)
+        });
+        if let Ok(r) = r {
+            // SAFETY: accept4 just returned this fd; nothing else owns it.
+            let s = unsafe { std::net::TcpStream::from_raw_fd(r?) };
+            s.set_nodelay(true)?;
+            return Ok(s);
+        }
+        // Not ready after all (another accept took it): wait again.
+    }
 }
 
 /// SIGHUP: a valid new config replaces routes, keys and limits at once; an invalid one is
