@@ -72,6 +72,28 @@ pub struct ModelHealth {
     pub since_unix: u64,
 }
 
+impl ModelHealth {
+    /// Model `name` (its unit and port) in `state`, with nothing observed yet: no unit state,
+    /// pid or latency, every counter zero, no reason, `since_unix` 0. The monitor's line for a
+    /// model it has no record of, and the tests' fixture, set the rest with struct update syntax.
+    pub fn new(name: &str, unit: &str, port: u16, state: ModelState) -> ModelHealth {
+        ModelHealth {
+            name: name.into(),
+            unit: unit.into(),
+            port,
+            state,
+            unit_state: None,
+            main_pid: 0,
+            systemd_restarts: 0,
+            monitor_restarts: 0,
+            consecutive_failures: 0,
+            latency_ms: None,
+            reason: None,
+            since_unix: 0,
+        }
+    }
+}
+
 /// One GPU's reading, when NVML is there: the one type for it (the monitor's state file and
 /// textfile, `citadel-service health`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,20 +173,7 @@ pub mod testing {
     /// Model `name` in `state`: unit `citadel-model@NAME.service`, port 11400, everything else
     /// zero or unknown.
     pub fn model(name: &str, state: ModelState) -> ModelHealth {
-        ModelHealth {
-            name: name.into(),
-            unit: format!("citadel-model@{name}.service"),
-            port: 11400,
-            state,
-            unit_state: None,
-            main_pid: 0,
-            systemd_restarts: 0,
-            monitor_restarts: 0,
-            consecutive_failures: 0,
-            latency_ms: None,
-            reason: None,
-            since_unix: 0,
-        }
+        ModelHealth::new(name, &format!("citadel-model@{name}.service"), 11400, state)
     }
 
     /// A state file of `models`, written now (fresh), no GPU readings.

@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs once when the response body is finished or dropped, with the bytes sent.
 pub trait Finish: Send + Sync {
-    fn finish(&mut self, bytes: u64, complete: bool);
+    fn finish(self: Box<Self>, bytes: u64, complete: bool);
 }
 
 /// The idle deadline, re-armed lazily: a frame only notes its time; the timer, armed when the
@@ -107,7 +107,7 @@ impl Body {
                 }
             }
         }
-        if let Some(mut f) = self.finish.take() {
+        if let Some(f) = self.finish.take() {
             f.finish(self.sent, complete);
         }
     }

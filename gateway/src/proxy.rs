@@ -94,18 +94,21 @@ struct Done {
 }
 
 impl Finish for Done {
-    fn finish(&mut self, bytes: u64, complete: bool) {
+    fn finish(self: Box<Self>, bytes: u64, complete: bool) {
         let took = self.start.elapsed();
         self.state
             .metrics
             .request(or_dash(&self.model), self.status, took);
         if self.log {
-            let (key, model) = (
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.model),
-            );
-            let (status, method, uri) = (self.status, self.method.clone(), self.uri.clone());
-            // Its write(2) after the answer's (the metrics above are counted at once).
+            let Done {
+                key,
+                model,
+                status,
+                method,
+                uri,
+                ..
+            } = *self;
+            // The line's write(2) comes after the answer's (the metrics above count at once).
             crate::after::after_answer(move || {
                 log::info!(
                     "access: key={} model={} status={status} duration_ms={} bytes={bytes}{} \"{method} {}\"",

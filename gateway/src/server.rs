@@ -340,7 +340,7 @@ async fn accept_one(l: &AsyncFd<std::net::TcpListener>) -> std::io::Result<std::
             s.set_nodelay(true)?;
             return Ok(s);
         }
-        // Not ready after all (another accept took it): wait again.
+        // EAGAIN: the readiness was stale (try_io cleared it); wait for the next connection.
     }
 }
 

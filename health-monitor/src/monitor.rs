@@ -311,18 +311,9 @@ impl Monitor {
                     }
                 }
                 None => ModelHealth {
-                    name: t.name.clone(),
-                    unit: t.unit.clone(),
-                    port: t.port,
-                    state: ModelState::Disabled,
-                    unit_state: None,
-                    main_pid: 0,
-                    systemd_restarts: 0,
-                    monitor_restarts: 0,
-                    consecutive_failures: 0,
-                    latency_ms: None,
                     reason: t.enabled.then(|| "not swept yet".to_string()),
                     since_unix: unix,
+                    ..ModelHealth::new(&t.name, &t.unit, t.port, ModelState::Disabled)
                 },
             })
             .collect();
