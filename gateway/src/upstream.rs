@@ -18,10 +18,12 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -163,24 +165,139 @@ async fn dial(t: &Target) -> std::io::Result<TcpStream> {
 
 /// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
 /// `shutdown(2)` at the end is left out (the connection is dropped right after it, and its
-/// `close(2)` sends the same FIN: one system call less per engine connection), and that the
+/// `close(2)` sends the same FIN: one system call less per engine connection), that the
 /// close itself waits until the client's answer is written ([`after_answer`]): hyper's driver
-/// drops the connection as soon as an engine that closes has answered.
-struct EngineIo(Option<TokioIo<TcpStream>>);
+/// drops the connection as soon as an engine that closes has answered, and that the request
+/// is written while the connect is still "in progress" ([`Connecting`]).
+struct EngineIo {
+    io: Option<TokioIo<TcpStream>>,
+    connecting: Option<Connecting>,
+}
+
+/// A connection whose non-blocking `connect(2)` said `EINPROGRESS`. On loopback the
+/// handshake is over by the time `connect(2)` returns (the engine's kernel answers the SYN
+/// before the call does), so the request is written at once: no `epoll_wait` for the socket
+/// to turn writable and no `getsockopt(SO_ERROR)` first, two system calls and a trip through
+/// the runtime's queue less on every request's path (nginx waits for them). Only when that
+/// write would block (a far or busy engine) does it wait, for at most [`CONNECT_TIMEOUT`]. A
+/// failure before the connection is known to be up is a connect failure ([`ConnectFailed`]):
+/// nothing of the request reached the engine.
+struct Connecting {
+    /// Armed when the first write would block.
+    timeout: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// An error of a connection that never came up (refused, unreachable, timed out), as it
+/// travels through hyper inside an `io::Error`; [`connect_failure`] finds it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConnectFailed(std::io::Error);
+
+fn connect_failed(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), ConnectFailed(e))
+}
+
+/// The connect failure behind a failed exchange, if that is what it was.
+fn connect_failure(e: &hyper::Error) -> Option<std::io::Error> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(f) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref()?.downcast_ref::<ConnectFailed>())
+        {
+            return Some(std::io::Error::new(f.0.kind(), f.0.to_string()));
+        }
+        cause = c.source();
+    }
+    None
+}
 
 impl EngineIo {
+    /// A connection that is up.
     fn new(s: TcpStream) -> EngineIo {
-        EngineIo(Some(TokioIo::new(s)))
+        EngineIo {
+            io: Some(TokioIo::new(s)),
+            connecting: None,
+        }
+    }
+
+    /// Start connecting to `addr`; the first write finds out whether it worked.
+    fn connect(addr: SocketAddr) -> std::io::Result<EngineIo> {
+        use nix::sys::socket::{
+            connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
+        };
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = socket(family, SockType::Stream, flags, None)?;
+        let connecting = match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+            Ok(()) => None,
+            Err(nix::errno::Errno::EINPROGRESS) => Some(Connecting { timeout: None }),
+            Err(e) => return Err(e.into()),
+        };
+        let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+        Ok(EngineIo {
+            io: Some(TokioIo::new(stream)),
+            connecting,
+        })
     }
 
     fn io(self: Pin<&mut Self>) -> Pin<&mut TokioIo<TcpStream>> {
-        Pin::new(self.get_mut().0.as_mut().expect("taken only on drop"))
+        Pin::new(self.get_mut().io.as_mut().expect("taken only on drop"))
+    }
+
+    /// While connecting: write `bufs` straight to the socket if the connection is up;
+    /// `Ready(None)` once it is known to be up (write through tokio from then on).
+    fn poll_connected(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<Option<std::io::Result<usize>>> {
+        use nix::sys::socket::{sendmsg, MsgFlags};
+        let Some(c) = &mut self.connecting else {
+            return Poll::Ready(None);
+        };
+        let stream = self.io.as_ref().expect("taken only on drop").inner();
+        if c.timeout.is_none() {
+            // tokio would wait for epoll's word that the socket is writable: ask the socket.
+            match sendmsg::<()>(stream.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(n) => {
+                    self.connecting = None;
+                    return Poll::Ready(Some(Ok(n)));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    c.timeout = Some(Box::pin(tokio::time::sleep(CONNECT_TIMEOUT)));
+                }
+                Err(e) => return Poll::Ready(Some(Err(connect_failed(e.into())))),
+            }
+        }
+        if let Poll::Ready(r) = stream.poll_write_ready(cx) {
+            let failed = match r.and_then(|()| stream.take_error()) {
+                Ok(None) => None,
+                Ok(Some(e)) | Err(e) => Some(e),
+            };
+            return match failed {
+                Some(e) => Poll::Ready(Some(Err(connect_failed(e)))),
+                None => {
+                    self.connecting = None;
+                    Poll::Ready(None)
+                }
+            };
+        }
+        let timeout = c.timeout.as_mut().expect("armed above");
+        ready!(timeout.as_mut().poll(cx));
+        Poll::Ready(Some(Err(connect_failed(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {CONNECT_TIMEOUT:?}"),
+        )))))
     }
 }
 
 impl Drop for EngineIo {
     fn drop(&mut self) {
-        if let Some(io) = self.0.take() {
+        if let Some(io) = self.io.take() {
             after_answer(move || drop(io));
         }
     }
@@ -192,7 +309,11 @@ impl hyper::rt::Read for EngineIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.io().poll_read(cx, buf)
+        let connecting = self.connecting.is_some();
+        match ready!(self.io().poll_read(cx, buf)) {
+            Err(e) if connecting => Poll::Ready(Err(connect_failed(e))),
+            r => Poll::Ready(r),
+        }
     }
 }
 
@@ -202,7 +323,11 @@ impl hyper::rt::Write for EngineIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.io().poll_write(cx, buf)
+        let me = self.get_mut();
+        if let Some(r) = ready!(me.poll_connected(cx, &[std::io::IoSlice::new(buf)])) {
+            return Poll::Ready(r);
+        }
+        Pin::new(me).io().poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -210,11 +335,15 @@ impl hyper::rt::Write for EngineIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.io().poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        if let Some(r) = ready!(me.poll_connected(cx, bufs)) {
+            return Poll::Ready(r);
+        }
+        Pin::new(me).io().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(|io| io.is_write_vectored())
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -275,18 +404,21 @@ impl Upstream {
 
     /// A new connection, its driver spawned on this thread's runtime.
     async fn open(&self, t: &Target) -> Result<SendRequest<Body>, Failed> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Failed::Connect(e)),
-            Err(_) => {
-                return Err(Failed::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {CONNECT_TIMEOUT:?}"),
-                )))
-            }
+        let io = match t.ip {
+            Some(ip) => EngineIo::connect(SocketAddr::new(ip, t.port)).map_err(Failed::Connect)?,
+            None => match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
+                Ok(Ok(s)) => EngineIo::new(s),
+                Ok(Err(e)) => return Err(Failed::Connect(e)),
+                Err(_) => {
+                    return Err(Failed::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    )))
+                }
+            },
         };
         let (tx, conn) = http1::Builder::new()
-            .handshake(EngineIo::new(stream))
+            .handshake(io)
             .await
             .map_err(Failed::Protocol)?;
         tokio::spawn(async move {
@@ -323,7 +455,13 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     // Not sent: the pooled connection had been closed. Again, on another one.
                     Some(r) if pooled => req = r,
-                    _ => return Err(Failed::Protocol(e.into_error())),
+                    _ => {
+                        let e = e.into_error();
+                        return Err(match connect_failure(&e) {
+                            Some(c) => Failed::Connect(c),
+                            None => Failed::Protocol(e),
+                        });
+                    }
                 },
             }
         }
@@ -469,6 +607,45 @@ mod tests {
             accepted, 2,
             "four on the first connection, one after the drop"
         );
+    }
+
+    /// The request is written while the connect is in progress; an engine that never answers
+    /// the SYN (its listen queue is full, so the kernel drops it) is still a connect failure,
+    /// after [`CONNECT_TIMEOUT`], not a hang or an upstream error.
+    #[tokio::test]
+    async fn an_engine_that_never_answers_the_syn_is_a_connect_failure_in_time() {
+        use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag};
+        use nix::sys::socket::{SockType, SockaddrIn};
+        let l = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(l.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        let l = std::net::TcpListener::from(l);
+        let port = l.local_addr().unwrap().port();
+        // Fill the queue (nobody accepts) until a connect gets no answer.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut held = Vec::new();
+        while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+            assert!(held.len() < 16, "the listen queue never filled");
+        }
+        let up = Arc::new(Upstream::default());
+        let t = Arc::new(Target::new("127.0.0.1", port));
+        let start = Instant::now();
+        let r = up.send(&t, Request::new(Body::full("{}"))).await;
+        let took = start.elapsed();
+        match r {
+            Err(Failed::Connect(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+            Err(Failed::Protocol(e)) => panic!("an upstream error, not a connect failure: {e:?}"),
+            Ok(_) => panic!("answered by an engine that accepts nothing"),
+        }
+        assert!(took >= CONNECT_TIMEOUT, "gave up after {took:?}");
+        assert!(took < CONNECT_TIMEOUT * 2, "gave up after {took:?}");
     }
 
     #[tokio::test]
