@@ -49,6 +49,11 @@ pub fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }
 
+thread_local! {
+    /// Where a log message is formatted before it is escaped.
+    static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Set up logging once, at the start of `main`.
 pub fn init(verbose: u8, quiet: u8) {
     let journal = stderr_is_journal();
@@ -59,20 +64,35 @@ pub fn init(verbose: u8, quiet: u8) {
     }
     b.target(env_logger::Target::Stderr);
     b.format(move |buf, record| {
-        let text = record.args().to_string();
-        let msg = crate::text::escape_controls(&text);
-        if journal {
-            writeln!(buf, "<{}>{msg}", priority(record.level()))
-        } else {
-            let tag = match record.level() {
-                Level::Error => "error",
-                Level::Warn => "warning",
-                Level::Info => "info",
-                Level::Debug => "debug",
-                Level::Trace => "trace",
-            };
-            writeln!(buf, "{tag}: {msg}")
+        let mut line = |text: &str| {
+            let msg = crate::text::escape_controls(text);
+            if journal {
+                writeln!(buf, "<{}>{msg}", priority(record.level()))
+            } else {
+                let tag = match record.level() {
+                    Level::Error => "error",
+                    Level::Warn => "warning",
+                    Level::Info => "info",
+                    Level::Debug => "debug",
+                    Level::Trace => "trace",
+                };
+                writeln!(buf, "{tag}: {msg}")
+            }
+        };
+        if let Some(text) = record.args().as_str() {
+            return line(text);
         }
+        // The message is formatted into this thread's buffer, kept between lines (a busy
+        // helper such as the gateway logs a line per request), unless a message's own
+        // formatting logs (then a new one).
+        TEXT.with(|t| match t.try_borrow_mut() {
+            Ok(mut text) => {
+                text.clear();
+                let _ = std::fmt::Write::write_fmt(&mut *text, *record.args());
+                line(&text)
+            }
+            Err(_) => line(&record.args().to_string()),
+        })
     });
     // A second init (tests) is harmless.
     let _ = b.try_init();

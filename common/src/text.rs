@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 /// `s` with its control characters escaped; borrowed when there are none.
 pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !may_have_controls(s) || !s.chars().any(char::is_control) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -18,6 +18,29 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether `s` has a byte that can be part of a control character: C0 and DEL are single
+/// bytes below 0x20 and 0x7f, and C1 (U+0080..=U+009F) is 0xc2 then a byte. A byte scan (the
+/// common case, every log line) instead of decoding each character.
+fn may_have_controls(s: &str) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Eight bytes a step (bit tricks, whatever the optimisation level): whether a byte of `w`
+    // is below `n` (n <= 0x80), and whether one equals `b`. Exact as yes-or-no answers.
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGHS != 0;
+    let equal = |w: u64, b: u64| below(w ^ (ONES * b), 1);
+    let mut words = s.as_bytes().chunks_exact(8);
+    for c in &mut words {
+        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        if below(w, 0x20) || equal(w, 0x7f) || equal(w, 0xc2) {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f || b == 0xc2)
 }
 
 /// [`escape_controls`] of each line, newlines kept: for a message that is meant to be several
@@ -72,6 +95,19 @@ mod tests {
             "\\u{1b}[31mred\\u{7}"
         );
         assert_eq!(escape_controls("\u{9b}x\u{7f}"), "\\u{9b}x\\u{7f}");
+        // 0xc2 starts C1 controls and printable characters alike.
+        assert_eq!(escape_controls("\u{a9} \u{85}"), "\u{a9} \\u{85}");
+        assert!(matches!(escape_controls("\u{a9}"), Cow::Borrowed(_)));
+        // Wherever a control falls among the scan's eight-byte words.
+        for c in ['\u{0}', '\u{1b}', '\u{1f}', '\u{7f}', '\u{85}', '\u{9f}'] {
+            for at in 0..20 {
+                let s = format!("{}{c}{}", "a\u{a9}".repeat(at), "b".repeat(20 - at));
+                let e = escape_controls(&s);
+                assert!(e.contains(&format!("{}", c.escape_default())), "{s:?}: {e}");
+            }
+        }
+        let plain = "a\u{a0}\u{ff} ~".repeat(9);
+        assert!(matches!(escape_controls(&plain), Cow::Borrowed(_)));
         assert_eq!(escape_lines("one\u{1b}\ntwo"), "one\\u{1b}\ntwo");
     }
 }

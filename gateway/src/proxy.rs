@@ -116,10 +116,23 @@ impl Finish for Done {
                     or_dash(&model),
                     took.as_millis(),
                     if complete { "" } else { " incomplete" },
-                    uri.path().escape_debug(),
+                    quoted(uri.path()),
                 );
             });
         }
+    }
+}
+
+/// A request path as the access log quotes it: as it is when it is plain ASCII without `"` or
+/// `\\` (every path a client library sends; no per-character formatting then), else escaped.
+fn quoted(path: &str) -> Cow<'_, str> {
+    if path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(path.escape_debug().to_string())
     }
 }
 
@@ -461,6 +474,17 @@ impl RetainHopFree for HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_quotes_a_path_that_needs_it() {
+        assert!(matches!(
+            quoted("/v1/chat/completions?x=1"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(quoted("/a\"b\\c"), "/a\\\"b\\\\c");
+        assert_eq!(quoted("/ü"), "/ü");
+        assert_eq!(quoted("/a\u{7f}"), "/a\\u{7f}");
+    }
 
     #[test]
     fn headers_forwarded_without_hop_by_hop_host_or_client_key() {
