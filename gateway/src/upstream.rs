@@ -197,6 +197,13 @@ fn connect_failed(e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), ConnectFailed(e))
 }
 
+fn connect_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no connection within {CONNECT_TIMEOUT:?}"),
+    )
+}
+
 /// The connect failure behind a failed exchange, if that is what it was.
 fn connect_failure(e: &hyper::Error) -> Option<std::io::Error> {
     let mut cause = std::error::Error::source(e);
@@ -288,10 +295,7 @@ impl EngineIo {
         }
         let timeout = c.timeout.as_mut().expect("armed above");
         ready!(timeout.as_mut().poll(cx));
-        Poll::Ready(Some(Err(connect_failed(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no connection within {CONNECT_TIMEOUT:?}"),
-        )))))
+        Poll::Ready(Some(Err(connect_failed(connect_timed_out()))))
     }
 }
 
@@ -409,12 +413,7 @@ impl Upstream {
             None => match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
                 Ok(Ok(s)) => EngineIo::new(s),
                 Ok(Err(e)) => return Err(Failed::Connect(e)),
-                Err(_) => {
-                    return Err(Failed::Connect(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no connection within {CONNECT_TIMEOUT:?}"),
-                    )))
-                }
+                Err(_) => return Err(Failed::Connect(connect_timed_out())),
             },
         };
         let (tx, conn) = http1::Builder::new()
