@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Connecting to an engine on the same box.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -139,28 +139,29 @@ fn keeps_alive(r: &Response<Incoming>) -> bool {
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
-/// Whether the engine at `t` accepts a connection now (a loopback connect: a millisecond).
+/// Whether the engine at `t` accepts a connection now (a loopback connect: a millisecond):
+/// the same connect as a request's, with nothing written.
 pub async fn reachable(t: &Target) -> bool {
-    matches!(
-        tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await,
-        Ok(Ok(_))
-    )
+    match t.ip {
+        Some(ip) => match EngineIo::connect(SocketAddr::new(ip, t.port)) {
+            Ok(mut io) => std::future::poll_fn(|cx| io.poll_connected(cx, &[]))
+                .await
+                .map_or(true, |r| r.is_ok()),
+            Err(_) => false,
+        },
+        None => matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await,
+            Ok(Ok(_))
+        ),
+    }
 }
 
-/// A connection to the engine. No `TCP_NODELAY`: hyper writes each request, head and body,
-/// in one `writev`, and the engine has acknowledged the previous one before it answered, so
-/// Nagle's algorithm never holds a request back (nginx leaves it off upstream too).
+/// A connection to an engine named by a host name (looked up); an address is dialled by
+/// [`EngineIo::connect`]. No `TCP_NODELAY` either way: hyper writes each request, head and
+/// body, in one `writev`, and the engine has acknowledged the previous one before it answered,
+/// so Nagle's algorithm never holds a request back (nginx leaves it off upstream too).
 async fn dial(t: &Target) -> std::io::Result<TcpStream> {
-    match t.ip {
-        Some(ip) => {
-            let sock = match ip {
-                IpAddr::V4(_) => TcpSocket::new_v4()?,
-                IpAddr::V6(_) => TcpSocket::new_v6()?,
-            };
-            sock.connect(SocketAddr::new(ip, t.port)).await
-        }
-        None => TcpStream::connect((t.host.as_str(), t.port)).await,
-    }
+    TcpStream::connect((t.host.as_str(), t.port)).await
 }
 
 /// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
@@ -256,7 +257,8 @@ impl EngineIo {
     }
 
     /// While connecting: write `bufs` straight to the socket if the connection is up;
-    /// `Ready(None)` once it is known to be up (write through tokio from then on).
+    /// `Ready(None)` once it is known to be up (write through tokio from then on). With no
+    /// `bufs`, a probe: `Ready(Some(Ok(0)))` or `Ready(None)` when up, an error when not.
     fn poll_connected(
         &mut self,
         cx: &mut Context<'_>,
@@ -645,6 +647,18 @@ mod tests {
         }
         assert!(took >= CONNECT_TIMEOUT, "gave up after {took:?}");
         assert!(took < CONNECT_TIMEOUT * 2, "gave up after {took:?}");
+    }
+
+    /// `GET /v1/models` lists a model whose engine accepts a connection and marks down one
+    /// whose engine refuses it.
+    #[tokio::test]
+    async fn reachable_is_true_for_a_listener_and_false_for_a_closed_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = l.local_addr().unwrap().port();
+        assert!(reachable(&Target::new("127.0.0.1", open)).await);
+        assert!(reachable(&Target::new("localhost", open)).await);
+        drop(l);
+        assert!(!reachable(&Target::new("127.0.0.1", open)).await);
     }
 
     #[tokio::test]
