@@ -1,8 +1,9 @@
 //! The one body type the gateway sends and forwards: a whole buffer, or an engine's response
 //! passed through frame by frame (never buffered), with an idle deadline between frames and a
 //! [`Finish`] that runs when the body is done or dropped (client gone: the engine connection
-//! is dropped with it, so the engine aborts the request). An engine's connection comes back to
-//! its worker's pool ([`Lease::release`]) only when the body has ended.
+//! is dropped with it, so the engine aborts the request). An engine's body is read through its
+//! connection, which it drives ([`Lease::drive`]); the connection comes back to its worker's
+//! pool ([`Lease::release`]) only when the body has ended.
 
 use crate::upstream::Lease;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
@@ -76,8 +77,9 @@ impl Body {
     }
 
     /// An engine's body, passed through; fails after `idle` without a frame. `lease`, the
-    /// connection it comes on, is released when the body has ended and dropped otherwise.
-    pub fn stream(inner: Incoming, idle: Duration, lease: Option<Lease>) -> Body {
+    /// connection it comes on, is driven by it, released when the body has ended and dropped
+    /// otherwise.
+    pub fn stream(inner: Incoming, idle: Duration, lease: Lease) -> Body {
         Body {
             kind: Kind::Stream(
                 inner,
@@ -86,7 +88,7 @@ impl Body {
                     every: idle,
                     last: Instant::now(),
                 },
-                lease,
+                Some(lease),
             ),
             sent: 0,
             ended: false,
@@ -135,16 +137,22 @@ impl HttpBody for Body {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Kind::Stream(inner, idle, _) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(r) => {
-                    idle.last = Instant::now();
-                    Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+            Kind::Stream(inner, idle, lease) => {
+                // hyper reads the engine's answer into `inner` while its connection is polled.
+                if let Some(l) = lease {
+                    l.drive(cx);
                 }
-                Poll::Pending => match idle.poll_expired(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeout(idle.every).into()))),
-                    Poll::Pending => Poll::Pending,
-                },
-            },
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(r) => {
+                        idle.last = Instant::now();
+                        Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+                    }
+                    Poll::Pending => match idle.poll_expired(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeout(idle.every).into()))),
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -178,6 +186,25 @@ impl HttpBody for Body {
     }
 }
 
+/// `f`'s output, or `None` when it has not come within `limit` of the first time `f` had to
+/// wait: the timer is armed only then (a small request's body comes with its head, and no
+/// timer is set and cancelled for it).
+pub async fn within<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut sleep = std::pin::pin!(None::<Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if sleep.is_none() {
+            sleep.set(Some(tokio::time::sleep(limit)));
+        }
+        let armed = sleep.as_mut().as_pin_mut().expect("armed above");
+        armed.poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// Read a whole request body, at most `max` bytes: `Ok(None)` when it is larger.
 pub async fn collect(mut body: Incoming, max: u64) -> Result<Option<Bytes>, hyper::Error> {
     let mut buf: Vec<u8> = Vec::new();
@@ -204,6 +231,18 @@ pub async fn collect(mut body: Incoming, max: u64) -> Result<Option<Bytes>, hype
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn within_gives_what_is_ready_and_gives_up_after_the_limit_of_waiting() {
+        let limit = Duration::from_millis(100);
+        assert_eq!(within(limit, std::future::ready(7)).await, Some(7));
+        let quick = tokio::time::sleep(limit / 4);
+        assert_eq!(within(limit, quick).await, Some(()));
+        let start = Instant::now();
+        assert_eq!(within(limit, std::future::pending::<()>()).await, None);
+        let took = start.elapsed();
+        assert!(took >= limit && took < limit * 5, "gave up after {took:?}");
+    }
 
     /// One poll of the idle deadline.
     async fn expired(idle: &mut Idle) -> bool {

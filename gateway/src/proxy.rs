@@ -4,7 +4,7 @@
 //! streamed back. Every request ends in one [`Done`]: metrics and one access-log line.
 
 use crate::avail::Availability;
-use crate::body::{collect, Body, Finish};
+use crate::body::{collect, within, Body, Finish};
 use crate::limit::{Refused, Slot};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::reply::{self, Reply};
@@ -338,10 +338,10 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
     if declared.is_some_and(|n| n > max) {
         return ctx.end(too_large(), None);
     }
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect(incoming, max)).await {
-        Ok(Ok(Some(b))) => b,
-        Ok(Ok(None)) => return ctx.end(too_large(), None),
-        Ok(Err(_)) | Err(_) => {
+    let body = match within(BODY_READ_TIMEOUT, collect(incoming, max)).await {
+        Some(Ok(Some(b))) => b,
+        Some(Ok(None)) => return ctx.end(too_large(), None),
+        Some(Err(_)) | None => {
             let r = reply::error(
                 408,
                 "invalid_request_error",
@@ -408,10 +408,10 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         ctx.snap.engine_auth.as_ref(),
     );
     let timeout = ctx.snap.request_timeout;
-    let answer = tokio::time::timeout(timeout, ctx.up.send(&target, up)).await;
+    let answer = within(timeout, ctx.up.send(&target, up)).await;
     let upstream::Answer { response, lease } = match answer {
-        Ok(Ok(a)) => a,
-        Ok(Err(Failed::Connect(e))) => {
+        Some(Ok(a)) => a,
+        Some(Err(Failed::Connect(e))) => {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Connect);
@@ -420,7 +420,7 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
             ctx.state.avail.mark_down(&backend.name, why.clone());
             return ctx.end(reply::unavailable(&asked, &why, 1), None);
         }
-        Ok(Err(Failed::Protocol(e))) => {
+        Some(Err(Failed::Protocol(e))) => {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Protocol);
@@ -434,7 +434,7 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
             );
             return ctx.end(r, None);
         }
-        Err(_) => {
+        None => {
             ctx.state
                 .metrics
                 .upstream_error(&backend.name, UpstreamError::Timeout);
@@ -451,7 +451,7 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
     ctx.state.avail.mark_up(&backend.name);
     let (mut rp, incoming) = response.into_parts();
     rp.headers.retain_hop_free();
-    let r = hyper::Response::from_parts(rp, Body::stream(incoming, timeout, Some(lease)));
+    let r = hyper::Response::from_parts(rp, Body::stream(incoming, timeout, lease));
     ctx.end(r, Some(slot))
 }
 

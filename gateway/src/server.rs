@@ -182,10 +182,12 @@ fn work(
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let drain = drain_rx.clone();
-                    tokio::spawn(async move {
+                    // The access log and engine closes its answers queue run at the end of
+                    // each of its polls, after hyper's writes.
+                    tokio::spawn(crate::after::answering(async move {
                         serve_one(conn, first, drain).await;
                         drop(guard);
-                    });
+                    }));
                 }
                 Some(Msg::Drain(at)) => break at,
                 // The main thread is gone: nothing to wait for.

@@ -1,9 +1,12 @@
 //! The engines as one worker thread reaches them: HTTP/1.1 over TCP with hyper's own client
 //! connection (`hyper::client::conn::http1`), kept alive between requests where the engine
 //! allows it (vLLM's uvicorn closes an idle connection after 5 s: one is reused for at most
-//! [`POOL_IDLE`]). Each worker thread has its own [`Upstream`], so a connection, its driver
-//! task and the requests on it stay on one thread: no lock is ever contended and no request
-//! wakes another thread.
+//! [`POOL_IDLE`]). Each worker thread has its own [`Upstream`], so a connection and the
+//! requests on it stay on one thread: no lock is ever contended and no request wakes another
+//! thread. A connection has no task of its own either: hyper's connection state machine is
+//! polled by the request that uses it ([`Engine::drive`]), while it waits for the answer and
+//! then from the response body's `poll_frame`, so the engine's answer is read, and the
+//! client's written, in one task, without a wake-up of a driver task and a switch to it.
 //!
 //! A connection is leased for one exchange ([`Lease`]) and comes back to the pool only when the
 //! response body has been read to its end ([`Lease::release`]); a body dropped before its end
@@ -87,9 +90,44 @@ pub enum Failed {
     Protocol(hyper::Error),
 }
 
+/// One connection to an engine: hyper's request side and its connection state machine, which
+/// whoever holds the connection polls ([`Engine::drive`]); `conn` is `None` once it has ended
+/// (the engine closed it, or it failed).
+pub struct Engine {
+    tx: SendRequest<Body>,
+    /// Boxed: hyper's connection is large, and an engine moves from the pool to a request,
+    /// its lease and its body.
+    conn: Option<Box<http1::Connection<EngineIo, Body>>>,
+}
+
+impl Engine {
+    /// Let hyper read and write what it can now (it registers `cx` for the rest); whether the
+    /// connection is still open. Its end drops it: its `close(2)` follows the answer
+    /// ([`after_answer`]).
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(c) = &mut self.conn {
+            if let Poll::Ready(r) = Pin::new(&mut **c).poll(cx) {
+                if let Err(e) = r {
+                    log::debug!("engine connection: {e}");
+                }
+                self.conn = None;
+            }
+        }
+        self.conn.is_some()
+    }
+
+    /// Ready for a request (`true`), or closed meanwhile (`false`).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if !self.drive(cx) {
+            return Poll::Ready(false);
+        }
+        self.tx.poll_ready(cx).map(|r| r.is_ok())
+    }
+}
+
 struct Idle {
     since: Instant,
-    tx: SendRequest<Body>,
+    engine: Engine,
 }
 
 /// The idle connections to one engine.
@@ -109,16 +147,21 @@ pub struct Upstream {
 pub struct Lease {
     pool: Arc<Upstream>,
     target: Arc<Target>,
-    tx: SendRequest<Body>,
+    engine: Engine,
     /// The engine keeps the connection open after this response.
     reusable: bool,
 }
 
 impl Lease {
+    /// Drive the connection (the response body is read through it): [`Engine::drive`].
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        self.engine.drive(cx);
+    }
+
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
-        if self.reusable && !self.tx.is_closed() {
-            self.pool.put(&self.target, self.tx);
+        if self.reusable && self.engine.conn.is_some() && !self.engine.tx.is_closed() {
+            self.pool.put(&self.target, self.engine);
         }
     }
 }
@@ -167,10 +210,10 @@ async fn dial(t: &Target) -> std::io::Result<TcpStream> {
 /// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
 /// `shutdown(2)` at the end is left out (the connection is dropped right after it, and its
 /// `close(2)` sends the same FIN: one system call less per engine connection), that the
-/// close itself waits until the client's answer is written ([`after_answer`]): hyper's driver
-/// drops the connection as soon as an engine that closes has answered, and that the request
+/// close itself waits until the client's answer is written ([`after_answer`]): the
+/// connection ends as soon as an engine that closes has answered, and that the request
 /// is written while the connect is still "in progress" ([`Connecting`]).
-struct EngineIo {
+pub struct EngineIo {
     io: Option<TokioIo<TcpStream>>,
     connecting: Option<Connecting>,
 }
@@ -377,7 +420,7 @@ impl Upstream {
         }
     }
 
-    async fn take(&self, t: &Target) -> Option<SendRequest<Body>> {
+    async fn take(&self, t: &Target) -> Option<Engine> {
         loop {
             let idle = {
                 let mut g = self.slots.lock().expect("not poisoned");
@@ -391,25 +434,25 @@ impl Upstream {
                 }
                 return None;
             }
-            let mut tx = idle.tx;
-            if tx.ready().await.is_ok() {
-                return Some(tx);
+            let mut e = idle.engine;
+            if std::future::poll_fn(|cx| e.poll_ready(cx)).await {
+                return Some(e);
             }
         }
     }
 
-    fn put(&self, t: &Arc<Target>, tx: SendRequest<Body>) {
+    fn put(&self, t: &Arc<Target>, engine: Engine) {
         let mut g = self.slots.lock().expect("not poisoned");
         let now = Instant::now();
         let list = &mut Self::slot(&mut g, t).idle;
-        list.retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.tx.is_closed());
+        list.retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.engine.tx.is_closed());
         if list.len() < POOL_MAX_IDLE {
-            list.push(Idle { since: now, tx });
+            list.push(Idle { since: now, engine });
         }
     }
 
-    /// A new connection, its driver spawned on this thread's runtime.
-    async fn open(&self, t: &Target) -> Result<SendRequest<Body>, Failed> {
+    /// A new connection (no task: its requests drive it).
+    async fn open(&self, t: &Target) -> Result<Engine, Failed> {
         let io = match t.ip {
             Some(ip) => EngineIo::connect(SocketAddr::new(ip, t.port)).map_err(Failed::Connect)?,
             None => match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
@@ -422,15 +465,14 @@ impl Upstream {
             .handshake(io)
             .await
             .map_err(Failed::Protocol)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("engine connection: {e}");
-            }
-        });
-        Ok(tx)
+        Ok(Engine {
+            tx,
+            conn: Some(Box::new(conn)),
+        })
     }
 
-    /// Send `req` (origin-form URI, `Host:` set) to the engine at `t`.
+    /// Send `req` (origin-form URI, `Host:` set) to the engine at `t`. The answer's body is
+    /// read through its lease ([`Lease::drive`]: `Body::stream`).
     pub async fn send(
         self: &Arc<Self>,
         t: &Arc<Target>,
@@ -438,17 +480,23 @@ impl Upstream {
     ) -> Result<Answer, Failed> {
         let mut req = req;
         loop {
-            let (mut tx, pooled) = match self.take(t).await {
-                Some(tx) => (tx, true),
+            let (mut engine, pooled) = match self.take(t).await {
+                Some(e) => (e, true),
                 None => (self.open(t).await?, false),
             };
-            match tx.try_send_request(req).await {
+            let mut answer = std::pin::pin!(engine.tx.try_send_request(req));
+            let answer = std::future::poll_fn(|cx| {
+                engine.drive(cx);
+                answer.as_mut().poll(cx)
+            })
+            .await;
+            match answer {
                 Ok(response) => {
                     let reusable = keeps_alive(&response);
                     let lease = Lease {
                         pool: Arc::clone(self),
                         target: Arc::clone(t),
-                        tx,
+                        engine,
                         reusable,
                     };
                     return Ok(Answer { response, lease });
@@ -475,7 +523,7 @@ impl Upstream {
         let mut g = self.slots.lock().expect("not poisoned");
         for s in g.iter_mut() {
             s.idle
-                .retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.tx.is_closed());
+                .retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.engine.tx.is_closed());
         }
     }
 
@@ -568,20 +616,12 @@ mod tests {
         up.send(t, req).await.unwrap()
     }
 
+    /// Read the answer's body as the gateway does (through the lease, released at its end).
     async fn read_to_end(a: Answer) {
-        use http_body_util_lite::collect;
-        collect(a.response.into_body()).await;
-        a.lease.release();
-    }
-
-    /// Enough of http-body-util's `collect` for these tests.
-    mod http_body_util_lite {
-        use hyper::body::{Body as _, Incoming};
-        use std::pin::Pin;
-        pub async fn collect(mut b: Incoming) {
-            while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await {
-                f.unwrap();
-            }
+        use hyper::body::Body as _;
+        let mut b = Body::stream(a.response.into_body(), Duration::from_secs(5), a.lease);
+        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await {
+            f.unwrap();
         }
     }
 
@@ -600,7 +640,8 @@ mod tests {
         drop(a);
         read_to_end(get(&up, &t).await).await;
         drop(up);
-        // The connections' drivers run on this runtime: wait for the server off it.
+        // The idle connection's close waits for this runtime ([`after_answer`]): wait for
+        // the server off it.
         let accepted = tokio::task::spawn_blocking(move || server.join().unwrap())
             .await
             .unwrap();
