@@ -34,6 +34,30 @@ pub fn priority(level: Level) -> u8 {
     }
 }
 
+/// One log line: `<PRIORITY>` for the journal or `LEVEL: ` for a terminal, then `text` with its
+/// control characters escaped. Written piece by piece: the message is not formatted again.
+fn write_line(
+    buf: &mut impl Write,
+    journal: bool,
+    level: Level,
+    text: &str,
+) -> std::io::Result<()> {
+    if journal {
+        buf.write_all(&[b'<', b'0' + priority(level), b'>'])?;
+    } else {
+        let tag: &[u8] = match level {
+            Level::Error => b"error: ",
+            Level::Warn => b"warning: ",
+            Level::Info => b"info: ",
+            Level::Debug => b"debug: ",
+            Level::Trace => b"trace: ",
+        };
+        buf.write_all(tag)?;
+    }
+    buf.write_all(crate::text::escape_controls(text).as_bytes())?;
+    buf.write_all(b"\n")
+}
+
 /// True when stderr is connected to the journal: `JOURNAL_STREAM=dev:ino` matches fd 2.
 pub fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -64,21 +88,7 @@ pub fn init(verbose: u8, quiet: u8) {
     }
     b.target(env_logger::Target::Stderr);
     b.format(move |buf, record| {
-        let mut line = |text: &str| {
-            let msg = crate::text::escape_controls(text);
-            if journal {
-                writeln!(buf, "<{}>{msg}", priority(record.level()))
-            } else {
-                let tag = match record.level() {
-                    Level::Error => "error",
-                    Level::Warn => "warning",
-                    Level::Info => "info",
-                    Level::Debug => "debug",
-                    Level::Trace => "trace",
-                };
-                writeln!(buf, "{tag}: {msg}")
-            }
-        };
+        let mut line = |text: &str| write_line(buf, journal, record.level(), text);
         if let Some(text) = record.args().as_str() {
             return line(text);
         }
@@ -110,6 +120,19 @@ mod tests {
         assert_eq!(level_for(0, 1), LevelFilter::Warn);
         assert_eq!(level_for(0, 5), LevelFilter::Error);
         assert_eq!(level_for(1, 1), LevelFilter::Info);
+    }
+
+    #[test]
+    fn a_line_is_its_prefix_and_the_escaped_text() {
+        let line = |journal, level, text| {
+            let mut b = Vec::new();
+            write_line(&mut b, journal, level, text).unwrap();
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(line(true, Level::Info, "access: a"), "<6>access: a\n");
+        assert_eq!(line(true, Level::Error, "x\ny"), "<3>x\\ny\n");
+        assert_eq!(line(false, Level::Warn, "w"), "warning: w\n");
+        assert_eq!(line(false, Level::Trace, ""), "trace: \n");
     }
 
     #[test]

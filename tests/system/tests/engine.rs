@@ -16,6 +16,10 @@ use citadel_common::paths::{model_unit, UNIT_MONITOR};
 use citadel_system_tests::citadel::Citadel;
 use citadel_system_tests::engine::{self, Answer, EngineModel, EngineSetup};
 use citadel_system_tests::run::wait_for;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -114,7 +118,7 @@ fn metric_in(body: &str, name: &str, model: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// The largest value of metric `name` (a gauge, or a counter such as [`TTFT_COUNT`]) for
+/// The largest value of metric `name` (a gauge or a counter) for
 /// `model` over all its lines: after a SIGKILL of the API server (scenario 5) vLLM's /metrics
 /// can carry more than one line per metric and model.
 fn max_in(body: &str, name: &str, model: &str) -> Option<f64> {
@@ -139,18 +143,20 @@ fn complete(c: &Citadel, port: u16, model: &str, tokens: u32) -> (u16, String) {
 }
 
 /// A streamed completion in a host thread (curl inside the box); joins to the raw SSE body and
-/// the moment it ended.
+/// the moment it ended. `firsts` counts the streams that have had their first `data:` line.
 fn stream(
     c: &Citadel,
     port: u16,
     model: &str,
     tokens: u32,
+    firsts: &Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<(String, Instant)> {
     let leader = c.sb.leader();
     let body = format!(
         r#"{{"model":"{model}","prompt":"hello world","max_tokens":{tokens},"ignore_eos":true,"stream":true}}"#
     );
     let url = format!("http://127.0.0.1:{port}/v1/completions");
+    let firsts = Arc::clone(firsts);
     std::thread::spawn(move || {
         let mut cmd = std::process::Command::new(citadel_system_tests::sdbox::NSENTER);
         cmd.args([
@@ -161,17 +167,33 @@ fn stream(
             "/usr/bin/curl",
             "-sN",
         ])
+        // curl's -m ends it: the read below cannot outlive it.
         .args(["-m", "300", "-H", "Content-Type: application/json", "-d"])
         .arg(&body)
         .arg(&url)
-        .env_clear();
-        let out = citadel_system_tests::run::run(cmd, None, Duration::from_secs(320)).stdout;
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut out = String::new();
+        let Ok(mut child) = cmd.spawn() else {
+            return (out, Instant::now());
+        };
+        let mut r = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        let mut counted = false;
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if !counted && line.starts_with("data: ") {
+                counted = true;
+                firsts.fetch_add(1, Ordering::SeqCst);
+            }
+            out.push_str(&line);
+            line.clear();
+        }
+        let _ = child.wait();
         (out, Instant::now())
     })
 }
-
-/// vLLM's counter of requests that have had their first token (a histogram's count).
-const TTFT_COUNT: &str = "vllm:time_to_first_token_seconds_count";
 
 /// Tokens of each stream of [`streams_in_flight`]: as many as the tiny model's length allows
 /// after the prompt.
@@ -179,20 +201,19 @@ const STREAM_TOKENS: u32 = 480;
 /// Streams at once in [`streams_in_flight`].
 const STREAMS: usize = 8;
 
-/// [`STREAMS`] streams of [`STREAM_TOKENS`] tokens at once, seen running on `model`. The tiny
+/// [`STREAMS`] streams of [`STREAM_TOKENS`] tokens at once, in `model`'s engine. The tiny
 /// model generates about 280 tokens/s for one client here, so a single stream lasts a second or
 /// two and a /metrics poll can miss it; eight at once keep the engine busy for several seconds.
-/// Started again (at most five times) until one poll sees all of them in the engine (running or
-/// waiting): a stream whose request reaches vLLM after the SIGTERM of a restart is refused with
-/// 500 "cannot schedule new futures after shutdown", which is vLLM's answer to a request that
-/// came late, not a drained stream being cut (CI saw this when only the first of the eight had
-/// been seen running). `need`: how many of them one poll must see (all of them for scenario 3's
-/// drain; at least one for a benchmark stop, which reports how many it saw). Returns the streams
-/// and the most seen at once. The gauges are a snapshot, so vLLM's own count of requests that
-/// have had their first token (`vllm:time_to_first_token_seconds_count`, a counter; the
-/// stand-in has none) counts too: `need` of them since the round began means they are all in
-/// the engine, even when no one poll saw them together (CI saw at most 7 of 8 in five rounds,
-/// the first ones ending while the last were still being started on two busy CPUs).
+/// Started again (at most five times) until `need` of them have had their first token, as
+/// their clients saw it (a `data:` line): only then is a stream surely in the engine. A stream
+/// whose request reaches vLLM after the SIGTERM of a restart is refused with 500 "cannot
+/// schedule new futures after shutdown", vLLM's answer to a request that came late, not a
+/// drained stream being cut. CI saw that twice: once when only the first of the eight had been
+/// seen running, and at b5d7808 when vLLM's own first-token counter
+/// (`vllm:time_to_first_token_seconds_count`) had counted eight since the round began but one
+/// request had not reached the engine. `need`: all of them for scenario 3's drain; at least one
+/// for a benchmark stop (which also goes on when no stream has ended after 2 s). Returns the
+/// streams and the most the engine's gauges (running and waiting) showed at once.
 fn streams_in_flight(
     c: &Citadel,
     port: u16,
@@ -203,36 +224,30 @@ fn streams_in_flight(
     let mut last = String::new();
     let mut first_tokens = 0usize;
     for _ in 0..5 {
-        let base = metrics_text(c, port).and_then(|t| max_in(&t, TTFT_COUNT, model));
+        let firsts = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let hs: Vec<_> = (0..STREAMS)
-            .map(|_| stream(c, port, model, STREAM_TOKENS))
+            .map(|_| stream(c, port, model, STREAM_TOKENS, &firsts))
             .collect();
         let seen = wait_for(Duration::from_secs(60), SEC / 20, || {
             // One /metrics read for both gauges: each read is a process in the box.
-            let text = metrics_text(c, port)?;
-            let running = max_in(&text, "vllm:num_requests_running", model);
-            let waiting = max_in(&text, "vllm:num_requests_waiting", model);
-            last = text
-                .lines()
-                .filter(|l| l.starts_with("vllm:num_requests_"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let now = (running.unwrap_or(0.0) + waiting.unwrap_or(0.0)) as usize;
-            most = most.max(now);
-            // Requests that had their first token since the round began (0 without the counter).
-            let firsts = match (base, max_in(&text, TTFT_COUNT, model)) {
-                (Some(b), Some(n)) if n >= b => (n - b) as usize,
-                _ => 0,
-            };
-            first_tokens = first_tokens.max(firsts);
+            if let Some(text) = metrics_text(c, port) {
+                let running = max_in(&text, "vllm:num_requests_running", model);
+                let waiting = max_in(&text, "vllm:num_requests_waiting", model);
+                last = text
+                    .lines()
+                    .filter(|l| l.starts_with("vllm:num_requests_"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                most = most.max((running.unwrap_or(0.0) + waiting.unwrap_or(0.0)) as usize);
+            }
+            let had_first = firsts.load(Ordering::SeqCst);
+            first_tokens = first_tokens.max(had_first);
             let running_here = started.elapsed() >= SEC * 2 && !hs.iter().any(|h| h.is_finished());
             if hs.iter().all(|h| h.is_finished()) {
                 // Seen or not, none is left to stop with: another round.
                 Some(false)
-            } else if now >= need || firsts >= need || (need == 1 && running_here) {
-                // A benchmark stop also goes on when no stream has ended after 2 s (they are
-                // in flight, whatever the gauges say).
+            } else if had_first >= need || (need == 1 && running_here) {
                 Some(true)
             } else {
                 None
@@ -246,7 +261,7 @@ fn streams_in_flight(
         }
     }
     panic!(
-        "never saw {need} of {STREAMS} streams in {model}'s engine at once in five rounds (at most {most}; at most {first_tokens} had their first token in one round); its last gauges:\n{last}\n{}",
+        "{need} of {STREAMS} streams never had their first token in {model}'s engine in one of five rounds (at most {first_tokens}; the gauges showed at most {most} at once); its last gauges:\n{last}\n{}",
         c.journal_tail(40)
     )
 }
@@ -553,7 +568,7 @@ fn s2_busy_is_not_hung(c: &Citadel) {
     let mut max_running = 0.0f64;
     // At least 5 sweeps (interval 3 s) and past stall_secs (15 s) of continuous work.
     while t0.elapsed() < Duration::from_secs(25) {
-        let h = stream(c, A, "a", 200);
+        let h = stream(c, A, "a", 200, &Arc::default());
         if let Some(r) = metric(c, A, "vllm:num_requests_running", "a") {
             max_running = max_running.max(r);
         }
