@@ -13,7 +13,6 @@
 //! runtime shutting down after a drain): no access-log line is lost.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 type Work = Box<dyn FnOnce() + Send>;
@@ -55,20 +54,18 @@ fn run(queue: &Mutex<Queue>) {
     }
 }
 
-/// `f`, with the work it queues ([`after_answer`]) run at the end of the poll that queued it:
-/// a client connection's task, whose polls end once hyper has written the answer.
-pub async fn answering<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    std::future::poll_fn(|cx| {
-        let outer = ANSWERING.replace(true);
-        let r = f.as_mut().poll(cx);
-        ANSWERING.set(outer);
-        if !outer {
-            QUEUE.with(|q| run(q));
-        }
-        r
-    })
-    .await
+/// One poll, `poll`, with the work it queues ([`after_answer`]) run at its end: how a client
+/// connection's task is polled, whose polls end once hyper has written the answer. (A poll
+/// function, not a future wrapping the connection's: an `async` wrapper would hold the
+/// connection's future twice, its argument and its pinned copy, in every connection's task.)
+pub fn answering<T>(poll: impl FnOnce() -> T) -> T {
+    let outer = ANSWERING.replace(true);
+    let r = poll();
+    ANSWERING.set(outer);
+    if !outer {
+        QUEUE.with(|q| run(q));
+    }
+    r
 }
 
 /// Runs its queue's work when dropped, polled or not.
@@ -107,6 +104,7 @@ pub fn after_answer(f: impl FnOnce() + Send + 'static) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
@@ -151,17 +149,20 @@ mod tests {
             .unwrap();
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let o = Arc::clone(&order);
-        let polls = rt.block_on(answering(async move {
-            let o2 = Arc::clone(&o);
-            after_answer(move || o2.lock().unwrap().push("after"));
-            let tasks = tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks();
-            o.lock().unwrap().push("answer written");
-            tokio::task::yield_now().await;
-            o.lock().unwrap().push("next poll");
-            tasks
-        }));
+        let polls = rt.block_on(async move {
+            let mut f = std::pin::pin!(async move {
+                let o2 = Arc::clone(&o);
+                after_answer(move || o2.lock().unwrap().push("after"));
+                let tasks = tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks();
+                o.lock().unwrap().push("answer written");
+                tokio::task::yield_now().await;
+                o.lock().unwrap().push("next poll");
+                tasks
+            });
+            std::future::poll_fn(|cx| answering(|| f.as_mut().poll(cx))).await
+        });
         assert_eq!(polls, 0, "no task spawned for it");
         assert_eq!(
             *order.lock().unwrap(),

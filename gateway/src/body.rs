@@ -188,9 +188,10 @@ impl HttpBody for Body {
 
 /// `f`'s output, or `None` when it has not come within `limit` of the first time `f` had to
 /// wait: the timer is armed only then (a small request's body comes with its head, and no
-/// timer is set and cancelled for it).
-pub async fn within<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
+/// timer is set and cancelled for it). `f` is pinned by the caller: taken by value, it would be
+/// held twice in the caller's future (the argument and its pinned copy), and a request's
+/// future is allocated for every client connection.
+pub async fn within<F: Future>(limit: Duration, mut f: Pin<&mut F>) -> Option<F::Output> {
     let mut sleep = std::pin::pin!(None::<Sleep>);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = f.as_mut().poll(cx) {
@@ -235,11 +236,13 @@ mod tests {
     #[tokio::test]
     async fn within_gives_what_is_ready_and_gives_up_after_the_limit_of_waiting() {
         let limit = Duration::from_millis(100);
-        assert_eq!(within(limit, std::future::ready(7)).await, Some(7));
-        let quick = tokio::time::sleep(limit / 4);
+        let ready = std::pin::pin!(std::future::ready(7));
+        assert_eq!(within(limit, ready).await, Some(7));
+        let quick = std::pin::pin!(tokio::time::sleep(limit / 4));
         assert_eq!(within(limit, quick).await, Some(()));
         let start = Instant::now();
-        assert_eq!(within(limit, std::future::pending::<()>()).await, None);
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(within(limit, never).await, None);
         let took = start.elapsed();
         assert!(took >= limit && took < limit * 5, "gave up after {took:?}");
     }

@@ -338,7 +338,8 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
     if declared.is_some_and(|n| n > max) {
         return ctx.end(too_large(), None);
     }
-    let body = match within(BODY_READ_TIMEOUT, collect(incoming, max)).await {
+    let read = std::pin::pin!(collect(incoming, max));
+    let body = match within(BODY_READ_TIMEOUT, read).await {
         Some(Ok(Some(b))) => b,
         Some(Ok(None)) => return ctx.end(too_large(), None),
         Some(Err(_)) | None => {
@@ -408,7 +409,10 @@ async fn forward(mut ctx: Ctx, req: Request<Incoming>) -> Reply {
         ctx.snap.engine_auth.as_ref(),
     );
     let timeout = ctx.snap.request_timeout;
-    let answer = within(timeout, ctx.up.send(&target, up)).await;
+    let answer = {
+        let send = std::pin::pin!(ctx.up.send(&target, up));
+        within(timeout, send).await
+    };
     let upstream::Answer { response, lease } = match answer {
         Some(Ok(a)) => a,
         Some(Err(Failed::Connect(e))) => {

@@ -10,6 +10,7 @@
 //! just connected and is sending, and closing it then would fail that request with an empty
 //! reply (hyper's own graceful shutdown closes every connection it has read nothing from).
 
+use crate::after;
 use crate::avail::Availability;
 use crate::proxy::{self, State};
 use crate::upstream::Upstream;
@@ -17,6 +18,7 @@ use citadel_common::config::Config;
 use citadel_common::{notify, Exit, Failure};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -102,7 +104,7 @@ impl First {
 /// finish the request in progress, or the first one if none came yet (for at most
 /// [`FIRST_REQUEST_GRACE`]), and close.
 async fn serve_one<I, S>(
-    conn: http1::Connection<I, S>,
+    mut conn: std::pin::Pin<&mut http1::Connection<I, S>>,
     first: Arc<First>,
     mut drain: watch::Receiver<Option<Instant>>,
 ) where
@@ -112,7 +114,6 @@ async fn serve_one<I, S>(
     <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
 {
-    tokio::pin!(conn);
     let deadline = tokio::select! {
         _ = conn.as_mut() => return,
         d = drain.wait_for(Option::is_some) => match d.map(|d| *d) {
@@ -180,14 +181,19 @@ fn work(
                         fi.saw();
                         proxy::handle(Arc::clone(&st), Arc::clone(&up), req)
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let drain = drain_rx.clone();
-                    // The access log and engine closes its answers queue run at the end of
-                    // each of its polls, after hyper's writes.
-                    tokio::spawn(crate::after::answering(async move {
-                        serve_one(conn, first, drain).await;
+                    let builder = builder.clone();
+                    tokio::spawn(async move {
+                        // Made here, in the task's own state: moved in, it would be held twice
+                        // (the captured value and the pinned one).
+                        let conn =
+                            std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+                        let mut one = std::pin::pin!(serve_one(conn, first, drain));
+                        // The access log and engine closes its answers queue run at the end
+                        // of each of its polls, after hyper's writes.
+                        std::future::poll_fn(|cx| after::answering(|| one.as_mut().poll(cx))).await;
                         drop(guard);
-                    }));
+                    });
                 }
                 Some(Msg::Drain(at)) => break at,
                 // The main thread is gone: nothing to wait for.
