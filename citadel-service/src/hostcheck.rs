@@ -193,17 +193,12 @@ pub fn listening_ports(proc_net: &Path) -> Result<BTreeSet<u16>, String> {
     }
 }
 
-/// The local ports of the LISTEN (`0A`) lines of a `/proc/net/tcp` table.
+/// The local ports of the LISTEN lines of a `/proc/net/tcp` table.
 pub fn parse_proc_net_tcp(text: &str) -> BTreeSet<u16> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let (local, state) = (w.get(1)?, w.get(3)?);
-            (*state == "0A")
-                .then(|| u16::from_str_radix(local.rsplit(':').next()?, 16).ok())
-                .flatten()
-        })
+    use citadel_common::procnet::{tcp_rows, LISTEN};
+    tcp_rows(text)
+        .filter(|r| r.state == LISTEN)
+        .map(|r| r.local_port)
         .collect()
 }
 

@@ -56,6 +56,7 @@ pub mod output;
 pub mod paths;
 pub mod plan;
 pub mod probe;
+pub mod procnet;
 pub mod promtext;
 pub mod quarantine;
 pub mod report;

@@ -160,7 +160,8 @@ impl Lease {
 
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
-        if self.reusable && self.engine.conn.is_some() && !self.engine.tx.is_closed() {
+        // A connection that has ended dropped hyper's receiving side: `tx` is closed then too.
+        if self.reusable && !self.engine.tx.is_closed() {
             self.pool.put(&self.target, self.engine);
         }
     }
@@ -445,7 +446,9 @@ impl Upstream {
         let mut g = self.slots.lock().expect("not poisoned");
         let now = Instant::now();
         let list = &mut Self::slot(&mut g, t).idle;
-        list.retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.engine.tx.is_closed());
+        // By age only: an idle connection is not polled, so nothing about it changes until
+        // `take` drives it (and drops it if the engine has closed it meanwhile).
+        list.retain(|i| now.duration_since(i.since) < POOL_IDLE);
         if list.len() < POOL_MAX_IDLE {
             list.push(Idle { since: now, engine });
         }
@@ -522,8 +525,7 @@ impl Upstream {
         let now = Instant::now();
         let mut g = self.slots.lock().expect("not poisoned");
         for s in g.iter_mut() {
-            s.idle
-                .retain(|i| now.duration_since(i.since) < POOL_IDLE && !i.engine.tx.is_closed());
+            s.idle.retain(|i| now.duration_since(i.since) < POOL_IDLE);
         }
     }
 

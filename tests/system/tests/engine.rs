@@ -13,6 +13,7 @@
 //! prerequisite is a failure, never a skip.
 
 use citadel_common::paths::{model_unit, SOCKET_GATEWAY, UNIT_GATEWAY, UNIT_MONITOR};
+use citadel_common::procnet::{tcp_rows, ESTABLISHED};
 use citadel_system_tests::citadel::Citadel;
 use citadel_system_tests::engine::{self, Answer, EngineModel, EngineSetup};
 use citadel_system_tests::run::wait_for;
@@ -584,15 +585,11 @@ fn gateway_conns_to(c: &Citadel, port: u16) -> usize {
         .lines()
         .filter_map(|l| l.strip_prefix("socket:[")?.strip_suffix(']'))
         .collect();
-    let tcp = c.sb.exec(&["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
-    tcp.stdout
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 9 && f[3] == "01" && inodes.contains(&f[9]))
-        .filter(|f| {
-            let remote = f[2].rsplit(':').next().unwrap_or("");
-            u16::from_str_radix(remote, 16).ok() == Some(port)
-        })
+    let tcp = c.sb.exec(&["cat", "/proc/net/tcp"]).stdout;
+    let tcp6 = c.sb.exec(&["cat", "/proc/net/tcp6"]).stdout;
+    tcp_rows(&tcp)
+        .chain(tcp_rows(&tcp6))
+        .filter(|r| r.state == ESTABLISHED && r.remote_port == port && inodes.contains(&r.inode))
         .count()
 }
 
