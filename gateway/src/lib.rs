@@ -10,7 +10,7 @@
 //! per-model slots and queue, [`avail`] which models serve, [`body`] the body type,
 //! [`reply`] the gateway's own answers, [`metrics`] Prometheus, [`proxy`] one request,
 //! [`upstream`] a worker's connections to the engines, [`after`] what waits until an answer is
-//! written, [`listen`] the socket, [`server`] the threads, signals and reloads.
+//! written, [`within`] giving up on a wait, [`listen`] the socket, [`server`] the threads, signals and reloads.
 
 pub mod after;
 pub mod avail;
@@ -23,6 +23,7 @@ pub mod reply;
 pub mod routes;
 pub mod server;
 pub mod upstream;
+pub mod within;
 
 use citadel_common::config::Config;
 use citadel_common::{Exit, Failure};

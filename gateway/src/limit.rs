@@ -2,6 +2,7 @@
 //! waiting (429 beyond that), each waiting at most the queue timeout (then 503). A slow or
 //! hung model fills only its own slots and queue: the others never wait for it.
 
+use crate::within::within;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,10 +111,11 @@ impl Limiter {
             });
         }
         let _w = Waiting(&self.s.waiting);
-        match tokio::time::timeout(self.timeout, Arc::clone(&self.s.sem).acquire_owned()).await {
-            Ok(Ok(p)) => Ok(slot(p)),
+        let acquire = std::pin::pin!(Arc::clone(&self.s.sem).acquire_owned());
+        match within(self.timeout, acquire).await {
+            Some(Ok(p)) => Ok(slot(p)),
             // The semaphore is never closed; treat it like a timeout all the same.
-            Ok(Err(_)) | Err(_) => Err(Refused::Timeout(self.timeout)),
+            Some(Err(_)) | None => Err(Refused::Timeout(self.timeout)),
         }
     }
 }

@@ -4,12 +4,13 @@
 //! streamed back. Every request ends in one [`Done`]: metrics and one access-log line.
 
 use crate::avail::Availability;
-use crate::body::{collect, within, Body, Finish};
+use crate::body::{collect, Body, Finish};
 use crate::limit::{Refused, Slot};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::reply::{self, Reply};
 use crate::routes::{Backend, Routes};
 use crate::upstream::{self, Failed, Target, Upstream};
+use crate::within::within;
 use citadel_common::clientkeys::Keys;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -16,6 +16,7 @@
 
 use crate::after::after_answer;
 use crate::body::Body;
+use crate::within::within;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::HeaderValue;
@@ -193,10 +194,7 @@ pub async fn reachable(t: &Target) -> bool {
                 .map_or(true, |r| r.is_ok()),
             Err(_) => false,
         },
-        None => matches!(
-            tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await,
-            Ok(Ok(_))
-        ),
+        None => dial(t).await.is_ok(),
     }
 }
 
@@ -205,7 +203,10 @@ pub async fn reachable(t: &Target) -> bool {
 /// body, in one `writev`, and the engine has acknowledged the previous one before it answered,
 /// so Nagle's algorithm never holds a request back (nginx leaves it off upstream too).
 async fn dial(t: &Target) -> std::io::Result<TcpStream> {
-    TcpStream::connect((t.host.as_str(), t.port)).await
+    let connect = std::pin::pin!(TcpStream::connect((t.host.as_str(), t.port)));
+    within(CONNECT_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|| Err(connect_timed_out()))
 }
 
 /// An engine connection's IO for hyper: `TokioIo<TcpStream>`, except that hyper's
@@ -458,11 +459,7 @@ impl Upstream {
     async fn open(&self, t: &Target) -> Result<Engine, Failed> {
         let io = match t.ip {
             Some(ip) => EngineIo::connect(SocketAddr::new(ip, t.port)).map_err(Failed::Connect)?,
-            None => match tokio::time::timeout(CONNECT_TIMEOUT, dial(t)).await {
-                Ok(Ok(s)) => EngineIo::new(s),
-                Ok(Err(e)) => return Err(Failed::Connect(e)),
-                Err(_) => return Err(Failed::Connect(connect_timed_out())),
-            },
+            None => EngineIo::new(dial(t).await.map_err(Failed::Connect)?),
         };
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
