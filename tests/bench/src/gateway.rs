@@ -15,6 +15,7 @@
 //! scheduling. `--ab OTHER_BUILD` measures a second gateway binary in the same rounds instead of
 //! LiteLLM and prints both builds' figures and their ratios to nginx's, writing nothing: how a
 //! change to the request path is judged on a machine whose load moves between runs.
+//! `--callgrind [BUILD ...]` counts instructions per request instead ([`crate::callgrind`]).
 //!
 //! Over 500 lines as one concern: one benchmark's rig (four servers), client, rounds and report.
 
@@ -253,26 +254,17 @@ pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
-    let mut procs = Vec::new();
-    // The engine: the stand-in, answering at once.
-    std::fs::create_dir_all(d.join("model")).map_err(|e| e.to_string())?;
-    let mut c = Command::new(release.join("citadel-standin"));
-    c.arg("serve").arg(d.join("model")).args([
-        "--port",
-        &engine.to_string(),
-        "--served-model-name",
-        "bench",
-    ]);
-    procs.push(Guarded::spawn(quiet(c))?);
-    wait_port(engine, Duration::from_secs(30))?;
+    let mut procs = vec![start_standin(release, d, engine)?];
     // citadel-gateway, as shipped (access log on, to the journal here: /dev/null).
-    let (gw, g) = start_gateway(&release.join("citadel-gateway"), d, "a", &mut port, engine)?;
+    let gw = port()?;
+    let g = start_gateway(&release.join("citadel-gateway"), d, "a", gw, engine, &[])?;
     let gateway_pid = g.pid();
     procs.push(g);
     // The build it is compared with (`--ab`), started the same way.
     let other = match other {
         Some(bin) => {
-            let (p, g) = start_gateway(bin, d, "b", &mut port, engine)?;
+            let p = port()?;
+            let g = start_gateway(bin, d, "b", p, engine, &[])?;
             let pid = g.pid();
             procs.push(g);
             Some((p, pid))
@@ -280,25 +272,9 @@ pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
         None => None,
     };
     let ngx = port()?;
-    // nginx: proxy_pass to the engine with a keep-alive upstream pool.
-    let conf = d.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  upstream engine {{ server 127.0.0.1:{engine}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{ngx};\n    location / {{\n      proxy_pass http://engine;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
-            d = d.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    if !Path::new(NGINX).exists() {
-        return Err(format!("{NGINX} missing (apt-get install nginx)"));
-    }
-    let mut c = Command::new(NGINX);
-    c.arg("-c").arg(&conf).arg("-p").arg(d);
-    let n = Guarded::spawn(quiet(c))?;
+    let n = start_nginx(d, engine, ngx, &[])?;
     let nginx_pid = n.pid();
     procs.push(n);
-    wait_port(ngx, Duration::from_secs(30))?;
     let mut paths = vec![
         Path4 {
             name: "straight to the engine",
@@ -377,32 +353,99 @@ fn litellm(d: &Path, engine: u16, lite: u16, procs: &mut Vec<Guarded>) -> Result
     })
 }
 
-/// A gateway build `bin` (config `NAME.toml` in `d`) in front of the engine, as shipped.
-fn start_gateway(
+/// `bin` as it is, or run by `wrap` (`--callgrind`: valgrind and its options).
+fn command(wrap: &[String], bin: &Path) -> Command {
+    match wrap.split_first() {
+        None => Command::new(bin),
+        Some((w, opts)) => {
+            let mut c = Command::new(w);
+            c.args(opts).arg(bin);
+            c
+        }
+    }
+}
+
+/// How long a server may take to listen: valgrind takes seconds to start one.
+fn start_limit(wrap: &[String]) -> Duration {
+    Duration::from_secs(if wrap.is_empty() { 30 } else { 180 })
+}
+
+/// The engine: one stand-in on `engine`, answering at once (its model directory in `d`).
+pub(crate) fn start_standin(release: &Path, d: &Path, engine: u16) -> Result<Guarded, String> {
+    std::fs::create_dir_all(d.join("model")).map_err(|e| e.to_string())?;
+    let mut c = Command::new(release.join("citadel-standin"));
+    c.arg("serve").arg(d.join("model")).args([
+        "--port",
+        &engine.to_string(),
+        "--served-model-name",
+        "bench",
+    ]);
+    let g = Guarded::spawn(quiet(c))?;
+    wait_port(engine, Duration::from_secs(30))?;
+    Ok(g)
+}
+
+/// nginx on `port`: `proxy_pass` to the engine with a keep-alive upstream pool, its files in
+/// `d`. A worker per core under a master; run by `wrap` (callgrind), one process doing both,
+/// which is what callgrind follows.
+pub(crate) fn start_nginx(
+    d: &Path,
+    engine: u16,
+    port: u16,
+    wrap: &[String],
+) -> Result<Guarded, String> {
+    if !Path::new(NGINX).exists() {
+        return Err(format!("{NGINX} missing (apt-get install nginx)"));
+    }
+    let processes = if wrap.is_empty() {
+        "worker_processes auto;"
+    } else {
+        "master_process off;\nworker_processes 1;"
+    };
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\n{processes}\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  upstream engine {{ server 127.0.0.1:{engine}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://engine;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            d = d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = command(wrap, Path::new(NGINX));
+    c.arg("-c").arg(&conf).arg("-p").arg(d);
+    let n = Guarded::spawn(quiet(c))?;
+    wait_port(port, start_limit(wrap))?;
+    Ok(n)
+}
+
+/// A gateway build `bin` on `port` (config `NAME.toml` in `d`) in front of the engine, as
+/// shipped; run by `wrap` when not empty.
+pub(crate) fn start_gateway(
     bin: &Path,
     d: &Path,
     name: &str,
-    port: &mut impl FnMut() -> Result<u16, String>,
+    port: u16,
     engine: u16,
-) -> Result<(u16, Guarded), String> {
-    let gw = port()?;
+    wrap: &[String],
+) -> Result<Guarded, String> {
     let run = d.join(name);
     std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
     let cfg = d.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "[paths]\nruntime_dir = \"{}\"\n[gpu]\nrequired = false\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n[models.bench]\npath = \"/nonexistent\"\nport = {engine}\ngpus = [0]\n",
+            "[paths]\nruntime_dir = \"{}\"\n[gpu]\nrequired = false\n[gateway]\nlisten = \"127.0.0.1:{port}\"\n[models.bench]\npath = \"/nonexistent\"\nport = {engine}\ngpus = [0]\n",
             run.display()
         ),
     )
     .map_err(|e| e.to_string())?;
-    let mut c = Command::new(bin);
+    let mut c = command(wrap, bin);
     c.arg("--config").arg(&cfg);
     let g = Guarded::spawn(quiet(c))?;
-    wait_port(gw, Duration::from_secs(30))?;
-    Ok((gw, g))
+    wait_port(port, start_limit(wrap))?;
+    Ok(g)
 }
+
 /// The gateway's RSS (KiB) before and with `n` idle keep-alive clients (each sent one request).
 pub fn idle_rss(port: u16, pid: i32, n: usize) -> Result<(u64, u64), String> {
     let before = crate::procs::rss_kib(pid)?.0;
@@ -525,6 +568,20 @@ fn markers(realtime: bool) -> (&'static str, &'static str) {
 /// Run everything, print the table, write it into BENCHMARKS.md.
 pub fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let ws = citadel_system_tests::citadel::workspace_root();
+    let release = ws.join("target/release");
+    if let Some(i) = args.iter().position(|a| a == "--callgrind") {
+        let mut builds: Vec<PathBuf> = args[i + 1..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .map(PathBuf::from)
+            .collect();
+        if builds.is_empty() {
+            builds.push(release.join("citadel-gateway"));
+        }
+        print!("{}", crate::callgrind::run(&release, &builds)?);
+        return Ok(());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let (rt, scheduling) = if args.iter().any(|a| a == "--no-rt") {
         (
@@ -546,14 +603,12 @@ pub fn main() -> Result<(), String> {
     };
     let (begin, end) = markers(rt);
     eprintln!("citadel-gateway-bench: {scheduling}");
-    let ws = citadel_system_tests::citadel::workspace_root();
     let out = args
         .iter()
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("BENCHMARKS.md"));
-    let release = ws.join("target/release");
     let machine = crate::machine::Machine::probe(&ws);
     let load_before = crate::machine::loadavg();
     let ab = args
@@ -709,7 +764,7 @@ fn splice(doc: &str, block: &str, begin: &str, end: &str) -> String {
     }
 }
 
-fn version(argv: &[&str]) -> String {
+pub(crate) fn version(argv: &[&str]) -> String {
     let o = Command::new(argv[0]).args(&argv[1..]).output();
     match o {
         Ok(o) => {

@@ -27,6 +27,7 @@
 //! panic and on SIGINT/SIGTERM.
 
 pub mod boxbench;
+pub mod callgrind;
 pub mod cleanup;
 pub mod gateway;
 pub mod host;

@@ -3,6 +3,8 @@
 //! `target/release/citadel-gateway-bench [--quick] [--no-rt] [--out BENCHMARKS.md] [--ab BIN]` (as root:
 //! SCHED_FIFO for the measured processes unless `--no-rt`). Prints the table and writes it into
 //! BENCHMARKS.md between the gateway markers (the rest of the file is left as it is).
+//! `--callgrind [BIN ...]`: instructions per request of each gateway build (default this
+//! tree's) and of nginx, under valgrind; prints them and writes nothing.
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
