@@ -214,23 +214,27 @@ async fn dial(t: &Target) -> std::io::Result<TcpStream> {
 /// `close(2)` sends the same FIN: one system call less per engine connection), that the
 /// close itself waits until the client's answer is written ([`after_answer`]): the
 /// connection ends as soon as an engine that closes has answered, and that the request
-/// is written while the connect is still "in progress" ([`Connecting`]).
+/// is written while the connect is still "in progress" ([`Link`]).
 pub struct EngineIo {
     io: Option<TokioIo<TcpStream>>,
-    connecting: Option<Connecting>,
+    link: Link,
 }
 
-/// A connection whose non-blocking `connect(2)` said `EINPROGRESS`. On loopback the
-/// handshake is over by the time `connect(2)` returns (the engine's kernel answers the SYN
-/// before the call does), so the request is written at once: no `epoll_wait` for the socket
-/// to turn writable and no `getsockopt(SO_ERROR)` first, two system calls and a trip through
-/// the runtime's queue less on every request's path (nginx waits for them). Only when that
-/// write would block (a far or busy engine) does it wait, for at most [`CONNECT_TIMEOUT`]. A
-/// failure before the connection is known to be up is a connect failure ([`ConnectFailed`]):
-/// nothing of the request reached the engine.
-struct Connecting {
-    /// Armed when the first write would block.
-    timeout: Option<Pin<Box<tokio::time::Sleep>>>,
+/// Whether the connection is known to be up. A non-blocking `connect(2)` to an engine says
+/// `EINPROGRESS`; on loopback the handshake is over by the time `connect(2)` returns (the
+/// engine's kernel answers the SYN before the call does), so the request is written at once:
+/// no `epoll_wait` for the socket to turn writable and no `getsockopt(SO_ERROR)` first, two
+/// system calls and a trip through the runtime's queue less on every request's path (nginx
+/// waits for them). Only when that write would block (a far or busy engine) does it wait, for
+/// at most [`CONNECT_TIMEOUT`]. A failure before the connection is known to be up is a
+/// connect failure ([`ConnectFailed`]): nothing of the request reached the engine.
+enum Link {
+    /// `connect(2)` said `EINPROGRESS` and nothing was written yet: the first write finds out.
+    InProgress,
+    /// That write would have blocked: waiting for the socket to turn writable, until this.
+    Waiting(Pin<Box<tokio::time::Sleep>>),
+    /// Up: everything goes through tokio.
+    Up,
 }
 
 /// An error of a connection that never came up (refused, unreachable, timed out), as it
@@ -270,7 +274,7 @@ impl EngineIo {
     fn new(s: TcpStream) -> EngineIo {
         EngineIo {
             io: Some(TokioIo::new(s)),
-            connecting: None,
+            link: Link::Up,
         }
     }
 
@@ -285,15 +289,15 @@ impl EngineIo {
         };
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let fd = socket(family, SockType::Stream, flags, None)?;
-        let connecting = match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
-            Ok(()) => None,
-            Err(nix::errno::Errno::EINPROGRESS) => Some(Connecting { timeout: None }),
+        let link = match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+            Ok(()) => Link::Up,
+            Err(nix::errno::Errno::EINPROGRESS) => Link::InProgress,
             Err(e) => return Err(e.into()),
         };
         let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
         Ok(EngineIo {
             io: Some(TokioIo::new(stream)),
-            connecting,
+            link,
         })
     }
 
@@ -310,19 +314,19 @@ impl EngineIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<Option<std::io::Result<usize>>> {
         use nix::sys::socket::{sendmsg, MsgFlags};
-        let Some(c) = &mut self.connecting else {
+        if let Link::Up = self.link {
             return Poll::Ready(None);
-        };
+        }
         let stream = self.io.as_ref().expect("taken only on drop").inner();
-        if c.timeout.is_none() {
+        if let Link::InProgress = self.link {
             // tokio would wait for epoll's word that the socket is writable: ask the socket.
             match sendmsg::<()>(stream.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None) {
                 Ok(n) => {
-                    self.connecting = None;
+                    self.link = Link::Up;
                     return Poll::Ready(Some(Ok(n)));
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
-                    c.timeout = Some(Box::pin(tokio::time::sleep(CONNECT_TIMEOUT)));
+                    self.link = Link::Waiting(Box::pin(tokio::time::sleep(CONNECT_TIMEOUT)));
                 }
                 Err(e) => return Poll::Ready(Some(Err(connect_failed(e.into())))),
             }
@@ -335,12 +339,14 @@ impl EngineIo {
             return match failed {
                 Some(e) => Poll::Ready(Some(Err(connect_failed(e)))),
                 None => {
-                    self.connecting = None;
+                    self.link = Link::Up;
                     Poll::Ready(None)
                 }
             };
         }
-        let timeout = c.timeout.as_mut().expect("armed above");
+        let Link::Waiting(timeout) = &mut self.link else {
+            unreachable!("waiting from the first write that would block");
+        };
         ready!(timeout.as_mut().poll(cx));
         Poll::Ready(Some(Err(connect_failed(connect_timed_out()))))
     }
@@ -360,7 +366,7 @@ impl hyper::rt::Read for EngineIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let connecting = self.connecting.is_some();
+        let connecting = !matches!(self.link, Link::Up);
         match ready!(self.io().poll_read(cx, buf)) {
             Err(e) if connecting => Poll::Ready(Err(connect_failed(e))),
             r => Poll::Ready(r),
