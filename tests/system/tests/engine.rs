@@ -714,13 +714,13 @@ fn client_gone_aborts(c: &Citadel) -> String {
         std::thread::sleep(LEAVE_PAUSE);
         let before = tokens().expect("a's /metrics has vllm:generation_tokens_total");
         let (read, first) = stream_and_leave(c, 8000, "a", STREAM_TOKENS);
-        let at_exit = tokens().unwrap_or(f64::NAN) - before;
+        let at_exit = tokens().expect("a's /metrics once curl had exited") - before;
         assert!(
             read.contains("data: "),
             "no first token through the gateway:\n{read}"
         );
         idle().expect("a's request still runs 30 s after its client went away");
-        let generated = tokens().unwrap_or(f64::NAN) - before;
+        let generated = tokens().expect("a's /metrics after the attempt") - before;
         let access = c
             .unit_log(UNIT_GATEWAY)
             .lines()
