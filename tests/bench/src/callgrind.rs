@@ -75,7 +75,7 @@ pub fn run(release: &Path, builds: &[PathBuf]) -> Result<String, String> {
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
-    let _standin = start_standin(release, d, engine)?;
+    let _standin = start_standin(release, engine)?;
     let wrap = |out: &Path| {
         vec![
             VALGRIND.to_string(),

@@ -19,7 +19,7 @@
 //!
 //! Over 500 lines as one concern: one benchmark's rig (four servers), client, rounds and report.
 
-use crate::procs::Guarded;
+use crate::procs::{wait_port, Guarded, Standin};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -219,17 +219,6 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[i.min(s.len() - 1)]
 }
 
-fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t0.elapsed() > limit {
-            return Err(format!("nothing listens on {port} after {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// `c` with no input and its output dropped.
 fn quiet(mut c: Command) -> Command {
     c.stdin(Stdio::null())
@@ -243,6 +232,7 @@ pub struct Rig {
     pub paths: Vec<Path4>,
     pub gateway_pid: i32,
     _procs: Vec<Guarded>,
+    _engine: Standin,
     _dir: tempfile::TempDir,
 }
 
@@ -254,7 +244,8 @@ pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
-    let mut procs = vec![start_standin(release, d, engine)?];
+    let standin = start_standin(release, engine)?;
+    let mut procs = Vec::new();
     // citadel-gateway, as shipped (access log on, to the journal here: /dev/null).
     let gw = port()?;
     let g = start_gateway(&release.join("citadel-gateway"), d, "a", gw, engine, &[])?;
@@ -311,6 +302,7 @@ pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
         paths,
         gateway_pid,
         _procs: procs,
+        _engine: standin,
         _dir: dir,
     })
 }
@@ -370,19 +362,9 @@ fn start_limit(wrap: &[String]) -> Duration {
     Duration::from_secs(if wrap.is_empty() { 30 } else { 180 })
 }
 
-/// The engine: one stand-in on `engine`, answering at once (its model directory in `d`).
-pub(crate) fn start_standin(release: &Path, d: &Path, engine: u16) -> Result<Guarded, String> {
-    std::fs::create_dir_all(d.join("model")).map_err(|e| e.to_string())?;
-    let mut c = Command::new(release.join("citadel-standin"));
-    c.arg("serve").arg(d.join("model")).args([
-        "--port",
-        &engine.to_string(),
-        "--served-model-name",
-        "bench",
-    ]);
-    let g = Guarded::spawn(quiet(c))?;
-    wait_port(engine, Duration::from_secs(30))?;
-    Ok(g)
+/// The engine: one stand-in on `engine`, answering at once, serving the model `bench`.
+pub(crate) fn start_standin(release: &Path, engine: u16) -> Result<Standin, String> {
+    Standin::start(&release.join("citadel-standin"), "bench", engine, &[])
 }
 
 /// nginx on `port`: `proxy_pass` to the engine with a keep-alive upstream pool, its files in

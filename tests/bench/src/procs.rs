@@ -74,6 +74,18 @@ pub fn free_port(taken: &mut Vec<u16>) -> Result<u16, String> {
     Err("no free port in 20000-31999".into())
 }
 
+/// Wait until something accepts connections on loopback `port`, for at most `limit`.
+pub fn wait_port(port: u16, limit: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > limit {
+            return Err(format!("nothing listens on {port} after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// One stand-in engine on the host (`citadel-standin serve DIR --port P ...`).
 pub struct Standin {
     pub name: String,
@@ -107,13 +119,7 @@ impl Standin {
             proc_: Guarded::spawn(cmd)?,
             _dir: dir,
         };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t0.elapsed() > Duration::from_secs(20) {
-                return Err(format!("stand-in {name} never listened on port {port}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port(port, Duration::from_secs(20)).map_err(|e| format!("stand-in {name}: {e}"))?;
         Ok(s)
     }
 
