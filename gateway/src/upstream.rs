@@ -413,7 +413,6 @@ impl hyper::rt::Write for EngineIo {
 }
 
 impl Upstream {
-    /// An idle connection to `t` that is ready for a request, newest first.
     /// The slot of `t`, made when missing.
     fn slot<'a>(slots: &'a mut Vec<Slot>, t: &Arc<Target>) -> &'a mut Slot {
         match slots.iter().position(|s| s.target.same(t)) {
@@ -428,6 +427,7 @@ impl Upstream {
         }
     }
 
+    /// An idle connection to `t` that is ready for a request, newest first.
     async fn take(&self, t: &Target) -> Option<Engine> {
         loop {
             let idle = {

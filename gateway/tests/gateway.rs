@@ -563,3 +563,74 @@ fn a_rollout_record_moves_the_traffic_to_the_surge_port_and_replacing_is_503() {
         g.stderr()
     );
 }
+
+/// How many connections a stand-in engine has accepted (its `/_standin/state` GET included).
+fn accepted(e: &Engine) -> u64 {
+    let (st, _, body) = http(e.port, "GET", "/_standin/state", &[], "");
+    assert_eq!(st, 200, "{body}");
+    json(&body)["accepted"].as_u64().expect("accepted")
+}
+
+/// One request on the kept-alive client connection `r`; its status.
+fn ask_on(r: &mut std::io::BufReader<TcpStream>, model: &str) -> u16 {
+    use std::io::BufRead;
+    let body = chat(model);
+    write!(
+        r.get_mut(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    r.read_exact(&mut vec![0; len]).unwrap();
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn engine_connections_are_kept_alive_and_one_the_engine_closed_idle_is_not_reused() {
+    // The engine closes a connection idle for 1.5 s; the gateway keeps one for up to 4 s
+    // (upstream::POOL_IDLE), so the request after 3 s finds its pooled connection closed.
+    let e = start_engine(
+        "ka",
+        &[
+            ("STANDIN_KEEPALIVE", "1"),
+            ("STANDIN_KEEPALIVE_IDLE_SECS", "1.5"),
+        ],
+        &[],
+    );
+    let g = Gateway::start("", &model_toml("ka", e.port, ""));
+    let before = accepted(&e);
+    // One client connection: its requests are served by one worker thread, with one pool.
+    let c = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = std::io::BufReader::new(c);
+    for _ in 0..5 {
+        assert_eq!(ask_on(&mut r, "ka"), 200);
+    }
+    let after = accepted(&e);
+    assert_eq!(after - before - 1, 1, "5 requests, one engine connection");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ask_on(&mut r, "ka"), 200, "{}", g.stderr());
+    assert_eq!(accepted(&e) - after - 1, 1, "a new engine connection");
+    assert_eq!(
+        g.metric("citadel_gateway_upstream_errors_total", ""),
+        0.0,
+        "{}",
+        g.stderr()
+    );
+}

@@ -8,7 +8,9 @@
 //! nginx (one process, no master: what callgrind follows) started as the latency rounds start
 //! them, but run by valgrind, one at a time. Per proxy: [`CLIENTS`] keep-alive clients send
 //! [`WARM`] requests each, the counters are zeroed, [`COUNTED`] each are counted, and the
-//! counters dumped. Prints one line per proxy; writes nothing outside a temporary directory.
+//! counters dumped. Prints one line per proxy; writes nothing outside a temporary directory
+//! unless `--keep DIR` (each dump copied there). `--engine-keepalive`: the stand-in keeps its
+//! connections alive, as vLLM does.
 
 use crate::gateway::{load, start_gateway, start_nginx, start_standin, NGINX, SMALL};
 use crate::procs::Guarded;
@@ -48,7 +50,7 @@ fn control(option: &str, pid: i32) -> Result<(), String> {
 
 /// The instructions per counted request of the proxy `p` (run by callgrind, writing `out`)
 /// on `port`; stops it.
-fn measure(p: Guarded, port: u16, out: &Path) -> Result<u64, String> {
+fn measure(p: Guarded, port: u16, out: &Path, keep: Option<&Path>) -> Result<u64, String> {
     load(port, SMALL, CLIENTS, WARM)?;
     control("-z", p.pid())?;
     load(port, SMALL, CLIENTS, COUNTED)?;
@@ -58,11 +60,22 @@ fn measure(p: Guarded, port: u16, out: &Path) -> Result<u64, String> {
     let dump = PathBuf::from(format!("{}.1", out.display()));
     let text = std::fs::read_to_string(&dump).map_err(|e| format!("{}: {e}", dump.display()))?;
     let ir = summary(&text).ok_or_else(|| format!("{}: no summary line", dump.display()))?;
+    if let (Some(k), Some(name)) = (keep, dump.file_name()) {
+        let to = k.join(name);
+        std::fs::copy(&dump, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+    }
     Ok(ir / (CLIENTS * COUNTED) as u64)
 }
 
-/// Count `builds` (each a gateway binary) and nginx; one line each.
-pub fn run(release: &Path, builds: &[PathBuf]) -> Result<String, String> {
+/// Count `builds` (each a gateway binary) and nginx, in front of an engine that keeps its
+/// connections alive when `keepalive`; one line each. With `keep`, each proxy's dump is copied
+/// there (`gateway0.out.1` ... and `nginx.out.1`, for `callgrind_annotate`).
+pub fn run(
+    release: &Path,
+    builds: &[PathBuf],
+    keepalive: bool,
+    keep: Option<&Path>,
+) -> Result<String, String> {
     for tool in [VALGRIND, CALLGRIND_CONTROL, NGINX] {
         if !Path::new(tool).exists() {
             return Err(format!(
@@ -75,7 +88,7 @@ pub fn run(release: &Path, builds: &[PathBuf]) -> Result<String, String> {
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
-    let _standin = start_standin(release, engine)?;
+    let _standin = start_standin(release, engine, keepalive)?;
     let wrap = |out: &Path| {
         vec![
             VALGRIND.to_string(),
@@ -89,7 +102,7 @@ pub fn run(release: &Path, builds: &[PathBuf]) -> Result<String, String> {
         let p = port()?;
         eprintln!("citadel-gateway-bench: callgrind: {} ...", bin.display());
         let g = start_gateway(bin, d, &format!("g{i}"), p, engine, &wrap(&out))?;
-        lines.push((bin.display().to_string(), measure(g, p, &out)?));
+        lines.push((bin.display().to_string(), measure(g, p, &out, keep)?));
     }
     let out = d.join("nginx.out");
     let p = port()?;
@@ -97,7 +110,7 @@ pub fn run(release: &Path, builds: &[PathBuf]) -> Result<String, String> {
     let n = start_nginx(d, engine, p, &wrap(&out))?;
     lines.push((
         format!("nginx {}", crate::gateway::version(&[NGINX, "-v"])),
-        measure(n, p, &out)?,
+        measure(n, p, &out, keep)?,
     ));
     Ok(lines
         .iter()

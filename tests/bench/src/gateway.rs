@@ -4,7 +4,10 @@
 //! this). Per path: latency of a small non-streamed completion at concurrency 1 and 64 (added
 //! latency = path minus straight), throughput at 64, streaming time to first byte; then the
 //! gateway's RSS with 1,000 idle keep-alive clients. Clients keep their connection alive
-//! where the server allows it (the stand-in closes after every answer, as its docs say).
+//! where the server allows it. The stand-in closes its connection after every answer, unless
+//! `--engine-keepalive`: then it keeps them (`STANDIN_KEEPALIVE=1`, as vLLM's uvicorn does), so
+//! the proxies reuse their engine connections; each of the four kinds of run (scheduling x
+//! engine connections) keeps its own block in BENCHMARKS.md.
 //!
 //! Method: the four paths are measured in [`ROUNDS`] interleaved rounds (each round measures
 //! every path with a tenth of the requests; the samples of all rounds are pooled), so a change
@@ -15,7 +18,8 @@
 //! scheduling. `--ab OTHER_BUILD` measures a second gateway binary in the same rounds instead of
 //! LiteLLM and prints both builds' figures and their ratios to nginx's, writing nothing: how a
 //! change to the request path is judged on a machine whose load moves between runs.
-//! `--callgrind [BUILD ...]` counts instructions per request instead ([`crate::callgrind`]).
+//! `--callgrind [BUILD ...]` counts instructions per request instead ([`crate::callgrind`]),
+//! with `--engine-keepalive` too.
 //!
 //! Over 500 lines as one concern: one benchmark's rig (four servers), client, rounds and report.
 
@@ -236,15 +240,16 @@ pub struct Rig {
     _dir: tempfile::TempDir,
 }
 
-/// Start the stand-in, the gateway, nginx and LiteLLM on free loopback ports; with `other` (a
-/// second gateway build, `--ab`) that build instead of LiteLLM.
-pub fn rig(release: &Path, other: Option<&Path>) -> Result<Rig, String> {
+/// Start the stand-in (keeping its connections alive when `keepalive`), the gateway, nginx and
+/// LiteLLM on free loopback ports; with `other` (a second gateway build, `--ab`) that build
+/// instead of LiteLLM.
+pub fn rig(release: &Path, other: Option<&Path>, keepalive: bool) -> Result<Rig, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
-    let standin = start_standin(release, engine)?;
+    let standin = start_standin(release, engine, keepalive)?;
     let mut procs = Vec::new();
     // citadel-gateway, as shipped (access log on, to the journal here: /dev/null).
     let gw = port()?;
@@ -362,9 +367,19 @@ fn start_limit(wrap: &[String]) -> Duration {
     Duration::from_secs(if wrap.is_empty() { 30 } else { 180 })
 }
 
-/// The engine: one stand-in on `engine`, answering at once, serving the model `bench`.
-pub(crate) fn start_standin(release: &Path, engine: u16) -> Result<Standin, String> {
-    Standin::start(&release.join("citadel-standin"), "bench", engine, &[])
+/// The engine: one stand-in on `engine`, answering at once, serving the model `bench`; it
+/// keeps its connections alive when `keepalive`, else closes each after its answer.
+pub(crate) fn start_standin(
+    release: &Path,
+    engine: u16,
+    keepalive: bool,
+) -> Result<Standin, String> {
+    let knobs: &[(&str, &str)] = if keepalive {
+        &[("STANDIN_KEEPALIVE", "1")]
+    } else {
+        &[]
+    };
+    Standin::start(&release.join("citadel-standin"), "bench", engine, knobs)
 }
 
 /// nginx on `port`: `proxy_pass` to the engine with a keep-alive upstream pool, its files in
@@ -532,19 +547,18 @@ fn realtime() -> Result<(), String> {
     }
 }
 
-/// The markers of this scheduling's block in BENCHMARKS.md (each mode keeps its own block).
-fn markers(realtime: bool) -> (&'static str, &'static str) {
-    if realtime {
-        (
-            "<!-- citadel-gateway-bench: begin -->",
-            "<!-- citadel-gateway-bench: end -->",
-        )
-    } else {
-        (
-            "<!-- citadel-gateway-bench --no-rt: begin -->",
-            "<!-- citadel-gateway-bench --no-rt: end -->",
-        )
-    }
+/// The markers of this kind of run's block in BENCHMARKS.md (scheduling x engine connections:
+/// each keeps its own block).
+fn markers(realtime: bool, keepalive: bool) -> (String, String) {
+    let kind = format!(
+        "{}{}",
+        if realtime { "" } else { " --no-rt" },
+        if keepalive { " --engine-keepalive" } else { "" }
+    );
+    (
+        format!("<!-- citadel-gateway-bench{kind}: begin -->"),
+        format!("<!-- citadel-gateway-bench{kind}: end -->"),
+    )
 }
 
 /// Run everything, print the table, write it into BENCHMARKS.md.
@@ -552,6 +566,7 @@ pub fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ws = citadel_system_tests::citadel::workspace_root();
     let release = ws.join("target/release");
+    let keepalive = args.iter().any(|a| a == "--engine-keepalive");
     if let Some(i) = args.iter().position(|a| a == "--callgrind") {
         let mut builds: Vec<PathBuf> = args[i + 1..]
             .iter()
@@ -561,7 +576,19 @@ pub fn main() -> Result<(), String> {
         if builds.is_empty() {
             builds.push(release.join("citadel-gateway"));
         }
-        print!("{}", crate::callgrind::run(&release, &builds)?);
+        let keep = args
+            .iter()
+            .position(|a| a == "--keep")
+            .map(|i| {
+                args.get(i + 1)
+                    .map(PathBuf::from)
+                    .ok_or("--keep needs a directory")
+            })
+            .transpose()?;
+        print!(
+            "{}",
+            crate::callgrind::run(&release, &builds, keepalive, keep.as_deref())?
+        );
         return Ok(());
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -583,7 +610,7 @@ pub fn main() -> Result<(), String> {
             ),
         }
     };
-    let (begin, end) = markers(rt);
+    let (begin, end) = markers(rt, keepalive);
     eprintln!("citadel-gateway-bench: {scheduling}");
     let out = args
         .iter()
@@ -602,7 +629,7 @@ pub fn main() -> Result<(), String> {
                 .ok_or("--ab needs a gateway binary")
         })
         .transpose()?;
-    let rig = rig(&release, ab.as_deref())?;
+    let rig = rig(&release, ab.as_deref(), keepalive)?;
     for p in &rig.paths {
         // Warm-up: connections, pools, caches.
         load(p.port, SMALL, 8, 25).map_err(|e| format!("{}: {e}", p.name))?;
@@ -659,19 +686,30 @@ pub fn main() -> Result<(), String> {
     let flags = [
         ("--quick", quick),
         ("--no-rt", !rt && args.iter().any(|a| a == "--no-rt")),
+        ("--engine-keepalive", keepalive),
     ]
     .iter()
     .filter(|(_, on)| *on)
     .fold(String::new(), |acc, (f, _)| acc + " " + f);
     let mut md = format!(
-        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, closes every connection) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}{}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, {}) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
         if rt { "SCHED_FIFO" } else { "normal scheduling" },
+        if keepalive {
+            ", engine keeps its connections alive"
+        } else {
+            ""
+        },
         flags,
         machine.cpu,
         cores_commit,
         machine.date,
         load_before,
         load_after,
+        if keepalive {
+            "keeps its connections alive as vLLM's uvicorn does (`STANDIN_KEEPALIVE=1`), so nginx and the gateway reuse theirs"
+        } else {
+            "closes every connection"
+        },
         per_run(quick, false).0,
         per_run(quick, true).0,
         per_run(quick, false).1,
@@ -700,7 +738,7 @@ pub fn main() -> Result<(), String> {
     ));
     println!("{md}");
     let old = std::fs::read_to_string(&out).unwrap_or_default();
-    let new = splice(&old, &md, begin, end);
+    let new = splice(&old, &md, &begin, &end);
     std::fs::write(&out, new).map_err(|e| format!("{}: {e}", out.display()))?;
     eprintln!("citadel-gateway-bench: wrote {}", out.display());
     Ok(())
@@ -773,15 +811,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_scheduling_keeps_its_own_block() {
-        let (fb, fe) = markers(true);
-        let (nb, ne) = markers(false);
+    fn each_kind_of_run_keeps_its_own_block() {
+        let (fb, fe) = markers(true, false);
+        let (nb, ne) = markers(false, false);
+        // The blocks already in BENCHMARKS.md keep their markers.
+        assert_eq!(fb, "<!-- citadel-gateway-bench: begin -->");
+        assert_eq!(ne, "<!-- citadel-gateway-bench --no-rt: end -->");
+        let (kb, ke) = markers(false, true);
+        assert_eq!(
+            kb,
+            "<!-- citadel-gateway-bench --no-rt --engine-keepalive: begin -->"
+        );
         let doc = format!("# B\n{fb}\nfifo 1\n{fe}\ntail\n");
-        let doc = splice(&doc, &format!("{nb}\nnormal 1\n{ne}\n"), nb, ne);
+        let doc = splice(&doc, &format!("{nb}\nnormal 1\n{ne}\n"), &nb, &ne);
         assert!(doc.contains("fifo 1") && doc.contains("normal 1"), "{doc}");
-        let doc = splice(&doc, &format!("{fb}\nfifo 2\n{fe}\n"), fb, fe);
+        let doc = splice(&doc, &format!("{kb}\nkept 1\n{ke}\n"), &kb, &ke);
+        let doc = splice(&doc, &format!("{fb}\nfifo 2\n{fe}\n"), &fb, &fe);
         assert!(!doc.contains("fifo 1") && doc.contains("fifo 2") && doc.contains("normal 1"));
-        assert!(doc.contains("tail"), "{doc}");
+        assert!(doc.contains("kept 1") && doc.contains("tail"), "{doc}");
+        let doc = splice(&doc, &format!("{kb}\nkept 2\n{ke}\n"), &kb, &ke);
+        assert!(!doc.contains("kept 1") && doc.contains("kept 2") && doc.contains("normal 1"));
     }
 
     #[test]

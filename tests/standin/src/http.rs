@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 server side: read one request (bounded in size and time), write one
-//! response, close. Every answer carries `connection: close`, so there is no keep-alive state.
+//! A small HTTP/1.1 server side: read a request (bounded in size and time), write its
+//! response, and either close (`connection: close`) or, with `STANDIN_KEEPALIVE=1`, read the
+//! connection's next request ([`Conn`] keeps what the client sent ahead).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -22,6 +23,8 @@ pub struct Request {
     /// Names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// HTTP/1.1 without `connection: close`: the client lets the connection live on.
+    pub keep_alive: bool,
 }
 
 impl Request {
@@ -115,13 +118,39 @@ pub fn read_request(stream: &TcpStream) -> Result<Request, ReadError> {
 
 /// Read one request from `stream` within `limit`.
 pub fn read_request_within(stream: &TcpStream, limit: Duration) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + limit;
-    let mut r = BufReader::new(DeadlineReader { stream, deadline });
+    Conn::new(stream).next(limit)
+}
+
+/// One connection's requests, one after another: bytes the client sent beyond a request stay
+/// buffered for the next one.
+pub struct Conn<'a> {
+    r: BufReader<DeadlineReader<'a>>,
+}
+
+impl<'a> Conn<'a> {
+    pub fn new(stream: &'a TcpStream) -> Conn<'a> {
+        Conn {
+            r: BufReader::new(DeadlineReader {
+                stream,
+                deadline: Instant::now(),
+            }),
+        }
+    }
+
+    /// The next request, which must arrive whole within `limit`.
+    pub fn next(&mut self, limit: Duration) -> Result<Request, ReadError> {
+        let deadline = Instant::now() + limit;
+        self.r.get_mut().deadline = deadline;
+        read_from(&mut self.r, deadline)
+    }
+}
+
+fn read_from<R: BufRead>(r: &mut R, deadline: Instant) -> Result<Request, ReadError> {
     let mut limit = MAX_HEAD;
-    let mut line = read_line(&mut r, &mut limit, deadline)?;
+    let mut line = read_line(r, &mut limit, deadline)?;
     // Tolerate leading blank lines, as RFC 9112 allows.
     while line.is_empty() {
-        line = read_line(&mut r, &mut limit, deadline)?;
+        line = read_line(r, &mut limit, deadline)?;
     }
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -135,7 +164,7 @@ pub fn read_request_within(stream: &TcpStream, limit: Duration) -> Result<Reques
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut headers = Vec::new();
     loop {
-        let h = read_line(&mut r, &mut limit, deadline)?;
+        let h = read_line(r, &mut limit, deadline)?;
         if h.is_empty() {
             break;
         }
@@ -150,20 +179,25 @@ pub fn read_request_within(stream: &TcpStream, limit: Duration) -> Result<Reques
         query: query.to_string(),
         headers,
         body: Vec::new(),
+        keep_alive: false,
     };
+    req.keep_alive = version == "HTTP/1.1"
+        && !req
+            .header("connection")
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
     let chunked = req
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         loop {
             let mut l = MAX_HEAD;
-            let size_line = read_line(&mut r, &mut l, deadline)?;
+            let size_line = read_line(r, &mut l, deadline)?;
             let size_hex = size_line.split(';').next().unwrap_or("").trim();
             let size = usize::from_str_radix(size_hex, 16)
                 .map_err(|_| ReadError::Bad(format!("bad chunk size {size_line:?}")))?;
             if size == 0 {
                 // Trailers, up to the blank line.
-                while !read_line(&mut r, &mut l, deadline)?.is_empty() {}
+                while !read_line(r, &mut l, deadline)?.is_empty() {}
                 break;
             }
             if req.body.len() + size > MAX_BODY {
@@ -173,7 +207,7 @@ pub fn read_request_within(stream: &TcpStream, limit: Duration) -> Result<Reques
             req.body.resize(start + size, 0);
             r.read_exact(&mut req.body[start..]).map_err(io_err)?;
             let mut crlf = MAX_HEAD;
-            if !read_line(&mut r, &mut crlf, deadline)?.is_empty() {
+            if !read_line(r, &mut crlf, deadline)?.is_empty() {
                 return Err(ReadError::Bad("chunk not followed by CRLF".into()));
             }
         }
@@ -208,12 +242,21 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The response head (status line and headers, blank line included).
-pub fn head(status: u16, content_type: Option<&str>, content_length: Option<usize>) -> String {
+/// The response head (status line and headers, blank line included); `connection: close`
+/// unless `keep` (uvicorn then sends no `connection` header).
+pub fn head(
+    status: u16,
+    content_type: Option<&str>,
+    content_length: Option<usize>,
+    keep: bool,
+) -> String {
     let mut h = format!(
-        "HTTP/1.1 {status} {}\r\nserver: uvicorn\r\nconnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nserver: uvicorn\r\n",
         reason(status)
     );
+    if !keep {
+        h.push_str("connection: close\r\n");
+    }
     if let Some(ct) = content_type {
         h.push_str(&format!("content-type: {ct}\r\n"));
     }
@@ -226,16 +269,29 @@ pub fn head(status: u16, content_type: Option<&str>, content_length: Option<usiz
 
 /// Write a whole response and close our side.
 pub fn respond(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     status: u16,
     content_type: Option<&str>,
     body: &[u8],
 ) -> io::Result<()> {
-    let mut out = head(status, content_type, Some(body.len())).into_bytes();
+    answer(stream, status, content_type, body, false)
+}
+
+/// Write a whole response; close our side unless `keep`.
+pub fn answer(
+    mut stream: &TcpStream,
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+    keep: bool,
+) -> io::Result<()> {
+    let mut out = head(status, content_type, Some(body.len()), keep).into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out)?;
     stream.flush()?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    if !keep {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
     Ok(())
 }
 
@@ -292,6 +348,31 @@ mod tests {
         let r = read_request_within(&s, Duration::from_millis(300));
         assert!(matches!(r, Err(ReadError::Gone)), "{r:?}");
         assert!(t0.elapsed() < Duration::from_secs(2));
+        drop(s);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_connection_s_next_request_is_read_from_what_came_ahead() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nxyGET /b HTTP/1.1\r\nconnection: keep-alive, close\r\n\r\nGET /c HTTP/1.0\r\n\r\n").unwrap();
+            let mut s = String::new();
+            let _ = c.read_to_string(&mut s);
+        });
+        let (s, _) = l.accept().unwrap();
+        let mut conn = Conn::new(&s);
+        let a = conn.next(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (a.path.as_str(), a.body.as_slice(), a.keep_alive),
+            ("/a", &b"xy"[..], true)
+        );
+        let b = conn.next(Duration::from_secs(5)).unwrap();
+        assert_eq!((b.path.as_str(), b.keep_alive), ("/b", false));
+        let c = conn.next(Duration::from_secs(5)).unwrap();
+        assert_eq!((c.path.as_str(), c.keep_alive), ("/c", false));
         drop(s);
         t.join().unwrap();
     }

@@ -56,6 +56,8 @@ pub struct Knobs {
     pub control: bool,
     pub require_model_dir: bool,
     pub access_log: bool,
+    pub keepalive: bool,
+    pub keepalive_idle: Duration,
     /// The faults file that was applied, if any.
     pub faults_file: Option<std::path::PathBuf>,
 }
@@ -78,6 +80,8 @@ impl Default for Knobs {
             control: false,
             require_model_dir: false,
             access_log: false,
+            keepalive: false,
+            keepalive_idle: crate::server::KEEPALIVE_IDLE,
             faults_file: None,
         }
     }
@@ -103,6 +107,8 @@ pub const KNOBS: &[&str] = &[
     "STANDIN_CONTROL",
     "STANDIN_REQUIRE_MODEL_DIR",
     "STANDIN_ACCESS_LOG",
+    "STANDIN_KEEPALIVE",
+    "STANDIN_KEEPALIVE_IDLE_SECS",
 ];
 
 fn secs(key: &str, v: &str) -> Result<Duration, String> {
@@ -237,6 +243,8 @@ impl Knobs {
                 "STANDIN_CONTROL" => k.control = flag(key, v)?,
                 "STANDIN_REQUIRE_MODEL_DIR" => k.require_model_dir = flag(key, v)?,
                 "STANDIN_ACCESS_LOG" => k.access_log = flag(key, v)?,
+                "STANDIN_KEEPALIVE" => k.keepalive = flag(key, v)?,
+                "STANDIN_KEEPALIVE_IDLE_SECS" => k.keepalive_idle = secs(key, v)?,
                 _ => {}
             }
         }

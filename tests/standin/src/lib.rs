@@ -61,9 +61,10 @@
 //!   `/health`, `/ping`, `/metrics`, `/version` are open.
 //! - Unknown path 404 `{"detail":"Not Found"}`, wrong method 405.
 //!
-//! Every connection is answered once and closed (`connection: close`). Reads and writes time
-//! out after 30 s, a request must arrive within 30 s, heads are capped at 64 KiB and bodies at
-//! 8 MiB (`Content-Length` or chunked); a malformed request gets 400 and the server carries on.
+//! Every connection is answered once and closed (`connection: close`), unless
+//! `STANDIN_KEEPALIVE=1`. Reads and writes time out after 30 s, a request must arrive within
+//! 30 s, heads are capped at 64 KiB and bodies at 8 MiB (`Content-Length` or chunked); a
+//! malformed request gets 400 and the server carries on.
 //! At most 512 connections are served at once (more are closed).
 //!
 //! ## Fault knobs (environment variables, all optional)
@@ -84,6 +85,8 @@
 //! | `STANDIN_CONTROL=1` | serve the control endpoints below. |
 //! | `STANDIN_REQUIRE_MODEL_DIR=1` | exit 1 at start (after the load delay) when MODEL_PATH is not a directory. |
 //! | `STANDIN_ACCESS_LOG=1` | same as `--enable-uvicorn-access-log`. |
+//! | `STANDIN_KEEPALIVE=1` | keep a connection open after an answer with a length, as vLLM's uvicorn does (no `connection: close`; the next request must arrive whole within `STANDIN_KEEPALIVE_IDLE_SECS`). A stream still ends with its connection, and so do a client's `connection: close`, HTTP/1.0, a 400 or 413, and every answer once a drain has begun. |
+//! | `STANDIN_KEEPALIVE_IDLE_SECS=F` | with `STANDIN_KEEPALIVE=1`, how long a kept connection waits for its next request before the stand-in closes it. Default 5 (uvicorn's `--timeout-keep-alive`). |
 //! | `STANDIN_FAULTS_DIR=DIR` | if `DIR/<first served name>` (for a name with `/`, such as the default = the model path: its last component) exists, its `KEY=VALUE` lines (`#` comments; the `STANDIN_` prefix optional) override the variables above for this instance only. An unknown key is an error. |
 //! | `MODEL_PATH/standin-faults` | the same `KEY=VALUE` lines, read last: faults of one version of a model's weights, whatever its name (the rollout tests: a new version that crashes, hangs or loads slowly). |
 //!
@@ -99,7 +102,7 @@
 //! - `POST /_standin/health?mode=ok|503|hang|drop`: change how `/health` answers.
 //! - `POST /_standin/exit?code=N`: answer 200, then exit with N (a clean exit: child stopped).
 //! - `POST /_standin/crash`: answer 200, then abort (SIGABRT).
-//! - `GET /_standin/state`: `{"pid","hung","health","running","generation_tokens","prompt_tokens"}`.
+//! - `GET /_standin/state`: `{"pid","hung","health","running","generation_tokens","prompt_tokens","accepted"}` (`accepted`: connections accepted since the start, this one included).
 //!
 //! ## Exit codes
 //! 0 SIGTERM/SIGINT, or the `STANDIN_EXIT_*` code; 1 failed start (fail knob, port in use,
@@ -478,6 +481,7 @@ fn serve(args: &ServeArgs) -> u8 {
         api_keys,
         metrics: !args.disable_log_stats,
         access_log: args.access_log || knobs.access_log,
+        keepalive: knobs.keepalive.then_some(knobs.keepalive_idle),
         control: knobs.control,
         token_delay: knobs.token_delay,
         hang_at: knobs.hang_after.map(|d| now + d),

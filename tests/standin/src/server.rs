@@ -20,6 +20,9 @@ pub const VLLM_VERSION: &str = "0.33.0";
 pub const MAX_CONNECTIONS: usize = 512;
 /// Read and write timeout of every connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// With `STANDIN_KEEPALIVE=1`, how long a kept connection waits by default for its next
+/// request, which must arrive whole within it (uvicorn's `--timeout-keep-alive` default).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 /// Tokens generated when a request gives no `max_tokens` (the echo is short).
 pub const DEFAULT_ECHO_TOKENS: usize = 16;
 
@@ -42,6 +45,9 @@ pub struct Settings {
     /// False with `--disable-log-stats`: `/metrics` is then 404, as in vLLM.
     pub metrics: bool,
     pub access_log: bool,
+    /// `STANDIN_KEEPALIVE=1`: a connection lives on after an answer with a length, as
+    /// uvicorn's do, waiting this long for its next request (`STANDIN_KEEPALIVE_IDLE_SECS`).
+    pub keepalive: Option<Duration>,
     /// The `/_standin/*` control endpoints are served.
     pub control: bool,
     pub token_delay: Duration,
@@ -66,6 +72,8 @@ pub struct Engine {
     finished: [AtomicU64; 4],
     created: f64,
     connections: AtomicUsize,
+    /// Connections accepted since the start (`/_standin/state`'s `accepted`).
+    accepted: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -153,6 +161,7 @@ impl Engine {
             finished: Default::default(),
             created: unix_now(),
             connections: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
     }
@@ -327,6 +336,7 @@ impl Engine {
             "pid": std::process::id(), "hung": self.hung(), "health": self.health().as_str(),
             "running": self.running(), "generation_tokens": self.generation_tokens(),
             "prompt_tokens": self.prompt_tokens.load(SeqCst),
+            "accepted": self.accepted.load(SeqCst),
         })
     }
 
@@ -363,39 +373,60 @@ impl Engine {
         }
     }
 
-    /// Serve one connection: one request, one answer (or a held / dropped connection).
+    /// Serve one connection: one request, one answer (or a held / dropped connection), and
+    /// with [`Settings::keepalive`] the next request after an answer with a length.
     pub fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_nodelay(true);
-        let req = match http::read_request(&stream) {
+        let mut conn = http::Conn::new(&stream);
+        let mut limit = http::REQUEST_DEADLINE;
+        while self.serve_one(&stream, &mut conn, limit, peer) {
+            limit = self.settings.keepalive.unwrap_or(KEEPALIVE_IDLE);
+        }
+    }
+
+    /// One request of a connection and its answer; whether the connection lives on.
+    fn serve_one(
+        &self,
+        stream: &TcpStream,
+        conn: &mut http::Conn,
+        limit: Duration,
+        peer: SocketAddr,
+    ) -> bool {
+        let req = match conn.next(limit) {
             Ok(r) => r,
-            Err(ReadError::Gone) => return,
+            Err(ReadError::Gone) => return false,
             Err(ReadError::Bad(why)) => {
                 let _ = http::respond(
-                    &stream,
+                    stream,
                     400,
                     Some("text/plain; charset=utf-8"),
                     format!("Invalid HTTP request: {why}").as_bytes(),
                 );
-                return;
+                return false;
             }
             Err(ReadError::TooLarge) => {
                 let _ = http::respond(
-                    &stream,
+                    stream,
                     413,
                     Some("text/plain; charset=utf-8"),
                     b"Request too large",
                 );
-                return;
+                return false;
             }
         };
         self.answering.fetch_add(1, SeqCst);
-        let status = match self.route(&req, &stream) {
+        let mut keep = false;
+        let status = match self.route(&req, stream) {
             Outcome::Reply(status, ct, body) => {
-                let _ = http::respond(&stream, status, ct, &body);
+                keep = self.settings.keepalive.is_some()
+                    && req.keep_alive
+                    && !self.draining.load(SeqCst);
+                keep &= http::answer(stream, status, ct, &body, keep).is_ok();
                 Some(status)
             }
+            // A stream ends with the connection (`connection: close`, no length).
             Outcome::Done(status) => Some(status),
             Outcome::Held | Outcome::Dropped => None,
         };
@@ -407,6 +438,7 @@ impl Engine {
                 req.method, req.path
             ));
         }
+        keep
     }
 
     /// Accept connections forever, one thread each (at most [`MAX_CONNECTIONS`] at once).
@@ -420,6 +452,7 @@ impl Engine {
                     continue;
                 }
             };
+            self.accepted.fetch_add(1, SeqCst);
             let Ok(peer) = stream.peer_addr() else {
                 continue;
             };

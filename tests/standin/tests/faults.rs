@@ -348,3 +348,98 @@ fn misbehaving_clients_do_not_hurt_the_server() {
     assert_eq!(get(&s.url("/health"), None, T).unwrap().0, 200);
     assert!(s.child.try_wait().unwrap().is_none());
 }
+
+/// Read one response with a length (head, then `content-length` bytes) from `r`; its head.
+fn read_answer(r: &mut std::io::BufReader<TcpStream>) -> String {
+    use std::io::BufRead;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "closed in a head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    head
+}
+
+/// What is left on the connection: "" once the server has closed it.
+fn rest(r: &mut std::io::BufReader<TcpStream>) -> String {
+    let mut s = String::new();
+    r.get_ref().set_read_timeout(Some(T)).unwrap();
+    r.read_to_string(&mut s).expect("closed within 5 s");
+    s
+}
+
+const ASK: &str = r#"{"model":"m","prompt":"a b","max_tokens":2}"#;
+
+fn completion(close: bool) -> String {
+    format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{}content-length: {}\r\n\r\n{ASK}",
+        if close { "connection: close\r\n" } else { "" },
+        ASK.len()
+    )
+}
+
+#[test]
+fn keepalive_knob_serves_a_connection_s_requests_until_it_closes() {
+    let mut s = Standin::start("m", &[], &[("STANDIN_KEEPALIVE", "1")]);
+    s.wait_ready(READY);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    // Two requests sent at once: the second stays buffered while the first is answered.
+    let two = format!(
+        "GET /health HTTP/1.1\r\nhost: x\r\n\r\n{}",
+        completion(false)
+    );
+    c.write_all(two.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    for _ in 0..2 {
+        let head = read_answer(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.contains("connection:"), "{head}");
+    }
+    // A client's `connection: close` ends it after the answer.
+    c.write_all(completion(true).as_bytes()).unwrap();
+    let head = read_answer(&mut r);
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(rest(&mut r), "");
+    // A stream ends with its connection.
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let ask = r#"{"model":"m","prompt":"a","max_tokens":2,"stream":true}"#;
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{ask}",
+        ask.len()
+    )
+    .unwrap();
+    let all = rest(&mut std::io::BufReader::new(c));
+    assert!(all.contains("connection: close"), "{all}");
+    assert!(all.trim_end().ends_with("data: [DONE]"), "{all}");
+}
+
+#[test]
+fn without_the_knob_every_answer_closes_its_connection() {
+    let mut s = Standin::start("m", &[], &[]);
+    s.wait_ready(READY);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.write_all(format!("{}{}", completion(false), completion(false)).as_bytes())
+        .unwrap();
+    let mut r = std::io::BufReader::new(c);
+    let head = read_answer(&mut r);
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(rest(&mut r), "", "the second request was answered");
+}

@@ -214,7 +214,7 @@ impl Engine {
         };
         let mut out = stream;
         if ask.stream {
-            let h = http::head(200, Some("text/event-stream; charset=utf-8"), None);
+            let h = http::head(200, Some("text/event-stream; charset=utf-8"), None, false);
             if out.write_all(h.as_bytes()).is_err() {
                 self.finished[ABORT].fetch_add(1, SeqCst);
                 return Outcome::Done(200);

@@ -8,6 +8,7 @@ fn engine() -> Engine {
         api_keys: vec!["k".into()],
         metrics: true,
         access_log: false,
+        keepalive: None,
         control: false,
         token_delay: Duration::ZERO,
         hang_at: None,
@@ -26,6 +27,7 @@ fn req(method: &str, path: &str, body: &str, auth: Option<&str>) -> Request {
         query: String::new(),
         headers,
         body: body.as_bytes().to_vec(),
+        keep_alive: true,
     }
 }
 
