@@ -573,7 +573,6 @@ fn accepted(e: &Engine) -> u64 {
 
 /// One request on the kept-alive client connection `r`; its status.
 fn ask_on(r: &mut std::io::BufReader<TcpStream>, model: &str) -> u16 {
-    use std::io::BufRead;
     let body = chat(model);
     write!(
         r.get_mut(),
@@ -581,23 +580,7 @@ fn ask_on(r: &mut std::io::BufReader<TcpStream>, model: &str) -> u16 {
         body.len()
     )
     .unwrap();
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "closed: {head}");
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .unwrap_or_else(|| panic!("no length: {head}"))
-        .trim()
-        .parse()
-        .unwrap();
-    r.read_exact(&mut vec![0; len]).unwrap();
+    let (head, _) = citadel_standin::testing::read_response(r);
     head.split(' ').nth(1).unwrap().parse().unwrap()
 }
 

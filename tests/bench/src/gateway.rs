@@ -561,6 +561,17 @@ fn markers(realtime: bool, keepalive: bool) -> (String, String) {
     )
 }
 
+/// The path that follows `flag` in `args`, if `flag` is there; an error when nothing follows.
+fn path_after(args: &[String], flag: &str) -> Result<Option<PathBuf>, String> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .map(|p| Some(PathBuf::from(p)))
+            .ok_or_else(|| format!("{flag} needs a path")),
+    }
+}
+
 /// Run everything, print the table, write it into BENCHMARKS.md.
 pub fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -576,15 +587,7 @@ pub fn main() -> Result<(), String> {
         if builds.is_empty() {
             builds.push(release.join("citadel-gateway"));
         }
-        let keep = args
-            .iter()
-            .position(|a| a == "--keep")
-            .map(|i| {
-                args.get(i + 1)
-                    .map(PathBuf::from)
-                    .ok_or("--keep needs a directory")
-            })
-            .transpose()?;
+        let keep = path_after(&args, "--keep")?;
         print!(
             "{}",
             crate::callgrind::run(&release, &builds, keepalive, keep.as_deref())?
@@ -612,23 +615,10 @@ pub fn main() -> Result<(), String> {
     };
     let (begin, end) = markers(rt, keepalive);
     eprintln!("citadel-gateway-bench: {scheduling}");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("BENCHMARKS.md"));
+    let out = path_after(&args, "--out")?.unwrap_or_else(|| ws.join("BENCHMARKS.md"));
     let machine = crate::machine::Machine::probe(&ws);
     let load_before = crate::machine::loadavg();
-    let ab = args
-        .iter()
-        .position(|a| a == "--ab")
-        .map(|i| {
-            args.get(i + 1)
-                .map(PathBuf::from)
-                .ok_or("--ab needs a gateway binary")
-        })
-        .transpose()?;
+    let ab = path_after(&args, "--ab")?;
     let rig = rig(&release, ab.as_deref(), keepalive)?;
     for p in &rig.paths {
         // Warm-up: connections, pools, caches.
@@ -831,6 +821,17 @@ mod tests {
         assert!(doc.contains("kept 1") && doc.contains("tail"), "{doc}");
         let doc = splice(&doc, &format!("{kb}\nkept 2\n{ke}\n"), &kb, &ke);
         assert!(!doc.contains("kept 1") && doc.contains("kept 2") && doc.contains("normal 1"));
+    }
+
+    #[test]
+    fn a_flag_s_path_is_what_follows_it() {
+        let args: Vec<String> = ["--ab", "/x/gw", "--keep"].map(String::from).to_vec();
+        assert_eq!(path_after(&args, "--ab"), Ok(Some(PathBuf::from("/x/gw"))));
+        assert_eq!(path_after(&args, "--out"), Ok(None));
+        assert_eq!(
+            path_after(&args, "--keep"),
+            Err("--keep needs a path".into())
+        );
     }
 
     #[test]

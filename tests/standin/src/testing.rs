@@ -89,6 +89,33 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// One response with a length from a kept-alive connection: its head (status line and
+/// headers, names and values lower-cased, without the blank line) and its body. Panics when
+/// the connection ends first or the answer has no `content-length`.
+pub fn read_response(r: &mut std::io::BufReader<TcpStream>) -> (String, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).expect("a response line");
+        assert!(n > 0, "the connection ended in a response head: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .trim()
+        .parse()
+        .expect("a content-length");
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).expect("the whole body");
+    (head, body)
+}
+
 /// Wait until something listens on loopback `port`; panics after `limit`.
 pub fn wait_listening(port: u16, limit: Duration) {
     let t0 = Instant::now();

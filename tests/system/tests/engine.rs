@@ -490,11 +490,36 @@ fn s1_start_two_real_models(c: &Citadel) {
 
 /// The same request script against the real engine (model a) and the stand-in (in the same
 /// box, on the same model directory): status codes, JSON shapes and metric names.
+/// How many new connections each of two `GET /health` on one curl made (`["1", "0"]`: the
+/// second went over the first's kept-alive connection).
+fn connects_of_two(c: &Citadel, port: u16) -> Vec<String> {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let o = c.sb.exec(&[
+        "/usr/bin/curl",
+        "-s",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{num_connects}\n",
+        &url,
+        &url,
+    ]);
+    o.stdout.lines().map(str::to_string).collect()
+}
+
+/// The stand-in (with `STANDIN_KEEPALIVE=1`, as the gateway benchmark's `--engine-keepalive`
+/// runs it) against the real engine: the same answers' JSON shapes, and both keep a
+/// connection alive after an answer with a length.
 fn comparison_with_the_standin(c: &Citadel) {
     c.sb.ok(&[
         "systemd-run",
         "--unit=eng-standin",
         "--property=Type=exec",
+        "--setenv=STANDIN_KEEPALIVE=1",
         citadel_system_tests::citadel::STANDIN_IN_BOX,
         "serve",
         engine::TINY,
@@ -514,7 +539,18 @@ fn comparison_with_the_standin(c: &Citadel) {
     .expect("stand-in not serving");
     let real = engine::request_script(c, A, "a");
     let standin = engine::request_script(c, STANDIN_PORT, "a");
+    let kept = [("real", A), ("stand-in", STANDIN_PORT)].map(|(who, port)| {
+        let n = connects_of_two(c, port);
+        say(
+            "compare",
+            &format!("{who}: two GET /health on one curl made {n:?} new connections"),
+        );
+        n
+    });
     let _ = c.sb.exec(&["systemctl", "stop", "eng-standin"]);
+    for n in kept {
+        assert_eq!(n, ["1", "0"], "a connection was not kept alive");
+    }
     let readme = std::fs::read_to_string(
         citadel_system_tests::citadel::workspace_root().join("tests/standin/README.md"),
     )
