@@ -30,7 +30,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '== %s\n' "$*" >&2; }
+# Each step's line carries the seconds since the start, so a slow step shows in the log.
+log() { printf '== [%ds] %s\n' "$SECONDS" "$*" >&2; }
 ci=false
 [[ ${CI:-} == true ]] && ci=true
 root=false
