@@ -8,8 +8,10 @@
 # runs the test tiers:
 #
 #   tier 1   cargo test --workspace: unit and black-box tests, the broken-config corpus, the
-#            binaries against the stand-in. Needs no root. Every test that needs more is
-#            #[ignore = "REASON"], and the REASON names its tier:
+#            binaries against the stand-in; then the gateway's black-box tests again with
+#            stand-ins that keep their connections alive (STANDIN_KEEPALIVE=1). Needs no
+#            root. Every test that needs more is #[ignore = "REASON"], and the REASON names
+#            its tier:
 #   system   "system tier: needs root + systemd-nspawn" (tests/system/tests/*.rs)
 #   engine   "engine tier: needs root + systemd-nspawn + the real vLLM venv" (tests/system/tests/engine.rs)
 #   root     "root tier: needs root ..." (e.g. mounting a tmpfs)
@@ -133,6 +135,15 @@ set -e
 passed=$(count "$out/tier1" passed)
 failed=$(count "$out/tier1" failed)
 ignored=$(count "$out/tier1" ignored)
+# The gateway's black-box tests once more with every stand-in keeping its connections alive, as
+# vLLM's uvicorn does (STANDIN_KEEPALIVE=1): the same scenarios over pooled engine connections.
+log "tier 1, keep-alive engines: STANDIN_KEEPALIVE=1 cargo test -p citadel-gateway --test gateway"
+set +e
+STANDIN_KEEPALIVE=1 cargo test -p citadel-gateway --test gateway -- --test-threads="${CITADEL_TEST_THREADS:-2}" 2>&1 | tee "$out/tier1-keepalive"
+[[ ${PIPESTATUS[0]} == 0 ]] || rc=1
+set -e
+passed=$((passed + $(count "$out/tier1-keepalive" passed)))
+failed=$((failed + $(count "$out/tier1-keepalive" failed)))
 
 # The ignored tests, by tier, from tier 1's output: "test NAME ... ignored, REASON".
 for t in system engine root gpu nogpu other; do : >"$out/names.$t"; done
