@@ -137,9 +137,12 @@ failed=$(count "$out/tier1" failed)
 ignored=$(count "$out/tier1" ignored)
 # The gateway's black-box tests once more with every stand-in keeping its connections alive, as
 # vLLM's uvicorn does (STANDIN_KEEPALIVE=1): the same scenarios over pooled engine connections.
-log "tier 1, keep-alive engines: STANDIN_KEEPALIVE=1 cargo test -p citadel-gateway --test gateway"
+# --workspace, not -p citadel-gateway: the test binary tier 1 built, with the workspace's
+# features (-p would build the dependencies again with the gateway's own); the system tier's
+# gateway.rs, all #[ignore]d, is only listed.
+log "tier 1, keep-alive engines: STANDIN_KEEPALIVE=1 cargo test --workspace --test gateway"
 set +e
-STANDIN_KEEPALIVE=1 cargo test -p citadel-gateway --test gateway -- --test-threads="${CITADEL_TEST_THREADS:-2}" 2>&1 | tee "$out/tier1-keepalive"
+STANDIN_KEEPALIVE=1 cargo test --workspace --test gateway -- --test-threads="${CITADEL_TEST_THREADS:-2}" 2>&1 | tee "$out/tier1-keepalive"
 [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
 set -e
 passed=$((passed + $(count "$out/tier1-keepalive" passed)))

@@ -173,18 +173,17 @@ fn read_from<R: BufRead>(r: &mut R, deadline: Instant) -> Result<Request, ReadEr
         };
         headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
+    let closes = headers.iter().any(|(n, v)| {
+        n == "connection" && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+    });
     let mut req = Request {
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
         headers,
         body: Vec::new(),
-        keep_alive: false,
+        keep_alive: version == "HTTP/1.1" && !closes,
     };
-    req.keep_alive = version == "HTTP/1.1"
-        && !req
-            .header("connection")
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
     let chunked = req
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -300,7 +299,8 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    fn roundtrip(raw: &[u8]) -> Result<Request, ReadError> {
+    /// `read` on the server side of a connection whose client sends `raw` and closes its side.
+    fn served<T>(raw: &[u8], read: impl FnOnce(&TcpStream) -> T) -> T {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let raw = raw.to_vec();
@@ -314,10 +314,14 @@ mod tests {
         });
         let (s, _) = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let r = read_request(&s);
+        let r = read(&s);
         drop(s);
         t.join().unwrap();
         r
+    }
+
+    fn roundtrip(raw: &[u8]) -> Result<Request, ReadError> {
+        served(raw, read_request)
     }
 
     #[test]
@@ -354,27 +358,17 @@ mod tests {
 
     #[test]
     fn a_connection_s_next_request_is_read_from_what_came_ahead() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let mut c = TcpStream::connect(addr).unwrap();
-            c.write_all(b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nxyGET /b HTTP/1.1\r\nconnection: keep-alive, close\r\n\r\nGET /c HTTP/1.0\r\n\r\n").unwrap();
-            let mut s = String::new();
-            let _ = c.read_to_string(&mut s);
+        let raw = b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nxyGET /b HTTP/1.1\r\nconnection: keep-alive, close\r\n\r\nGET /c HTTP/1.0\r\n\r\n";
+        let [a, b, c] = served(raw, |s| {
+            let mut conn = Conn::new(s);
+            [(); 3].map(|()| conn.next(Duration::from_secs(5)).unwrap())
         });
-        let (s, _) = l.accept().unwrap();
-        let mut conn = Conn::new(&s);
-        let a = conn.next(Duration::from_secs(5)).unwrap();
         assert_eq!(
             (a.path.as_str(), a.body.as_slice(), a.keep_alive),
             ("/a", &b"xy"[..], true)
         );
-        let b = conn.next(Duration::from_secs(5)).unwrap();
         assert_eq!((b.path.as_str(), b.keep_alive), ("/b", false));
-        let c = conn.next(Duration::from_secs(5)).unwrap();
         assert_eq!((c.path.as_str(), c.keep_alive), ("/c", false));
-        drop(s);
-        t.join().unwrap();
     }
 
     #[test]

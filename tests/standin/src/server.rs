@@ -381,22 +381,23 @@ impl Engine {
         let _ = stream.set_nodelay(true);
         let mut conn = http::Conn::new(&stream);
         let mut limit = http::REQUEST_DEADLINE;
-        while self.serve_one(&stream, &mut conn, limit, peer) {
-            limit = self.settings.keepalive.unwrap_or(KEEPALIVE_IDLE);
+        while let Some(idle) = self.serve_one(&stream, &mut conn, limit, peer) {
+            limit = idle;
         }
     }
 
-    /// One request of a connection and its answer; whether the connection lives on.
+    /// One request of a connection and its answer; how long the connection then waits for its
+    /// next request, `None` when it ends.
     fn serve_one(
         &self,
         stream: &TcpStream,
         conn: &mut http::Conn,
         limit: Duration,
         peer: SocketAddr,
-    ) -> bool {
+    ) -> Option<Duration> {
         let req = match conn.next(limit) {
             Ok(r) => r,
-            Err(ReadError::Gone) => return false,
+            Err(ReadError::Gone) => return None,
             Err(ReadError::Bad(why)) => {
                 let _ = http::respond(
                     stream,
@@ -404,7 +405,7 @@ impl Engine {
                     Some("text/plain; charset=utf-8"),
                     format!("Invalid HTTP request: {why}").as_bytes(),
                 );
-                return false;
+                return None;
             }
             Err(ReadError::TooLarge) => {
                 let _ = http::respond(
@@ -413,17 +414,19 @@ impl Engine {
                     Some("text/plain; charset=utf-8"),
                     b"Request too large",
                 );
-                return false;
+                return None;
             }
         };
         self.answering.fetch_add(1, SeqCst);
-        let mut keep = false;
+        let mut next = None;
         let status = match self.route(&req, stream) {
             Outcome::Reply(status, ct, body) => {
-                keep = self.settings.keepalive.is_some()
-                    && req.keep_alive
-                    && !self.draining.load(SeqCst);
-                keep &= http::answer(stream, status, ct, &body, keep).is_ok();
+                let keep = self
+                    .settings
+                    .keepalive
+                    .filter(|_| req.keep_alive && !self.draining.load(SeqCst));
+                let sent = http::answer(stream, status, ct, &body, keep.is_some());
+                next = keep.filter(|_| sent.is_ok());
                 Some(status)
             }
             // A stream ends with the connection (`connection: close`, no length).
@@ -438,7 +441,7 @@ impl Engine {
                 req.method, req.path
             ));
         }
-        keep
+        next
     }
 
     /// Accept connections forever, one thread each (at most [`MAX_CONNECTIONS`] at once).

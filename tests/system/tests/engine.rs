@@ -488,8 +488,6 @@ fn s1_start_two_real_models(c: &Citadel) {
     });
 }
 
-/// The same request script against the real engine (model a) and the stand-in (in the same
-/// box, on the same model directory): status codes, JSON shapes and metric names.
 /// How many new connections each of two `GET /health` on one curl made (`["1", "0"]`: the
 /// second went over the first's kept-alive connection).
 fn connects_of_two(c: &Citadel, port: u16) -> Vec<String> {
@@ -511,9 +509,10 @@ fn connects_of_two(c: &Citadel, port: u16) -> Vec<String> {
     o.stdout.lines().map(str::to_string).collect()
 }
 
-/// The stand-in (with `STANDIN_KEEPALIVE=1`, as the gateway benchmark's `--engine-keepalive`
-/// runs it) against the real engine: the same answers' JSON shapes, and both keep a
-/// connection alive after an answer with a length.
+/// The same request script against the real engine (model a) and the stand-in (in the same
+/// box, on the same model directory): status codes, JSON shapes and metric names; and both
+/// keep a connection alive after an answer with a length (the stand-in with
+/// `STANDIN_KEEPALIVE=1`, as the gateway benchmark's `--engine-keepalive` runs it).
 fn comparison_with_the_standin(c: &Citadel) {
     c.sb.ok(&[
         "systemd-run",
