@@ -288,7 +288,7 @@ pub fn base_url(host: &str, port: u16) -> String {
     format!("http://{h}:{port}")
 }
 
-/// Test support: a one-shot HTTP server on loopback.
+/// Test support: canned HTTP servers on loopback.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use std::io::{Read, Write};
@@ -298,14 +298,27 @@ pub mod testing {
     /// Listen on a free loopback port, answer the first connection with `reply` after
     /// `delay` (the request is read first), then close; returns the port.
     pub fn serve_once(reply: &'static [u8], delay: Duration) -> u16 {
+        serve(reply, delay, Some(1))
+    }
+
+    /// As [`serve_once`], for every connection (each on its own thread), until the test
+    /// process ends.
+    pub fn serve_each(reply: &'static [u8], delay: Duration) -> u16 {
+        serve(reply, delay, None)
+    }
+
+    fn serve(reply: &'static [u8], delay: Duration, connections: Option<usize>) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = l.local_addr().expect("local address").port();
         std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                std::thread::sleep(delay);
-                let _ = s.write_all(reply);
+            for s in l.incoming().take(connections.unwrap_or(usize::MAX)) {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf);
+                    std::thread::sleep(delay);
+                    let _ = s.write_all(reply);
+                });
             }
         });
         port

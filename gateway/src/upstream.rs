@@ -556,7 +556,6 @@ impl Upstream {
 mod tests {
     use super::*;
     use hyper::body::Bytes;
-    use std::io::{BufRead, BufReader, Read, Write};
 
     #[test]
     fn targets() {
@@ -570,50 +569,16 @@ mod tests {
         );
     }
 
-    /// A keep-alive HTTP/1.1 server on loopback answering `n_conns` connections; returns the
-    /// port and how many connections it accepted, when done.
-    fn keepalive_server(n_conns: usize) -> (u16, std::thread::JoinHandle<usize>) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let h = std::thread::spawn(move || {
-            let mut accepted = 0;
-            for s in l.incoming().take(n_conns) {
-                accepted += 1;
-                let s = s.unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut w = s;
-                loop {
-                    let mut len = 0usize;
-                    let mut line = String::new();
-                    let mut first = true;
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            break;
-                        }
-                        first = false;
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    if first {
-                        break;
-                    }
-                    let mut body = vec![0; len];
-                    r.read_exact(&mut body).unwrap();
-                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-                }
-            }
-            accepted
-        });
-        (port, h)
+    /// The stand-in, in this process, keeping its connections alive as vLLM's uvicorn does.
+    fn keepalive_engine() -> citadel_standin::testing::InProcess {
+        let mut settings = citadel_standin::server::Settings::new(vec!["m".into()]);
+        settings.keepalive = Some(Duration::from_secs(5));
+        citadel_standin::testing::InProcess::start(settings)
     }
 
     async fn get(up: &Arc<Upstream>, t: &Arc<Target>) -> Answer {
-        let mut req = Request::new(Body::full(Bytes::from_static(b"{}")));
+        let body = br#"{"model":"m","prompt":"hi","max_tokens":1}"#;
+        let mut req = Request::new(Body::full(Bytes::from_static(body)));
         *req.method_mut() = hyper::Method::POST;
         *req.uri_mut() = "/v1/completions".parse().unwrap();
         req.headers_mut()
@@ -632,9 +597,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_read_to_its_end_is_reused_one_dropped_midway_is_not() {
-        let (port, server) = keepalive_server(2);
+        let engine = keepalive_engine();
         let up = Arc::new(Upstream::default());
-        let t = Arc::new(Target::new("127.0.0.1", port));
+        let t = Arc::new(Target::new("127.0.0.1", engine.port));
         for _ in 0..3 {
             read_to_end(get(&up, &t).await).await;
             assert_eq!(up.idle_to(&t), 1);
@@ -644,14 +609,9 @@ mod tests {
         assert_eq!(up.idle_to(&t), 0);
         drop(a);
         read_to_end(get(&up, &t).await).await;
-        drop(up);
-        // The idle connection's close waits for this runtime ([`after_answer`]): wait for
-        // the server off it.
-        let accepted = tokio::task::spawn_blocking(move || server.join().unwrap())
-            .await
-            .unwrap();
         assert_eq!(
-            accepted, 2,
+            engine.engine.accepted(),
+            2,
             "four on the first connection, one after the drop"
         );
     }

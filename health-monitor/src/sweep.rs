@@ -143,25 +143,11 @@ pub fn spawn_deep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
     use std::time::Instant;
 
-    /// A server that answers every connection with `reply` after `delay`.
+    /// A server that answers every connection with `reply` after `delay`; its base URL.
     fn server(reply: &'static [u8], delay: Duration) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 2048];
-                    let _ = s.read(&mut buf);
-                    std::thread::sleep(delay);
-                    let _ = s.write_all(reply);
-                });
-            }
-        });
+        let port = citadel_common::probe::testing::serve_each(reply, delay);
         format!("http://127.0.0.1:{port}")
     }
 

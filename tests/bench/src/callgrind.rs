@@ -67,6 +67,19 @@ fn measure(p: Guarded, port: u16, out: &Path, keep: Option<&Path>) -> Result<u64
     Ok(ir / (CLIENTS * COUNTED) as u64)
 }
 
+/// The argv prefix that runs a proxy under callgrind, its dumps named after `out`.
+fn valgrind(out: &Path) -> Vec<String> {
+    vec![
+        VALGRIND.to_string(),
+        "--tool=callgrind".to_string(),
+        // Each dump names its functions in full: by default a dump refers to names by number,
+        // defined in the process's earlier dumps, which are not kept; callgrind_annotate then
+        // puts every instruction under `clone`.
+        "--compress-strings=no".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+    ]
+}
+
 /// Count `builds` (each a gateway binary) and nginx, in front of an engine that keeps its
 /// connections alive when `keepalive`; one line each. With `keep`, each proxy's dump is copied
 /// there (`gateway0.out.1` ... and `nginx.out.1`, for `callgrind_annotate`).
@@ -89,25 +102,18 @@ pub fn run(
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
     let _standin = start_standin(release, engine, keepalive)?;
-    let wrap = |out: &Path| {
-        vec![
-            VALGRIND.to_string(),
-            "--tool=callgrind".to_string(),
-            format!("--callgrind-out-file={}", out.display()),
-        ]
-    };
     let mut lines = Vec::new();
     for (i, bin) in builds.iter().enumerate() {
         let out = d.join(format!("gateway{i}.out"));
         let p = port()?;
         eprintln!("citadel-gateway-bench: callgrind: {} ...", bin.display());
-        let g = start_gateway(bin, d, &format!("g{i}"), p, engine, &wrap(&out))?;
+        let g = start_gateway(bin, d, &format!("g{i}"), p, engine, &valgrind(&out))?;
         lines.push((bin.display().to_string(), measure(g, p, &out, keep)?));
     }
     let out = d.join("nginx.out");
     let p = port()?;
     eprintln!("citadel-gateway-bench: callgrind: nginx ...");
-    let n = start_nginx(d, engine, p, &wrap(&out))?;
+    let n = start_nginx(d, engine, p, &valgrind(&out))?;
     lines.push((
         format!("nginx {}", crate::gateway::version(&[NGINX, "-v"])),
         measure(n, p, &out, keep)?,
@@ -132,5 +138,16 @@ mod tests {
         let text = "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 43912345\ntotals: 43912345\n";
         assert_eq!(summary(text), Some(43_912_345));
         assert_eq!(summary("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn a_kept_dump_names_its_functions() {
+        let argv = valgrind(Path::new("/d/gateway0.out"));
+        assert_eq!(argv[0], VALGRIND);
+        assert!(
+            argv.contains(&"--compress-strings=no".to_string()),
+            "{argv:?}"
+        );
+        assert_eq!(argv.last().unwrap(), "--callgrind-out-file=/d/gateway0.out");
     }
 }

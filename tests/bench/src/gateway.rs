@@ -561,41 +561,61 @@ fn markers(realtime: bool, keepalive: bool) -> (String, String) {
     )
 }
 
-/// The path that follows `flag` in `args`, if `flag` is there; an error when nothing follows.
-fn path_after(args: &[String], flag: &str) -> Result<Option<PathBuf>, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .map(|p| Some(PathBuf::from(p)))
-            .ok_or_else(|| format!("{flag} needs a path")),
-    }
+/// `citadel-gateway-bench`'s command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "citadel-gateway-bench",
+    version,
+    about = "citadel-gateway against nginx and LiteLLM (issue 15): prints the table and writes it \
+             into BENCHMARKS.md between this kind of run's markers (run as root: SCHED_FIFO \
+             for the measured processes unless --no-rt)"
+)]
+pub struct Args {
+    /// Fewer requests per path; the file says so.
+    #[arg(long)]
+    pub quick: bool,
+    /// Normal scheduling, as the units run the gateway (RestrictRealtime=yes).
+    #[arg(long)]
+    pub no_rt: bool,
+    /// The stand-in keeps its connections alive (`STANDIN_KEEPALIVE=1`), as vLLM's uvicorn
+    /// does, so nginx and the gateway reuse their engine connections.
+    #[arg(long)]
+    pub engine_keepalive: bool,
+    /// Where to write the table (default: BENCHMARKS.md at the workspace root).
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Measure this gateway build beside this tree's, in the same rounds, and print the two
+    /// side by side; writes nothing (the first slot is favoured: swap them and run again).
+    #[arg(long, value_name = "BIN")]
+    pub ab: Option<PathBuf>,
+    /// Count user-space instructions per request under valgrind: each gateway build given
+    /// (default this tree's) and nginx; prints them and writes nothing.
+    #[arg(long, value_name = "BIN", num_args = 0..)]
+    pub callgrind: Option<Vec<PathBuf>>,
+    /// With --callgrind: keep each proxy's dump in DIR, for callgrind_annotate.
+    #[arg(long, value_name = "DIR", requires = "callgrind")]
+    pub keep: Option<PathBuf>,
 }
 
 /// Run everything, print the table, write it into BENCHMARKS.md.
 pub fn main() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = <Args as clap::Parser>::parse();
     let ws = citadel_system_tests::citadel::workspace_root();
     let release = ws.join("target/release");
-    let keepalive = args.iter().any(|a| a == "--engine-keepalive");
-    if let Some(i) = args.iter().position(|a| a == "--callgrind") {
-        let mut builds: Vec<PathBuf> = args[i + 1..]
-            .iter()
-            .take_while(|a| !a.starts_with("--"))
-            .map(PathBuf::from)
-            .collect();
+    let keepalive = args.engine_keepalive;
+    if let Some(builds) = &args.callgrind {
+        let mut builds = builds.clone();
         if builds.is_empty() {
             builds.push(release.join("citadel-gateway"));
         }
-        let keep = path_after(&args, "--keep")?;
         print!(
             "{}",
-            crate::callgrind::run(&release, &builds, keepalive, keep.as_deref())?
+            crate::callgrind::run(&release, &builds, keepalive, args.keep.as_deref())?
         );
         return Ok(());
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let (rt, scheduling) = if args.iter().any(|a| a == "--no-rt") {
+    let quick = args.quick;
+    let (rt, scheduling) = if args.no_rt {
         (
             false,
             "normal scheduling (--no-rt), as the units run it (RestrictRealtime=yes)".to_string(),
@@ -615,10 +635,10 @@ pub fn main() -> Result<(), String> {
     };
     let (begin, end) = markers(rt, keepalive);
     eprintln!("citadel-gateway-bench: {scheduling}");
-    let out = path_after(&args, "--out")?.unwrap_or_else(|| ws.join("BENCHMARKS.md"));
+    let out = args.out.clone().unwrap_or_else(|| ws.join("BENCHMARKS.md"));
     let machine = crate::machine::Machine::probe(&ws);
     let load_before = crate::machine::loadavg();
-    let ab = path_after(&args, "--ab")?;
+    let ab = args.ab.clone();
     let rig = rig(&release, ab.as_deref(), keepalive)?;
     for p in &rig.paths {
         // Warm-up: connections, pools, caches.
@@ -675,7 +695,7 @@ pub fn main() -> Result<(), String> {
     let cores_commit = format!("{} cores, commit {}", machine.cores, machine.commit);
     let flags = [
         ("--quick", quick),
-        ("--no-rt", !rt && args.iter().any(|a| a == "--no-rt")),
+        ("--no-rt", !rt && args.no_rt),
         ("--engine-keepalive", keepalive),
     ]
     .iter()
@@ -824,14 +844,39 @@ mod tests {
     }
 
     #[test]
-    fn a_flag_s_path_is_what_follows_it() {
-        let args: Vec<String> = ["--ab", "/x/gw", "--keep"].map(String::from).to_vec();
-        assert_eq!(path_after(&args, "--ab"), Ok(Some(PathBuf::from("/x/gw"))));
-        assert_eq!(path_after(&args, "--out"), Ok(None));
+    fn the_command_line_takes_the_documented_flags_and_refuses_others() {
+        let parse = |a: &[&str]| {
+            <Args as clap::Parser>::try_parse_from(
+                std::iter::once("citadel-gateway-bench").chain(a.iter().copied()),
+            )
+        };
+        let a = parse(&[
+            "--no-rt",
+            "--engine-keepalive",
+            "--ab",
+            "/x/gw",
+            "--out",
+            "/x/B.md",
+        ])
+        .unwrap();
+        assert!(a.no_rt && a.engine_keepalive && !a.quick && a.callgrind.is_none());
+        assert_eq!(a.ab, Some(PathBuf::from("/x/gw")));
+        assert_eq!(a.out, Some(PathBuf::from("/x/B.md")));
+        // --callgrind with no build measures this tree's; builds end at the next flag.
+        let a = parse(&["--callgrind", "--keep", "/d"]).unwrap();
+        assert_eq!(a.callgrind, Some(vec![]));
+        assert_eq!(a.keep, Some(PathBuf::from("/d")));
+        let a = parse(&["--callgrind", "/a", "/b", "--engine-keepalive"]).unwrap();
         assert_eq!(
-            path_after(&args, "--keep"),
-            Err("--keep needs a path".into())
+            a.callgrind,
+            Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
         );
+        assert!(a.engine_keepalive);
+        // A flag without its path, --keep without --callgrind and an unknown flag are refused,
+        // and --help prints the flags: none of them starts a ten-minute run.
+        for bad in [&["--ab"][..], &["--keep", "/d"], &["--no-rtt"], &["--help"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -266,16 +266,6 @@ pub fn head(
     h
 }
 
-/// Write a whole response and close our side.
-pub fn respond(
-    stream: &TcpStream,
-    status: u16,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> io::Result<()> {
-    answer(stream, status, content_type, body, false)
-}
-
 /// Write a whole response; close our side unless `keep`.
 pub fn answer(
     mut stream: &TcpStream,

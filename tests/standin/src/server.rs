@@ -56,6 +56,26 @@ pub struct Settings {
     pub health: HealthMode,
 }
 
+impl Settings {
+    /// A plain engine serving `names`: no API key, metrics on, no access log, answers at once,
+    /// closes every connection, no control endpoints, healthy.
+    pub fn new(names: Vec<String>) -> Settings {
+        Settings {
+            model_path: format!("/models/{}", names.first().map_or("m", String::as_str)),
+            names,
+            max_model_len: 4096,
+            api_keys: vec![],
+            metrics: true,
+            access_log: false,
+            keepalive: None,
+            control: false,
+            token_delay: Duration::ZERO,
+            hang_at: None,
+            health: HealthMode::Ok,
+        }
+    }
+}
+
 /// Shared state of a serving stand-in.
 pub struct Engine {
     pub settings: Settings,
@@ -194,6 +214,11 @@ impl Engine {
         self.health.store(health_code(m), SeqCst);
     }
 
+    /// Connections accepted since the start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(SeqCst)
+    }
+
     pub fn generation_tokens(&self) -> u64 {
         self.generation_tokens.load(SeqCst)
     }
@@ -314,17 +339,19 @@ impl Engine {
                         )
                     }
                 };
-                let _ = http::respond(
+                let _ = http::answer(
                     stream,
                     200,
                     Some("application/json"),
                     format!("{{\"exit\":{code}}}").as_bytes(),
+                    false,
                 );
                 crate::log("ERROR", &format!("control: exiting with status {code}"));
                 crate::exit_clean(i32::from(code))
             }
             "crash" => {
-                let _ = http::respond(stream, 200, Some("application/json"), b"{\"crash\":true}");
+                let body = b"{\"crash\":true}";
+                let _ = http::answer(stream, 200, Some("application/json"), body, false);
                 crate::crash()
             }
             _ => json_reply(404, &json!({"detail": "Not Found"})),
@@ -399,20 +426,22 @@ impl Engine {
             Ok(r) => r,
             Err(ReadError::Gone) => return None,
             Err(ReadError::Bad(why)) => {
-                let _ = http::respond(
+                let _ = http::answer(
                     stream,
                     400,
                     Some("text/plain; charset=utf-8"),
                     format!("Invalid HTTP request: {why}").as_bytes(),
+                    false,
                 );
                 return None;
             }
             Err(ReadError::TooLarge) => {
-                let _ = http::respond(
+                let _ = http::answer(
                     stream,
                     413,
                     Some("text/plain; charset=utf-8"),
                     b"Request too large",
+                    false,
                 );
                 return None;
             }

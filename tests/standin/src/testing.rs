@@ -128,6 +128,25 @@ pub fn wait_listening(port: u16, limit: Duration) {
     }
 }
 
+/// A stand-in served by this process, on its own threads: for a unit test, which has no
+/// binary path to run the stand-in from. It serves until the test process ends.
+pub struct InProcess {
+    pub port: u16,
+    pub engine: std::sync::Arc<crate::server::Engine>,
+}
+
+impl InProcess {
+    /// Serve `settings` on a free loopback port.
+    pub fn start(settings: crate::server::Settings) -> InProcess {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let engine = std::sync::Arc::new(crate::server::Engine::new(settings));
+        let serving = engine.clone();
+        std::thread::spawn(move || serving.accept_loop(listener));
+        InProcess { port, engine }
+    }
+}
+
 /// One stand-in engine, run directly (no systemd), killed when dropped.
 pub struct Engine {
     pub name: String,

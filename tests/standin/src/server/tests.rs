@@ -2,17 +2,10 @@ use super::*;
 
 fn engine() -> Engine {
     Engine::new(Settings {
-        names: vec!["m\"x".into(), "alias".into()],
         model_path: "/models/m".into(),
         max_model_len: 64,
         api_keys: vec!["k".into()],
-        metrics: true,
-        access_log: false,
-        keepalive: None,
-        control: false,
-        token_delay: Duration::ZERO,
-        hang_at: None,
-        health: HealthMode::Ok,
+        ..Settings::new(vec!["m\"x".into(), "alias".into()])
     })
 }
 
