@@ -593,8 +593,20 @@ pub struct Args {
     #[arg(long, value_name = "BIN", num_args = 0..)]
     pub callgrind: Option<Vec<PathBuf>>,
     /// With --callgrind: keep each proxy's dump in DIR, for callgrind_annotate.
-    #[arg(long, value_name = "DIR", requires = "callgrind")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "callgrind",
+        conflicts_with = "segments"
+    )]
     pub keep: Option<PathBuf>,
+    /// With --callgrind --engine-keepalive: one client, and each request's instructions cut
+    /// into four parts at its system calls (request in -> engine, -> waiting, answer in ->
+    /// client, -> waiting), each build's beside nginx's. (In front of an engine that closes,
+    /// each request also connects, nginx waiting for the connect and the gateway not, and
+    /// the parts do not line up.)
+    #[arg(long, requires_all = ["callgrind", "engine_keepalive"])]
+    pub segments: bool,
 }
 
 /// Run everything, print the table, write it into BENCHMARKS.md.
@@ -610,7 +622,13 @@ pub fn main() -> Result<(), String> {
         }
         print!(
             "{}",
-            crate::callgrind::run(&release, &builds, keepalive, args.keep.as_deref())?
+            crate::callgrind::run(
+                &release,
+                &builds,
+                keepalive,
+                args.keep.as_deref(),
+                args.segments
+            )?
         );
         return Ok(());
     }
@@ -874,7 +892,23 @@ mod tests {
         assert!(a.engine_keepalive);
         // A flag without its path, --keep without --callgrind and an unknown flag are refused,
         // and --help prints the flags: none of them starts a ten-minute run.
-        for bad in [&["--ab"][..], &["--keep", "/d"], &["--no-rtt"], &["--help"]] {
+        let a = parse(&["--callgrind", "--segments", "--engine-keepalive"]).unwrap();
+        assert!(a.segments);
+        for bad in [
+            &["--ab"][..],
+            &["--keep", "/d"],
+            &["--segments"],
+            &["--callgrind", "--segments"],
+            &[
+                "--callgrind",
+                "--segments",
+                "--engine-keepalive",
+                "--keep",
+                "/d",
+            ],
+            &["--no-rtt"],
+            &["--help"],
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
