@@ -191,6 +191,15 @@ fn measure_segments(p: Guarded, port: u16, out: &Path) -> Result<[u64; 4], Strin
             dump_of(&text).ok_or_else(|| format!("{}: no trigger or summary", path.display()))?,
         );
     }
+    // Each request is two sends, one to the engine and one to the client: any other count
+    // (a send not cut at, or a second one) would shift the parts of every request after it.
+    let writes = dumps.iter().filter(|d| d.0 == Before::Write).count();
+    if writes != 2 * SEGMENT_COUNTED {
+        return Err(format!(
+            "{}: {writes} sends counted for {SEGMENT_COUNTED} requests, not two each",
+            out.display()
+        ));
+    }
     let requests = cut(&dumps);
     if requests.len() + 1 < SEGMENT_COUNTED {
         return Err(format!(
