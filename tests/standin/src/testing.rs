@@ -39,8 +39,8 @@ fn newest_mtime(dir: &Path) -> SystemTime {
 /// (`env!("CARGO_BIN_EXE_...")`). Tests never build it: `tests/run.sh` (and `cargo test
 /// --workspace`) build it before any test runs. Found, in order:
 /// 1. `$CITADEL_STANDIN`, an explicit path (what `tests/run.sh` exports);
-/// 2. `citadel-standin` next to the binary under test, when it is newer than every stand-in
-///    and common source file.
+/// 2. `citadel-standin` next to the binary under test, when it is newer than every source
+///    file of the stand-in (`tests/standin/src`) and of common.
 ///
 /// Otherwise the test panics, saying how to build it (`cargo build -p citadel-standin`).
 pub fn binary(bin_under_test: &Path) -> PathBuf {
@@ -51,7 +51,8 @@ pub fn binary(bin_under_test: &Path) -> PathBuf {
         }
         let ws = workspace();
         let sibling = bin_under_test.with_file_name("citadel-standin");
-        let sources = newest_mtime(&ws.join("tests/standin"))
+        // The binary's sources: the stand-in's own tests (tests/standin/tests) are not.
+        let sources = newest_mtime(&ws.join("tests/standin/src"))
             .max(newest_mtime(&ws.join("common/src")))
             .max(newest_mtime(&ws.join("common/data")));
         match sibling.metadata().and_then(|m| m.modified()) {
