@@ -218,8 +218,9 @@ fn measure_segments(p: Guarded, port: u16, out: &Path) -> Result<[u64; 4], Strin
 }
 
 /// Count `builds` (each a gateway binary) and nginx, in front of an engine that keeps its
-/// connections alive when `keepalive`; one line each. With `keep`, each proxy's dump is copied
-/// there (`gateway0.out.1` ... and `nginx.out.1`, for `callgrind_annotate`).
+/// connections alive when `keepalive`: one line each, or with `segments` one table of each
+/// request's parts. With `keep`, each proxy's dump is copied there (`gateway0.out.1` ... and
+/// `nginx.out.1`, for `callgrind_annotate`).
 pub fn run(
     release: &Path,
     builds: &[PathBuf],
@@ -240,65 +241,56 @@ pub fn run(
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
     let _standin = start_standin(release, engine, keepalive)?;
+    // Each build, then nginx: its name, and its counts (one, or the four parts).
+    let mut counted: Vec<(String, Vec<u64>)> = Vec::new();
+    for i in 0..=builds.len() {
+        let name = builds
+            .get(i)
+            .map_or("nginx".into(), |_| format!("gateway{i}"));
+        // A directory of its own: `--segments` reads every dump in it.
+        std::fs::create_dir_all(d.join(&name)).map_err(|e| e.to_string())?;
+        let out = d.join(&name).join(format!("{name}.out"));
+        let p = port()?;
+        let wrap = valgrind(&out, segments);
+        let (shown, proxy) = match builds.get(i) {
+            Some(bin) => (
+                bin.display().to_string(),
+                start_gateway(bin, d, &format!("g{i}"), p, engine, &wrap),
+            ),
+            None => (
+                format!("nginx {}", crate::gateway::version(&[NGINX, "-v"])),
+                start_nginx(d, engine, p, &wrap),
+            ),
+        };
+        eprintln!("citadel-gateway-bench: callgrind: {shown} ...");
+        let figures = if segments {
+            measure_segments(proxy?, p, &out)?.to_vec()
+        } else {
+            vec![measure(proxy?, p, &out, keep)?]
+        };
+        counted.push((shown, figures));
+    }
     if segments {
-        let mut columns = Vec::new();
-        for (i, bin) in builds.iter().enumerate() {
-            let out = d.join(format!("seg{i}/gateway.out"));
-            std::fs::create_dir_all(d.join(format!("seg{i}"))).map_err(|e| e.to_string())?;
-            let p = port()?;
-            eprintln!(
-                "citadel-gateway-bench: callgrind, segments: {} ...",
-                bin.display()
-            );
-            let g = start_gateway(bin, d, &format!("g{i}"), p, engine, &valgrind(&out, true))?;
-            columns.push((bin.display().to_string(), measure_segments(g, p, &out)?));
-        }
-        let out = d.join("segn/nginx.out");
-        std::fs::create_dir_all(d.join("segn")).map_err(|e| e.to_string())?;
-        let p = port()?;
-        eprintln!("citadel-gateway-bench: callgrind, segments: nginx ...");
-        let n = start_nginx(d, engine, p, &valgrind(&out, true))?;
-        let nginx = measure_segments(n, p, &out)?;
-        return Ok(segment_table(&columns, &nginx));
+        return Ok(segment_table(&counted));
     }
-    let mut lines = Vec::new();
-    for (i, bin) in builds.iter().enumerate() {
-        let out = d.join(format!("gateway{i}.out"));
-        let p = port()?;
-        eprintln!("citadel-gateway-bench: callgrind: {} ...", bin.display());
-        let g = start_gateway(bin, d, &format!("g{i}"), p, engine, &valgrind(&out, false))?;
-        lines.push((bin.display().to_string(), measure(g, p, &out, keep)?));
-    }
-    let out = d.join("nginx.out");
-    let p = port()?;
-    eprintln!("citadel-gateway-bench: callgrind: nginx ...");
-    let n = start_nginx(d, engine, p, &valgrind(&out, false))?;
-    lines.push((
-        format!("nginx {}", crate::gateway::version(&[NGINX, "-v"])),
-        measure(n, p, &out, keep)?,
-    ));
-    Ok(lines
+    Ok(counted
         .iter()
         .map(|(name, ir)| {
             format!(
-                "{name:<40} {ir:>7} instructions per request (user space, {} requests)\n",
+                "{name:<40} {:>7} instructions per request (user space, {} requests)\n",
+                ir[0],
                 CLIENTS * COUNTED
             )
         })
         .collect())
 }
 
-/// The segments of each gateway build beside nginx's, with each build's ratio to nginx.
-fn segment_table(builds: &[(String, [u64; 4])], nginx: &[u64; 4]) -> String {
-    let mut t = format!(
-        "User-space instructions of one request at c=1, by part (median of {SEGMENT_COUNTED} requests):\n\n| part |"
-    );
-    for (name, _) in builds {
-        t.push_str(&format!(" {name} | / nginx |"));
-    }
-    t.push_str(" nginx |\n|---|");
-    t.push_str(&"---|---|".repeat(builds.len()));
-    t.push_str("---|\n");
+/// The parts of each gateway build's requests beside nginx's (the last of `counted`), with
+/// each build's ratio to nginx.
+fn segment_table(counted: &[(String, Vec<u64>)]) -> String {
+    let (builds, [(nginx_name, nginx)]) = counted.split_at(counted.len() - 1) else {
+        unreachable!("nginx is always measured")
+    };
     let ratio = |a: u64, b: u64| {
         if b == 0 {
             "-".to_string()
@@ -306,24 +298,28 @@ fn segment_table(builds: &[(String, [u64; 4])], nginx: &[u64; 4]) -> String {
             format!("{:.2}", a as f64 / b as f64)
         }
     };
-    let total = |v: &[u64; 4]| v.iter().sum::<u64>();
-    for (i, part) in SEGMENTS.iter().enumerate() {
-        t.push_str(&format!("| {part} |"));
-        for (_, b) in builds {
-            t.push_str(&format!(" {} | {} |", b[i], ratio(b[i], nginx[i])));
+    let mut head = vec!["part".to_string()];
+    for (name, _) in builds {
+        head.extend([name.clone(), "/ nginx".into()]);
+    }
+    head.push(nginx_name.clone());
+    let mut rows = vec![head];
+    // Each proxy's four parts and their sum.
+    let with_total = |v: &[u64]| [v.to_vec(), vec![v.iter().sum()]].concat();
+    let nginx = with_total(nginx);
+    let builds: Vec<Vec<u64>> = builds.iter().map(|(_, b)| with_total(b)).collect();
+    for (i, what) in SEGMENTS.iter().chain(&["whole request"]).enumerate() {
+        let mut r = vec![what.to_string()];
+        for b in &builds {
+            r.extend([b[i].to_string(), ratio(b[i], nginx[i])]);
         }
-        t.push_str(&format!(" {} |\n", nginx[i]));
+        r.push(nginx[i].to_string());
+        rows.push(r);
     }
-    t.push_str("| whole request |");
-    for (_, b) in builds {
-        t.push_str(&format!(
-            " {} | {} |",
-            total(b),
-            ratio(total(b), total(nginx))
-        ));
-    }
-    t.push_str(&format!(" {} |\n", total(nginx)));
-    t
+    format!(
+        "User-space instructions of one request at c=1, by part (median of {SEGMENT_COUNTED} requests):\n\n{}",
+        crate::report::md_table(&rows)
+    )
 }
 
 #[cfg(test)]
@@ -383,7 +379,10 @@ mod tests {
 
     #[test]
     fn the_segment_table_puts_each_build_beside_nginx() {
-        let t = segment_table(&[("gw".into(), [20, 4, 14, 7])], &[10, 1, 7, 5]);
+        let t = segment_table(&[
+            ("gw".into(), vec![20, 4, 14, 7]),
+            ("nginx".into(), vec![10, 1, 7, 5]),
+        ]);
         assert!(t.contains("| part | gw | / nginx | nginx |"), "{t}");
         assert!(
             t.contains(&format!("| {} | 20 | 2.00 | 10 |", SEGMENTS[0])),

@@ -694,16 +694,32 @@ pub fn main() -> Result<(), String> {
             f.c64.1 - base.c64.1,
         )
     };
-    let mut t = String::new();
-    t.push_str("| path | c=1 p50 / p99 (ms) | added c=1 p50 / p99 | c=64 p50 / p99 (ms) | added c=64 p50 / p99 | throughput c=64 (req/s) | stream first byte p50 (ms) | proxy CPU per request (µs) |\n|---|---|---|---|---|---|---|---|\n");
+    let mut rows = vec![[
+        "path",
+        "c=1 p50 / p99 (ms)",
+        "added c=1 p50 / p99",
+        "c=64 p50 / p99 (ms)",
+        "added c=64 p50 / p99",
+        "throughput c=64 (req/s)",
+        "stream first byte p50 (ms)",
+        "proxy CPU per request (µs)",
+    ]
+    .map(String::from)
+    .to_vec()];
     for (p, f) in rig.paths.iter().zip(&figs) {
         let a = added(f);
-        t.push_str(&format!(
-            "| {} | {:.2} / {:.2} | {:+.2} / {:+.2} | {:.1} / {:.1} | {:+.1} / {:+.1} | {:.0} | {:.2} | {} |\n",
-            p.name, f.c1.0, f.c1.1, a.0, a.1, f.c64.0, f.c64.1, a.2, a.3, f.rps, f.ttfb,
-            f.cpu_us.map_or("-".to_string(), |c| format!("{c:.0}"))
-        ));
+        rows.push(vec![
+            p.name.to_string(),
+            format!("{:.2} / {:.2}", f.c1.0, f.c1.1),
+            format!("{:+.2} / {:+.2}", a.0, a.1),
+            format!("{:.1} / {:.1}", f.c64.0, f.c64.1),
+            format!("{:+.1} / {:+.1}", a.2, a.3),
+            format!("{:.0}", f.rps),
+            format!("{:.2}", f.ttfb),
+            f.cpu_us.map_or("-".to_string(), |c| format!("{c:.0}")),
+        ]);
     }
+    let t = crate::report::md_table(&rows);
     let (g, n, l) = (&figs[1], &figs[2], &figs[3]);
     let ratio = |x: f64, y: f64| if y.abs() < 1e-9 { f64::NAN } else { x / y };
     let (ga, na) = (added(g), added(n));
@@ -776,29 +792,39 @@ pub fn main() -> Result<(), String> {
 /// gateway builds in one run; not written anywhere.
 fn ab_table(paths: &[Path4], figs: &[Figures], bin: &Path, scheduling: &str) -> String {
     let n = figs.last().expect("nginx is measured");
-    let mut t = format!(
-        "A/B, {scheduling}: this tree's gateway against {}\n| path | c=1 p50 / p99 (ms) | c=64 p50 / p99 (ms) | req/s | CPU/request (µs) | / nginx: c=1 p50, p99, c=64 p50, p99, CPU |\n|---|---|---|---|---|---|\n",
-        bin.display()
-    );
+    let mut rows = vec![[
+        "path",
+        "c=1 p50 / p99 (ms)",
+        "c=64 p50 / p99 (ms)",
+        "req/s",
+        "CPU/request (µs)",
+        "/ nginx: c=1 p50, p99, c=64 p50, p99, CPU",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let cpu = |f: &Figures| f.cpu_us.unwrap_or(f64::NAN);
     for (p, f) in paths.iter().zip(figs) {
-        let cpu = |f: &Figures| f.cpu_us.unwrap_or(f64::NAN);
-        t.push_str(&format!(
-            "| {} | {:.3} / {:.3} | {:.2} / {:.2} | {:.0} | {:.0} | {:.2} {:.2} {:.2} {:.2} {:.2} |\n",
-            p.name,
-            f.c1.0,
-            f.c1.1,
-            f.c64.0,
-            f.c64.1,
-            f.rps,
-            cpu(f),
-            f.c1.0 / n.c1.0,
-            f.c1.1 / n.c1.1,
-            f.c64.0 / n.c64.0,
-            f.c64.1 / n.c64.1,
-            cpu(f) / cpu(n),
-        ));
+        rows.push(vec![
+            p.name.to_string(),
+            format!("{:.3} / {:.3}", f.c1.0, f.c1.1),
+            format!("{:.2} / {:.2}", f.c64.0, f.c64.1),
+            format!("{:.0}", f.rps),
+            format!("{:.0}", cpu(f)),
+            format!(
+                "{:.2} {:.2} {:.2} {:.2} {:.2}",
+                f.c1.0 / n.c1.0,
+                f.c1.1 / n.c1.1,
+                f.c64.0 / n.c64.0,
+                f.c64.1 / n.c64.1,
+                cpu(f) / cpu(n)
+            ),
+        ]);
     }
-    t
+    format!(
+        "A/B, {scheduling}: this tree's gateway against {}\n{}",
+        bin.display(),
+        crate::report::md_table(&rows)
+    )
 }
 
 /// `doc` with its block between `begin` and `end` replaced by `block` (which carries both

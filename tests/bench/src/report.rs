@@ -121,15 +121,33 @@ const HEAD: [&str; 7] = [
     "result",
 ];
 
-/// The table printed on the terminal.
-pub fn text_table(rows: &[Row]) -> String {
+/// The head and every row's cells, for either table.
+fn grid(rows: &[Row]) -> Vec<Vec<String>> {
     let mut t = vec![HEAD.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     t.extend(rows.iter().map(Row::cells));
-    citadel_common::output::table(&t)
+    t
+}
+
+/// The table printed on the terminal.
+pub fn text_table(rows: &[Row]) -> String {
+    citadel_common::output::table(&grid(rows))
 }
 
 fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A Markdown table: `rows[0]` is the head; every cell escaped ([`md_cell`]).
+pub fn md_table(rows: &[Vec<String>]) -> String {
+    let mut s = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r.iter().map(|c| md_cell(c)).collect();
+        s.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if i == 0 {
+            s.push_str(&format!("|{}\n", "---|".repeat(r.len())));
+        }
+    }
+    s
 }
 
 /// BENCHMARKS.md.
@@ -151,12 +169,7 @@ pub fn markdown(rows: &[Row], m: &Machine, command: &str, preamble: &[String]) -
         s.push_str(&format!("- {p}\n"));
     }
     s.push_str("\n## Results\n\n");
-    s.push_str(&format!("| {} |\n", HEAD.join(" | ")));
-    s.push_str(&format!("|{}\n", "---|".repeat(HEAD.len())));
-    for r in rows {
-        let c: Vec<String> = r.cells().iter().map(|c| md_cell(c)).collect();
-        s.push_str(&format!("| {} |\n", c.join(" | ")));
-    }
+    s.push_str(&md_table(&grid(rows)));
     let missed: Vec<&Row> = rows.iter().filter(|r| r.verdict() == Some(false)).collect();
     s.push_str("\n## Missed targets: why, and what would fix it\n\n");
     if missed.is_empty() {

@@ -349,11 +349,6 @@ fn misbehaving_clients_do_not_hurt_the_server() {
     assert!(s.child.try_wait().unwrap().is_none());
 }
 
-/// One response with a length from `r`; its head.
-fn read_answer(r: &mut std::io::BufReader<TcpStream>) -> String {
-    citadel_standin::testing::read_response(r).0
-}
-
 /// What is left on the connection: "" once the server has closed it.
 fn rest(r: &mut std::io::BufReader<TcpStream>) -> String {
     let mut s = String::new();
@@ -386,13 +381,13 @@ fn keepalive_knob_serves_a_connection_s_requests_until_it_closes() {
     c.write_all(two.as_bytes()).unwrap();
     let mut r = std::io::BufReader::new(c.try_clone().unwrap());
     for _ in 0..2 {
-        let head = read_answer(&mut r);
+        let (head, _) = citadel_standin::testing::read_response(&mut r);
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(!head.contains("connection:"), "{head}");
     }
     // A client's `connection: close` ends it after the answer.
     c.write_all(completion(true).as_bytes()).unwrap();
-    let head = read_answer(&mut r);
+    let (head, _) = citadel_standin::testing::read_response(&mut r);
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(rest(&mut r), "");
     // A stream ends with its connection.
@@ -417,7 +412,7 @@ fn without_the_knob_every_answer_closes_its_connection() {
     c.write_all(format!("{}{}", completion(false), completion(false)).as_bytes())
         .unwrap();
     let mut r = std::io::BufReader::new(c);
-    let head = read_answer(&mut r);
+    let (head, _) = citadel_standin::testing::read_response(&mut r);
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(rest(&mut r), "", "the second request was answered");
 }
