@@ -240,6 +240,9 @@ pub fn run(
     let mut taken = Vec::new();
     let mut port = || crate::procs::free_port(&mut taken);
     let engine = port()?;
+    if let Some(k) = keep {
+        std::fs::create_dir_all(k).map_err(|e| format!("--keep {}: {e}", k.display()))?;
+    }
     let _standin = start_standin(release, engine, keepalive)?;
     // Each build, then nginx: its name, and its counts (one, or the four parts).
     let mut counted: Vec<(String, Vec<u64>)> = Vec::new();
