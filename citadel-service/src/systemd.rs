@@ -3,7 +3,7 @@
 //! runs `systemctl`/`journalctl` (argv vectors, absolute paths) and reads `/sys/fs/cgroup`.
 
 use citadel_common::systemctl::Systemctl;
-pub use citadel_common::systemd::{ActiveState, Client, Job, Signal, Systemd, UnitStatus};
+pub use citadel_common::systemd::{ActiveState, Client, Job, Signal, Systemd, Through, UnitStatus};
 use citadel_common::{paths, Failure};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,21 +48,9 @@ pub struct RealHost {
     pub systemctl: Systemctl,
 }
 
-impl Systemd for RealHost {
-    fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
-        self.systemd.units(names)
-    }
-    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
-        self.systemd.queue(job, names)
-    }
-    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
-        self.systemd.signal_main(unit, signal)
-    }
-    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
-        self.systemd.set_enabled(enable, names)
-    }
-    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
-        self.systemd.journal_tail(unit, lines)
+impl Through for RealHost {
+    fn systemd(&self) -> &dyn Systemd {
+        &self.systemd
     }
 }
 
@@ -253,21 +241,9 @@ pub mod fake {
         }
     }
 
-    impl Systemd for FakeHost {
-        fn units(&self, names: &[String]) -> Result<Vec<Unit>, Failure> {
-            self.systemd.units(names)
-        }
-        fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
-            self.systemd.queue(job, names)
-        }
-        fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
-            self.systemd.signal_main(unit, signal)
-        }
-        fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
-            self.systemd.set_enabled(enable, names)
-        }
-        fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
-            self.systemd.journal_tail(unit, lines)
+    impl Through for FakeHost {
+        fn systemd(&self) -> &dyn Systemd {
+            &self.systemd
         }
     }
 

@@ -108,6 +108,39 @@ pub trait Systemd: Send + Sync {
     }
 }
 
+/// A type that is a [`Systemd`] by holding one, and adds methods of its own beside it
+/// (citadel-service's hosts: the real client or the fake, plus its waits and helpers). Every
+/// [`Systemd`] method, the defaulted ones included, goes to [`Through::systemd`]: one
+/// forwarding, not one per holder. A type that changes what a method does (a read-only
+/// view) implements [`Systemd`] itself instead.
+pub trait Through: Send + Sync {
+    fn systemd(&self) -> &dyn Systemd;
+}
+
+impl<T: Through> Systemd for T {
+    fn units(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.systemd().units(names)
+    }
+    fn sweep(&self, names: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+        self.systemd().sweep(names)
+    }
+    fn queue(&self, job: Job, names: &[String]) -> Result<(), Failure> {
+        self.systemd().queue(job, names)
+    }
+    fn signal_main(&self, unit: &str, signal: Signal) -> Result<(), Failure> {
+        self.systemd().signal_main(unit, signal)
+    }
+    fn set_enabled(&self, enable: bool, names: &[String]) -> Result<String, Failure> {
+        self.systemd().set_enabled(enable, names)
+    }
+    fn journal_tail(&self, unit: &str, lines: u32) -> Result<String, Failure> {
+        self.systemd().journal_tail(unit, lines)
+    }
+    fn restart_no_drain(&self, unit: &str) -> Result<(), Failure> {
+        self.systemd().restart_no_drain(unit)
+    }
+}
+
 /// [`crate::signals::NO_DRAIN_SIGNAL`].
 pub fn no_drain_signal() -> Signal {
     crate::signals::NO_DRAIN_SIGNAL
@@ -206,6 +239,61 @@ mod tests {
             [
                 "kill --kill-whom=main --signal=SIGUSR1 citadel-model@a.service",
                 "restart --no-block citadel-model@a.service"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_holder_through_its_systemd_reaches_every_method_of_it_the_overridden_ones_too() {
+        /// The fake, with a sweep of its own (the real client's is cheaper than its units).
+        struct Sweeps(fake::FakeSystemd);
+        impl Systemd for Sweeps {
+            fn units(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+                self.0.units(n)
+            }
+            fn sweep(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+                self.0.note(format!("sweep {}", n.join(" ")));
+                self.0.units(n)
+            }
+            fn queue(&self, job: Job, n: &[String]) -> Result<(), Failure> {
+                self.0.queue(job, n)
+            }
+            fn signal_main(&self, unit: &str, s: Signal) -> Result<(), Failure> {
+                self.0.signal_main(unit, s)
+            }
+            fn set_enabled(&self, e: bool, n: &[String]) -> Result<String, Failure> {
+                self.0.set_enabled(e, n)
+            }
+            fn journal_tail(&self, unit: &str, l: u32) -> Result<String, Failure> {
+                self.0.journal_tail(unit, l)
+            }
+        }
+        struct Holder(Sweeps);
+        impl Through for Holder {
+            fn systemd(&self) -> &dyn Systemd {
+                &self.0
+            }
+        }
+        let h = Holder(Sweeps(fake::FakeSystemd::new()));
+        h.0 .0.set_journal("a.service", "a line\n");
+        let a = vec!["a.service".to_string()];
+        assert!(h.units(&a).unwrap()[0].not_found());
+        assert!(h.sweep(&a).unwrap()[0].not_found());
+        h.queue(Job::Stop, &a).unwrap();
+        h.signal_main("a.service", Signal::SIGTERM).unwrap();
+        h.set_enabled(true, &a).unwrap();
+        assert_eq!(h.journal_tail("a.service", 5).unwrap(), "a line\n");
+        h.restart_no_drain("a.service").unwrap();
+        assert_eq!(
+            h.0 .0.recorded(),
+            [
+                "sweep a.service",
+                "stop --no-block a.service",
+                "kill --kill-whom=main --signal=SIGTERM a.service",
+                "enable a.service",
+                "journal a.service 5",
+                "kill --kill-whom=main --signal=SIGUSR1 a.service",
+                "restart --no-block a.service",
             ]
         );
     }
