@@ -167,37 +167,16 @@ pub fn probe_all(host: &str, models: &[(String, u16)], timeout: Duration) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
     use std::time::Instant;
-
-    use citadel_common::probe::testing::serve_once as serve;
 
     #[test]
     fn probes_run_in_parallel_and_classify_answers() {
-        let ok = serve(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let dead = serve(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let slow1 = serve(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
-        let slow2 = serve(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
-        let closed = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let models: Vec<(String, u16)> = [
-            ("a", ok),
-            ("b", dead),
-            ("c", slow1),
-            ("d", slow2),
-            ("e", closed),
-        ]
-        .iter()
-        .map(|(n, p)| (n.to_string(), *p))
-        .collect();
+        let engines = citadel_common::probe::testing::one_of_each();
+        let models: Vec<(String, u16)> = engines
+            .iter()
+            .zip(["a", "b", "c", "d", "e"])
+            .map(|((port, _), n)| (n.to_string(), *port))
+            .collect();
         let t0 = Instant::now();
         let r = probe_all("127.0.0.1", &models, Duration::from_millis(500));
         // Two slow servers, each past the timeout: in parallel, well under 2 x timeout + slack.
@@ -207,11 +186,13 @@ mod tests {
             t0.elapsed()
         );
         let words: Vec<String> = r.iter().map(ProbeResult::word).collect();
-        assert_eq!(
-            words,
-            ["healthy", "http 503", "timeout", "timeout", "refused"]
-        );
+        assert_eq!(words, engines.map(|(_, w)| w));
         assert!(r[0].healthy() && !r[1].healthy());
-        assert_eq!(r[0].url, format!("http://127.0.0.1:{ok}/health"));
+        let names: Vec<&str> = r.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            r[0].url,
+            format!("http://127.0.0.1:{}/health", engines[0].0)
+        );
     }
 }

@@ -307,6 +307,36 @@ pub mod testing {
         serve(reply, delay, None)
     }
 
+    /// One engine of each kind a probe tells apart, on loopback: its port and the word
+    /// [`super::health_word`] gives it with a timeout under 3 s: healthy, a 503, two that hang
+    /// for 3 s (probed in parallel, they cost one timeout, not two) and a port nothing listens on.
+    pub fn one_of_each() -> [(u16, &'static str); 5] {
+        let hang = Duration::from_secs(3);
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        [
+            (
+                serve_once(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                    Duration::ZERO,
+                ),
+                "healthy",
+            ),
+            (
+                serve_once(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                    Duration::ZERO,
+                ),
+                "http 503",
+            ),
+            (serve_once(b"HTTP/1.1 200 OK\r\n\r\n", hang), "timeout"),
+            (serve_once(b"HTTP/1.1 200 OK\r\n\r\n", hang), "timeout"),
+            (closed, "refused"),
+        ]
+    }
+
     fn serve(reply: &'static [u8], delay: Duration, connections: Option<usize>) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = l.local_addr().expect("local address").port();
@@ -387,25 +417,11 @@ mod tests {
 
     #[test]
     fn probe_all_runs_in_parallel_keeps_the_order_and_types_every_outcome() {
-        let ok = serve_once(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let dead = serve_once(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let slow1 = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
-        let slow2 = serve_once(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3));
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let engines = super::testing::one_of_each();
         let p = Prober::new(Duration::from_millis(500));
-        let gets = [ok, dead, slow1, slow2, closed]
+        let gets = engines
             .iter()
-            .map(|port| Get {
+            .map(|(port, _)| Get {
                 prober: p.clone(),
                 url: format!("{}/health", base_url("127.0.0.1", *port)),
             })
@@ -422,10 +438,7 @@ mod tests {
             t0.elapsed()
         );
         let words: Vec<String> = r.iter().map(health_word).collect();
-        assert_eq!(
-            words,
-            ["healthy", "http 503", "timeout", "timeout", "refused"]
-        );
+        assert_eq!(words, engines.map(|(_, w)| w));
         assert_eq!(
             health_word(&Err(ProbeError::Other("reset".into()))),
             "error"
