@@ -403,7 +403,7 @@ pub(crate) fn start_nginx(
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\n{processes}\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  upstream engine {{ server 127.0.0.1:{engine}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://engine;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            "daemon off;\n{processes}\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  upstream engine {{ server 127.0.0.1:{engine}; keepalive 64; keepalive_timeout 4s; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://engine;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
             d = d.display()
         ),
     )
@@ -736,7 +736,7 @@ pub fn main() -> Result<(), String> {
     .filter(|(_, on)| *on)
     .fold(String::new(), |acc, (f, _)| acc + " " + f);
     let mut md = format!(
-        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}{}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, {}) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream, access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}{}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, {}) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream (`keepalive_timeout 4s`, under the engine's 5 s, as the gateway's pool), access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
         if rt { "SCHED_FIFO" } else { "normal scheduling" },
         if keepalive {
             ", engine keeps its connections alive"
