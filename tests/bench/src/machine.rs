@@ -90,7 +90,16 @@ fn commit(workspace: &Path) -> String {
     let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown (not a git checkout)".into();
     };
-    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+    // BENCHMARKS.md is what the benches write: one run's block is not a change to the next
+    // run's code.
+    match git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)BENCHMARKS.md",
+    ]) {
         Some(s) if !s.is_empty() => format!("{head} (with uncommitted changes in the tree)"),
         _ => head,
     }
