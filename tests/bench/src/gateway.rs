@@ -10,8 +10,9 @@
 //! engine connections) keeps its own block in BENCHMARKS.md.
 //!
 //! Method: the four paths are measured in [`ROUNDS`] interleaved rounds (each round measures
-//! every path with a tenth of the requests; the samples of all rounds are pooled), so a change
-//! of the machine's load during the run weighs on every path alike. By default the bench runs
+//! every path with a twelfth of the requests, in an [`order`] that changes from round to round
+//! so that no path always comes first or after the same one; the samples of all rounds are
+//! pooled), so a change of the machine's load during the run weighs on every path alike. By default the bench runs
 //! under `SCHED_FIFO` priority 10, inherited by every server it starts, so that other work on a
 //! shared machine does not preempt the measured processes (a preemption costs one scheduler
 //! tick, 4 ms at HZ=250: the size of the figures themselves); `--no-rt` measures under normal
@@ -471,10 +472,27 @@ struct Figures {
     cpu_us: Option<f64>,
 }
 
-/// Interleaved rounds: each measures every path with a tenth of the requests (ten, not five,
+/// Interleaved rounds: each measures every path with a twelfth of the requests (ten, not five,
 /// since 2026-12-03: a burst of other work on the shared machine is then spread more evenly
-/// over the paths).
-pub const ROUNDS: usize = 10;
+/// over the paths; twelve since 2026-12-08, a whole number of [`order`]'s four orders).
+pub const ROUNDS: usize = 12;
+
+/// The order in which round `round` measures `n` paths: a Williams design (a balanced Latin
+/// square). Over `n` rounds (`n` even) each path is measured once in every place of the round
+/// and follows every other path once. In one fixed order, what a path measured depended on
+/// the path before it and on its place: the same gateway build in two places of one run
+/// measured a c=1 p50 of 0.161 and 0.196 ms (2026-12-08, normal scheduling, keep-alive engine).
+pub fn order(round: usize, n: usize) -> Vec<usize> {
+    // 0, 1, n-1, 2, n-2, ...: the first row; each next row adds one to every entry.
+    let first = (0..n).map(|j| {
+        if j % 2 == 1 {
+            j.div_ceil(2)
+        } else {
+            (n - j / 2) % n
+        }
+    });
+    first.map(|w| (w + round) % n).collect()
+}
 
 /// The samples of one path, pooled over the rounds.
 #[derive(Default)]
@@ -523,9 +541,9 @@ impl Samples {
 /// times slower) gets a tenth, which its throughput figure does not need more than.
 fn per_run(quick: bool, slow: bool) -> (usize, usize, usize) {
     match (quick, slow) {
-        (true, _) => (100, 10, 50),
-        (false, true) => (400, 40, 200),
-        (false, false) => (4000, 100, 1000),
+        (true, _) => (120, 12, 60),
+        (false, true) => (480, 48, 240),
+        (false, false) => (4800, 120, 1200),
     }
 }
 
@@ -663,10 +681,12 @@ pub fn main() -> Result<(), String> {
         load(p.port, SMALL, 8, 25).map_err(|e| format!("{}: {e}", p.name))?;
     }
     let mut samples: Vec<Samples> = rig.paths.iter().map(|_| Samples::default()).collect();
-    for round in 1..=ROUNDS {
-        for (p, s) in rig.paths.iter().zip(&mut samples) {
+    for round in 0..ROUNDS {
+        for i in order(round, rig.paths.len()) {
+            let (p, s) = (&rig.paths[i], &mut samples[i]);
             eprintln!(
-                "citadel-gateway-bench: round {round}/{ROUNDS}: {} ...",
+                "citadel-gateway-bench: round {}/{ROUNDS}: {} ...",
+                round + 1,
                 p.name
             );
             s.measure_round(p, per_round(quick, p.slow))
@@ -736,7 +756,7 @@ pub fn main() -> Result<(), String> {
     .filter(|(_, on)| *on)
     .fold(String::new(), |acc, (f, _)| acc + " " + f);
     let mut md = format!(
-        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}{}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, {}) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream (`keepalive_timeout 4s`, under the engine's 5 s, as the gateway's pool), access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
+        "{begin}\n## citadel-gateway vs nginx vs LiteLLM (issue 15), {}{}\n\n`target/release/citadel-gateway-bench{}` on {} ({}), {}; load average {} before, {} after. Scheduling: {scheduling}; the paths are measured in {ROUNDS} interleaved rounds, in an order that changes each round (each path in each place and after each other path equally often), and the samples pooled. One stand-in engine (`citadel-standin`, answers at once, {}) on loopback, reached four ways in one run; clients keep their connections alive where the server allows. Requests: a 4-token non-streamed completion; c=1: {} requests ({} through LiteLLM), c=64: 64 clients of {} requests each ({} through LiteLLM); stream: first body byte of a streamed completion. nginx {}: `proxy_pass`, `keepalive 64` upstream (`keepalive_timeout 4s`, under the engine's 5 s, as the gateway's pool), access log on; LiteLLM {}: `litellm --config` with one `openai/` model, telemetry off; citadel-gateway: shipped defaults (access log on).\n\n{t}\n",
         if rt { "SCHED_FIFO" } else { "normal scheduling" },
         if keepalive {
             ", engine keeps its connections alive"
@@ -937,6 +957,32 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn over_four_rounds_each_path_takes_each_place_once_and_follows_each_other_once() {
+        let n = 4;
+        let rows: Vec<Vec<usize>> = (0..n).map(|r| order(r, n)).collect();
+        assert_eq!(rows[0], [0, 1, 3, 2]);
+        for place in 0..n {
+            let mut at: Vec<usize> = rows.iter().map(|r| r[place]).collect();
+            at.sort_unstable();
+            assert_eq!(at, [0, 1, 2, 3], "place {place}: {rows:?}");
+        }
+        let mut pairs: Vec<(usize, usize)> = rows
+            .iter()
+            .flat_map(|r| r.windows(2).map(|w| (w[0], w[1])))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        assert_eq!(
+            pairs.len(),
+            n * (n - 1),
+            "every ordered pair once: {rows:?}"
+        );
+        assert_eq!(ROUNDS % n, 0, "whole orders only");
+        // The rounds after the first n repeat them.
+        assert_eq!(order(n + 1, n), rows[1]);
     }
 
     #[test]
