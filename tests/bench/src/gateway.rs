@@ -12,11 +12,11 @@
 //! Method: the four paths are measured in [`ROUNDS`] interleaved rounds (each round measures
 //! every path with a twelfth of the requests, in an [`order`] that changes from round to round
 //! so that no path always comes first or after the same one; the samples of all rounds are
-//! pooled), so a change of the machine's load during the run weighs on every path alike. By default the bench runs
-//! under `SCHED_FIFO` priority 10, inherited by every server it starts, so that other work on a
-//! shared machine does not preempt the measured processes (a preemption costs one scheduler
-//! tick, 4 ms at HZ=250: the size of the figures themselves); `--no-rt` measures under normal
-//! scheduling. `--ab OTHER_BUILD` measures a second gateway binary in the same rounds instead of
+//! pooled), so a change of the machine's load during the run weighs on every path alike. By
+//! default the bench runs under `SCHED_FIFO` priority 10, inherited by every server it starts,
+//! so that other work on a shared machine does not preempt the measured processes (a
+//! preemption costs one scheduler tick, 4 ms at HZ=250: the size of the figures themselves);
+//! `--no-rt` measures under normal scheduling. `--ab OTHER_BUILD` measures a second gateway binary in the same rounds instead of
 //! LiteLLM and prints both builds' figures and their ratios to nginx's, writing nothing: how a
 //! change to the request path is judged on a machine whose load moves between runs.
 //! `--callgrind [BUILD ...]` counts instructions per request instead ([`crate::callgrind`]),
@@ -472,9 +472,9 @@ struct Figures {
     cpu_us: Option<f64>,
 }
 
-/// Interleaved rounds: each measures every path with a twelfth of the requests (ten, not five,
-/// since 2026-12-03: a burst of other work on the shared machine is then spread more evenly
-/// over the paths; twelve since 2026-12-08, a whole number of [`order`]'s four orders).
+/// Interleaved rounds: each measures every path with a twelfth of the requests. Twelve: a
+/// whole number of [`order`]'s four orders, and enough rounds that a burst of other work on the
+/// shared machine is spread over the paths (five until 2026-12-03, ten until 2026-12-08).
 pub const ROUNDS: usize = 12;
 
 /// The order in which round `round` measures `n` paths: a Williams design (a balanced Latin
