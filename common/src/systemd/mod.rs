@@ -211,31 +211,55 @@ mod tests {
         assert_eq!(no_drain_signal(), crate::signals::NO_DRAIN_SIGNAL);
     }
 
-    #[test]
-    fn a_monitor_restart_asks_for_no_drain_first_and_survives_a_refused_signal() {
-        struct Refuses(fake::FakeSystemd);
-        impl Systemd for Refuses {
-            fn units(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
-                self.0.units(n)
-            }
-            fn queue(&self, job: Job, n: &[String]) -> Result<(), Failure> {
-                self.0.queue(job, n)
-            }
-            fn signal_main(&self, unit: &str, s: Signal) -> Result<(), Failure> {
-                self.0.signal_main(unit, s)?;
-                Err(Failure::other("refused"))
-            }
-            fn set_enabled(&self, e: bool, n: &[String]) -> Result<String, Failure> {
-                self.0.set_enabled(e, n)
-            }
-            fn journal_tail(&self, unit: &str, l: u32) -> Result<String, Failure> {
-                self.0.journal_tail(unit, l)
+    /// The fake, with the two ways another [`Systemd`] differs from it in these tests: a
+    /// `sweep` of its own, as the real client has (recorded), and, when `refuse`, a
+    /// `signal_main` that is recorded and then refused.
+    struct Other {
+        sd: fake::FakeSystemd,
+        refuse: bool,
+    }
+
+    impl Other {
+        fn new(refuse: bool) -> Other {
+            Other {
+                sd: fake::FakeSystemd::new(),
+                refuse,
             }
         }
-        let sd = Refuses(fake::FakeSystemd::new());
+    }
+
+    impl Systemd for Other {
+        fn units(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+            self.sd.units(n)
+        }
+        fn sweep(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
+            self.sd.note(format!("sweep {}", n.join(" ")));
+            self.sd.units(n)
+        }
+        fn queue(&self, job: Job, n: &[String]) -> Result<(), Failure> {
+            self.sd.queue(job, n)
+        }
+        fn signal_main(&self, unit: &str, s: Signal) -> Result<(), Failure> {
+            self.sd.signal_main(unit, s)?;
+            if self.refuse {
+                return Err(Failure::other("refused"));
+            }
+            Ok(())
+        }
+        fn set_enabled(&self, e: bool, n: &[String]) -> Result<String, Failure> {
+            self.sd.set_enabled(e, n)
+        }
+        fn journal_tail(&self, unit: &str, l: u32) -> Result<String, Failure> {
+            self.sd.journal_tail(unit, l)
+        }
+    }
+
+    #[test]
+    fn a_monitor_restart_asks_for_no_drain_first_and_survives_a_refused_signal() {
+        let sd = Other::new(true);
         sd.restart_no_drain("citadel-model@a.service").unwrap();
         assert_eq!(
-            sd.0.recorded(),
+            sd.sd.recorded(),
             [
                 "kill --kill-whom=main --signal=SIGUSR1 citadel-model@a.service",
                 "restart --no-block citadel-model@a.service"
@@ -245,37 +269,14 @@ mod tests {
 
     #[test]
     fn a_holder_through_its_systemd_reaches_every_method_of_it_the_overridden_ones_too() {
-        /// The fake, with a sweep of its own (the real client's is cheaper than its units).
-        struct Sweeps(fake::FakeSystemd);
-        impl Systemd for Sweeps {
-            fn units(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
-                self.0.units(n)
-            }
-            fn sweep(&self, n: &[String]) -> Result<Vec<UnitStatus>, Failure> {
-                self.0.note(format!("sweep {}", n.join(" ")));
-                self.0.units(n)
-            }
-            fn queue(&self, job: Job, n: &[String]) -> Result<(), Failure> {
-                self.0.queue(job, n)
-            }
-            fn signal_main(&self, unit: &str, s: Signal) -> Result<(), Failure> {
-                self.0.signal_main(unit, s)
-            }
-            fn set_enabled(&self, e: bool, n: &[String]) -> Result<String, Failure> {
-                self.0.set_enabled(e, n)
-            }
-            fn journal_tail(&self, unit: &str, l: u32) -> Result<String, Failure> {
-                self.0.journal_tail(unit, l)
-            }
-        }
-        struct Holder(Sweeps);
+        struct Holder(Other);
         impl Through for Holder {
             fn systemd(&self) -> &dyn Systemd {
                 &self.0
             }
         }
-        let h = Holder(Sweeps(fake::FakeSystemd::new()));
-        h.0 .0.set_journal("a.service", "a line\n");
+        let h = Holder(Other::new(false));
+        h.0.sd.set_journal("a.service", "a line\n");
         let a = vec!["a.service".to_string()];
         assert!(h.units(&a).unwrap()[0].not_found());
         assert!(h.sweep(&a).unwrap()[0].not_found());
@@ -285,7 +286,7 @@ mod tests {
         assert_eq!(h.journal_tail("a.service", 5).unwrap(), "a line\n");
         h.restart_no_drain("a.service").unwrap();
         assert_eq!(
-            h.0 .0.recorded(),
+            h.0.sd.recorded(),
             [
                 "sweep a.service",
                 "stop --no-block a.service",
