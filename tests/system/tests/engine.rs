@@ -284,7 +284,7 @@ fn streams_in_flight(
         }
     }
     let gauges = if last.is_empty() {
-        "the gauges were not read: no round lasted 10 s".to_string()
+        "no gauges read (no round lasted 10 s, or /metrics gave none)".to_string()
     } else {
         format!("the gauges showed at most {most} at once; its last gauges:\n{last}")
     };
